@@ -1,0 +1,43 @@
+# reactive: `make demo` runs the whole system locally, `make test` runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/reactive up
+
+# The suite ensures its own services: moto's server on a free port, Redis at REDIS_URL or a redis-server
+# it starts itself (tests/support/services.py); Chromium comes from Debian (.ci/run installs it).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy reactive cli
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) bench/save_path.py
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cli import common
+from reactive import settings
+from reactive.provision import Options, Plan, Provisioner
+
+STYLE = {"ok": "green", "create": "yellow", "update": "cyan"}
+
+
+def provision(
+    client: list[str] = typer.Option(None, "--client", "-c", help="Client name (repeat); default REACTIVE_CLIENTS."),
+    fifo: bool = typer.Option(False, "--fifo", help="Create the FIFO variants (.fifo topic and queues)."),
+    max_receives: int = typer.Option(5, "--max-receives", min=1, max=1000, help="Receives before a message is dead."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Create or update the topic, queues, DLQs, policies and subscriptions; idempotent.
+
+    Example: [bold]reactive provision --client alpha --client beta --max-receives 5[/bold]
+    """
+    clients = [settings.validate_client(c) for c in (client or settings.clients())]
+    options = Options(clients=clients, fifo=fifo or settings.fifo(), max_receives=max_receives)
+    plan = Provisioner(options).run(dry_run=dry_run)
+    if as_json:
+        common.print_json(plan.to_dict())
+    else:
+        render(plan, dry_run)
+
+
+def render(plan: Plan, dry_run: bool) -> None:
+    table = Table(title="reactive provision" + (" (dry run)" if dry_run else ""))
+    for column in ("kind", "name", "action", "detail"):
+        table.add_column(column)
+    for step in plan.steps:
+        action = step.action if plan.applied or step.action == "ok" else f"would {step.action}"
+        table.add_row(step.kind, step.name, f"[{STYLE[step.action]}]{action}[/]", step.detail)
+    common.console.print(table)
+    if plan.changes == 0:
+        common.console.print("[green]Everything exists as wanted; nothing changed.[/]")
+    elif dry_run:
+        common.console.print(f"{plan.changes} change(s) planned; run without --dry-run to apply.")
+    else:
+        common.console.print(f"[yellow]{plan.changes} change(s) applied.[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(provision)

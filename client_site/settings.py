@@ -1,0 +1,79 @@
+"""Settings of a client site; REACTIVE_CLIENT says which client this process is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reactive import settings as reactive_settings
+
+BASE_DIR = Path(__file__).resolve().parent
+DEBUG = reactive_settings.debug()
+SECRET_KEY = reactive_settings.secret_key(DEBUG)
+ALLOWED_HOSTS = reactive_settings.allowed_hosts()
+REACTIVE_CLIENT = reactive_settings.current_client()
+REACTIVE_SSO_KEY = reactive_settings.sso_key(DEBUG)
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "reactive",
+    "client_site.web",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "client_site.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ASGI_APPLICATION = "client_site.asgi.application"
+DATABASES = {"default": reactive_settings.django_database("client", REACTIVE_CLIENT)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"
+LOGIN_URL = "/login/"
+LOGGING = reactive_settings.logging_config()
+
+REACTIVE_REPLICA_FIELDS = ["username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined"]
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [reactive_settings.redis_url()], "prefix": f"{reactive_settings.prefix()}-{REACTIVE_CLIENT}"},
+    }
+}
+
+globals().update(reactive_settings.celery_settings(f"client-{REACTIVE_CLIENT}"))
+CELERY_BEAT_SCHEDULE = {
+    "clock-tick": {
+        "task": "reactive.clock_tick",
+        "schedule": reactive_settings.float_setting("REACTIVE_CLOCK_INTERVAL", 0.5),
+        # A tick queued while the workers were down is dropped, not replayed late.
+        "options": {"expires": 1.0},
+    }
+}

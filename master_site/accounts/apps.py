@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    """The master's user app: registers change capture on the user model."""
+
+    name = "master_site.accounts"
+    label = "accounts"
+
+    def ready(self) -> None:
+        from django.conf import settings
+        from django.contrib.auth import get_user_model
+        from django.utils.module_loading import import_string
+
+        from reactive import capture
+
+        if getattr(settings, "REACTIVE_CAPTURE", True):
+            capture.track(
+                get_user_model(),
+                fields=settings.REACTIVE_TRACKED_FIELDS,
+                predicate=import_string(settings.REACTIVE_SYNC_PREDICATE),
+            )

@@ -1,0 +1,13 @@
+"""Celery app of the master: relays the outbox on commit; beat sweeps what is left pending."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "master_site.settings")
+
+app = Celery("master_site")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["reactive"])

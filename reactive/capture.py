@@ -1,0 +1,180 @@
+"""Change detection on a model: tracked fields, a sync predicate, a pure diff, and the signals that write the outbox.
+
+The tracked values are snapshotted when an instance is loaded (post_init) and after each save, so a save
+is diffed in pure code with no extra SELECT. A registered model's ``save_base`` runs in a transaction so
+that the row write and the outbox insert commit (or roll back) together.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from django.db import models, router, transaction
+from django.db.models.signals import post_delete, post_init, post_save
+
+from reactive.events import format_time
+
+DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
+NEVER_TRACKED = frozenset({"password", "last_login"})
+SNAPSHOT_ATTR = "_reactive_snapshot"
+SYNCED = "__synced__"
+
+Predicate = Callable[[models.Model], bool]
+
+
+def always(instance: models.Model) -> bool:
+    return True
+
+
+def non_staff(instance: models.Model) -> bool:
+    """The original prototype's rule: staff users stay on the master."""
+    return not getattr(instance, "is_staff", False)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    model: type[models.Model]
+    label: str  # "auth.user": the event's model name
+    fields: tuple[str, ...]
+    predicate: Predicate
+
+    def attnames(self) -> dict[str, str]:
+        return {name: self.model._meta.get_field(name).attname for name in self.fields}  # type: ignore[union-attr]
+
+
+_registry: dict[type[models.Model], Tracking] = {}
+
+
+def track(
+    model: type[models.Model], fields: Iterable[str] | None = None, predicate: Predicate | None = None
+) -> Tracking:
+    """Register a model for change capture. Idempotent per model."""
+    chosen = tuple(fields or DEFAULT_USER_FIELDS)
+    forbidden = NEVER_TRACKED.intersection(chosen)
+    if forbidden:
+        raise ValueError(f"these fields are never synced: {sorted(forbidden)}")
+    for name in chosen:
+        model._meta.get_field(name)  # raises FieldDoesNotExist early, at start-up
+    tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always)
+    if model not in _registry:
+        post_init.connect(_on_init, sender=model, weak=False, dispatch_uid=f"reactive-init-{tracking.label}")
+        post_save.connect(_on_save, sender=model, weak=False, dispatch_uid=f"reactive-save-{tracking.label}")
+        post_delete.connect(_on_delete, sender=model, weak=False, dispatch_uid=f"reactive-delete-{tracking.label}")
+        model.save_base = _atomic(model.save_base)  # type: ignore[method-assign]
+    _registry[model] = tracking
+    return tracking
+
+
+def untrack(model: type[models.Model]) -> None:
+    tracking = _registry.pop(model, None)
+    if tracking is None:
+        return
+    for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
+        signal.disconnect(sender=model, dispatch_uid=f"reactive-{name}-{tracking.label}")
+    model.save_base = model.save_base.__wrapped__  # type: ignore[attr-defined,method-assign]
+
+
+def tracking_for(model: type[models.Model]) -> Tracking | None:
+    return _registry.get(model)
+
+
+def tracked_models() -> list[Tracking]:
+    return list(_registry.values())
+
+
+def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
+    """Tracked field names whose values differ; a field unknown before counts as changed."""
+    return tuple(k for k in after if k != SYNCED and (k not in before or before[k] != after[k]))
+
+
+def snapshot(instance: models.Model, tracking: Tracking) -> dict[str, Any]:
+    """The loaded tracked values (deferred fields are left out, so loading stays lazy)."""
+    loaded = instance.__dict__
+    values = {name: loaded[att] for name, att in tracking.attnames().items() if att in loaded}
+    values[SYNCED] = tracking.predicate(instance) if len(values) == len(tracking.fields) else None
+    return values
+
+
+def serialize(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _json_value(v) for k, v in values.items() if k != SYNCED}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_time(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    return value
+
+
+def _atomic(save_base: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(save_base)
+    def atomic_save_base(self: models.Model, *args: Any, **kwargs: Any) -> Any:
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            return save_base(self, *args, **kwargs)
+
+    return atomic_save_base
+
+
+def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    # from_db marks an instance as loaded only after __init__, so "has a primary key" stands for "loaded".
+    tracking = _registry.get(sender)
+    if tracking is not None and instance.pk is not None:
+        instance.__dict__[SNAPSHOT_ATTR] = snapshot(instance, tracking)
+
+
+def _on_save(
+    sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
+) -> None:
+    tracking = _registry.get(sender)
+    if tracking is None or raw:
+        return
+    before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
+    after = snapshot(instance, tracking)
+    if after[SYNCED] is None:  # a deferred tracked field: rare, and only then do we read it back
+        attnames = tracking.attnames()
+        instance.refresh_from_db(using=using, fields=[attnames[f] for f in tracking.fields if f not in after])
+        after = snapshot(instance, tracking)
+    action, changed = decide(before, after)
+    if action is not None:
+        from reactive.outbox import record
+
+        record(tracking.label, action, str(instance.pk), serialize(after), changed, using=using)
+    instance.__dict__[SNAPSHOT_ATTR] = after
+
+
+def decide(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """Which event a save emits: insert, update, delete (stopped qualifying) or none (pure)."""
+    now_synced = after.get(SYNCED) is not False
+    if before is None:
+        return ("insert", tuple(k for k in after if k != SYNCED)) if now_synced else (None, ())
+    was_synced = before.get(SYNCED) is not False
+    changed = diff(before, after)
+    if was_synced and now_synced:
+        return ("update", changed) if changed else (None, ())
+    if was_synced:
+        return "delete", changed
+    if now_synced:
+        return "insert", tuple(k for k in after if k != SYNCED)
+    return None, ()
+
+
+def _on_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    tracking = _registry.get(sender)
+    if tracking is None:
+        return
+    before = instance.__dict__.get(SNAPSHOT_ATTR) or snapshot(instance, tracking)
+    if before.get(SYNCED) is False:
+        return
+    from reactive.outbox import record
+
+    record(tracking.label, "delete", str(instance.pk), {}, (), using=using)

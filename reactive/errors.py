@@ -1,0 +1,43 @@
+"""One exception tree. Third-party errors (botocore, redis, database) are translated at the boundary."""
+
+from __future__ import annotations
+
+
+class ReactiveError(Exception):
+    """Base of every error reactive raises on purpose; ``exit_code`` follows DESIGN.md."""
+
+    exit_code = 1
+
+
+class ConfigError(ReactiveError):
+    """Configuration that cannot work (a missing or malformed variable)."""
+
+
+class UsageError(ReactiveError):
+    exit_code = 2
+
+
+class ServiceUnavailable(ReactiveError):
+    """A service (AWS endpoint, Redis, database) cannot be reached."""
+
+    exit_code = 3
+
+
+class TransportError(ReactiveError):
+    """The AWS side answered with an error."""
+
+
+class CredentialsError(TransportError):
+    """AWS refused or could not find the credentials."""
+
+
+class ResourceNotFound(TransportError):
+    """A topic or queue does not exist (not provisioned yet?)."""
+
+
+class MessageError(ReactiveError):
+    """A message that cannot be decoded; it is left for the DLQ."""
+
+
+class ApplyError(ReactiveError):
+    """A decoded event that cannot be applied to the replica now (it will be retried)."""

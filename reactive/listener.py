@@ -1,0 +1,185 @@
+"""The receive loop of one client: long-poll a batch, apply it in one transaction, ack after commit, notify.
+
+A message that cannot be decoded or applied is not deleted: it becomes visible again and, after the
+queue's maxReceiveCount, SQS moves it to the DLQ. SIGTERM/SIGINT finish the batch in hand, ack it,
+and return; a signal during the long poll abandons the poll (unacked messages simply reappear).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from django.db import DatabaseError, transaction
+
+from reactive import groups, settings
+from reactive.errors import MessageError, ReactiveError, ResourceNotFound, ServiceUnavailable
+from reactive.events import Event, decode
+from reactive.replica import Outcome, apply
+from reactive.transport.base import ReceivedMessage, Transport
+
+log = logging.getLogger("reactive.listener")
+Notifier = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Any]
+ONCE_WAIT_SECONDS = 1  # --once drains what is visible now; it never waits a full long poll
+
+
+@dataclass
+class Totals:
+    batches: int = 0
+    received: int = 0
+    applied: int = 0
+    stale: int = 0
+    failed: int = 0
+    acked: int = 0
+
+    def add(self, other: Totals) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class _PollInterrupted(Exception):
+    pass
+
+
+class Listener:
+    def __init__(
+        self,
+        client: str,
+        transport: Transport,
+        *,
+        batch: int = 10,
+        wait: float = 20,
+        using: str = "default",
+        notify: Notifier = groups.notify_profiles,
+    ) -> None:
+        self.client = settings.validate_client(client)
+        self.queue = settings.names().queue(client)
+        self.transport = transport
+        self.batch = max(1, min(10, batch))
+        self.wait = wait
+        self.using = using
+        self.notify = notify
+        self._stop = threading.Event()
+        self._polling = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            log.info("%s received: finishing the batch in hand", signal.Signals(signum).name)
+            self._stop.set()
+            if self._polling:
+                raise _PollInterrupted
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run(self, *, once: bool = False) -> Totals:
+        """Poll until stopped (or, with ``once``, until the first empty receive)."""
+        self.transport.depth(self.queue)  # fail fast, with a clear error, when the queue is missing
+        totals = Totals()
+        failures = 0
+        while not self.stopping:
+            try:
+                report = self.poll(wait=min(self.wait, ONCE_WAIT_SECONDS) if once else self.wait)
+            except _PollInterrupted:
+                break
+            except ResourceNotFound:
+                raise
+            except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
+                self._stop.wait(delay)
+                continue
+            failures = 0
+            totals.add(report)
+            if once and report.received == 0:
+                break
+        return totals
+
+    # -- one batch ------------------------------------------------------------------------------
+    def poll(self, *, wait: float | None = None) -> Totals:
+        self._polling = True
+        try:
+            if self.stopping:
+                raise _PollInterrupted
+            messages = self.transport.receive(
+                self.queue, max_messages=self.batch, wait_seconds=self.wait if wait is None else wait
+            )
+        finally:
+            self._polling = False
+        return self.process(messages) if messages else Totals()
+
+    def process(self, messages: Sequence[ReceivedMessage]) -> Totals:
+        report = Totals(batches=1, received=len(messages))
+        decoded: list[tuple[ReceivedMessage, Event]] = []
+        for message in messages:
+            try:
+                decoded.append((message, decode(message.body, sent_timestamp=message.sent_timestamp)))
+            except MessageError as exc:
+                report.failed += 1
+                _log_bad(message, str(exc))
+        decoded.sort(key=lambda pair: pair[1].version)  # older first, so that fewer events are stale
+        with transaction.atomic(using=self.using):
+            outcomes = [(message, apply(event, self.using)) for message, event in decoded]
+        done: list[str] = []
+        for message, outcome in outcomes:
+            if outcome.status == "failed":
+                report.failed += 1
+                _log_bad(message, outcome.error)
+                continue
+            done.append(message.receipt)
+            if outcome.status == "applied":
+                report.applied += 1
+            else:
+                report.stale += 1
+                log.debug("skipped %s %s v%s: not newer", outcome.event.action, outcome.event.key, outcome.event.version)
+        if done:
+            result = self.transport.delete(self.queue, done)
+            report.acked = len(result.succeeded)
+            for reason in result.failed.values():
+                log.warning("could not delete a processed message (it will be redelivered, harmlessly): %s", reason)
+        self._notify(o for _, o in outcomes)
+        return report
+
+    def _notify(self, outcomes: Iterable[Outcome]) -> None:
+        changes = [(o.local_pk, o.profile) for o in outcomes if o.status == "applied" and o.local_pk and o.profile]
+        if changes:
+            self.notify(changes)
+
+
+def _log_bad(message: ReceivedMessage, reason: str) -> None:
+    log.warning(
+        "bad message %s (receive %d, left for the DLQ): %s", message.message_id, message.receive_count, reason[:300]
+    )
+
+
+def serve(client: str, *, once: bool = False, batch: int = 10, wait: float = 20) -> Totals:
+    """Run one client's listener in this process (Django already set up), with signal handling."""
+    from reactive.transport import get_transport
+
+    listener = Listener(client, get_transport(), batch=batch, wait=wait)
+    listener.install_signal_handlers()
+    log.info("listener %s: polling %s", client, listener.queue)
+    totals = listener.run(once=once)
+    log.info(
+        "listener %s: stopped after %d messages (%d applied, %d stale, %d failed)",
+        client,
+        totals.received,
+        totals.applied,
+        totals.stale,
+        totals.failed,
+    )
+    return totals

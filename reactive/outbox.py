@@ -1,0 +1,221 @@
+"""The transactional outbox: rows written with the change, relayed to SNS in batches, retried, pruned.
+
+An event's version is its outbox row id. The row write locks the user row before the outbox insert,
+so two transactions on one user commit in id order: versions increase per key without a counter table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.db.models import Min, Q
+from django.utils import timezone
+
+from reactive import settings
+from reactive.errors import ReactiveError
+from reactive.events import Event, encode
+from reactive.transport.base import OutgoingMessage, Transport
+
+log = logging.getLogger("reactive.outbox")
+TOPIC = ""  # target of rows that go to the topic (every client); otherwise a client name (resync)
+
+
+class OutboxEvent(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    model = models.CharField(max_length=100)
+    action = models.CharField(max_length=10)
+    key = models.CharField(max_length=255)
+    data = models.JSONField(default=dict)
+    changed = models.JSONField(default=list)
+    event_id = models.UUIDField(unique=True, editable=False)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    target = models.CharField(max_length=60, blank=True, default=TOPIC)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        app_label = "reactive"
+        indexes = [
+            models.Index(fields=["next_attempt_at"], condition=Q(sent_at__isnull=True), name="reactive_outbox_due"),
+            models.Index(fields=["sent_at"], name="reactive_outbox_sent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.action} {self.key} v{self.id}"
+
+    def to_event(self) -> Event:
+        return Event(
+            model=self.model,
+            action=self.action,  # type: ignore[arg-type]
+            key=self.key,
+            version=self.id,
+            data=self.data,
+            changed=tuple(self.changed),
+            event_id=str(self.event_id),
+            occurred_at=self.occurred_at,
+        )
+
+
+@dataclass
+class RelayResult:
+    sent: int = 0
+    failed: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def record(
+    model: str, action: str, key: str, data: dict[str, Any], changed: Sequence[str], *, using: str, target: str = TOPIC
+) -> OutboxEvent:
+    """Write one outbox row in the caller's transaction and relay it once that transaction commits."""
+    import uuid
+
+    row = OutboxEvent.objects.using(using).create(
+        model=model, action=action, key=key, data=data, changed=list(changed), event_id=uuid.uuid4(), target=target
+    )
+    relay_on_commit(using)
+    return row
+
+
+def relay_on_commit(using: str) -> None:
+    """Schedule one relay per transaction (not one per row)."""
+    connection = connections[using]
+    if connection.in_atomic_block and any(entry[1] is _request_relay for entry in connection.run_on_commit):
+        return
+    transaction.on_commit(_request_relay, using=using, robust=True)
+
+
+def _request_relay() -> None:
+    mode = str(settings.env_or_setting("REACTIVE_RELAY", "celery"))
+    if mode == "celery":
+        from celery import current_app
+
+        current_app.send_task("reactive.relay_outbox")
+    elif mode == "inline":
+        from reactive.transport import get_transport
+
+        relay_pending(get_transport())
+
+
+def relay_pending(transport: Transport, *, limit: int = 500, using: str = "default") -> RelayResult:
+    """Publish due rows (PublishBatch, 10 a call), mark them sent, and back off the ones that failed.
+
+    Rows are claimed with a lease in a short transaction (skip-locked where the database has it), then
+    published outside any transaction so that no lock is held over the network. A relay that dies
+    mid-way leaves its rows to be claimed again when the lease ends: at-least-once, never lost.
+    """
+    result = RelayResult()
+    rows = _claim(limit, using)
+    by_target: dict[str, list[OutboxEvent]] = defaultdict(list)
+    for row in rows:
+        by_target[row.target].append(row)
+    now = timezone.now()
+    for target, group in by_target.items():
+        ok, failed = _publish(transport, target, group)
+        _mark_sent(ok, using, now)
+        _mark_failed(failed, using, now)
+        result.sent += len(ok)
+        result.failed += len(failed)
+        result.errors.update({str(r.id): reason for r, reason in failed})
+    if result.failed:
+        log.warning("relay: %d sent, %d failed (will retry): %s", result.sent, result.failed, _first(result.errors))
+    return result
+
+
+def _claim(limit: int, using: str) -> list[OutboxEvent]:
+    now = timezone.now()
+    lease = timedelta(seconds=settings.float_setting("REACTIVE_RELAY_LEASE", 60.0))
+    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    with transaction.atomic(using=using):
+        rows = list(
+            OutboxEvent.objects.using(using)
+            .select_for_update(skip_locked=skip_locked)
+            .filter(sent_at__isnull=True, next_attempt_at__lte=now)
+            .order_by("id")[:limit]
+        )
+        if rows:
+            OutboxEvent.objects.using(using).filter(id__in=[r.id for r in rows]).update(next_attempt_at=now + lease)
+    return rows
+
+
+def _publish(
+    transport: Transport, target: str, rows: list[OutboxEvent]
+) -> tuple[list[OutboxEvent], list[tuple[OutboxEvent, str]]]:
+    messages = [_message(row) for row in rows]
+    try:
+        if target == TOPIC:
+            outcome = transport.publish(messages)
+        else:
+            outcome = transport.send(settings.names().queue(target), messages)
+    except ReactiveError as exc:
+        return [], [(row, str(exc)) for row in rows]
+    ok_ids = set(outcome.succeeded)
+    ok = [row for row in rows if str(row.id) in ok_ids]
+    failed = [(row, outcome.failed.get(str(row.id), "not acknowledged")) for row in rows if str(row.id) not in ok_ids]
+    return ok, failed
+
+
+def _message(row: OutboxEvent) -> OutgoingMessage:
+    event = row.to_event()
+    return OutgoingMessage(
+        id=str(row.id),
+        body=encode(event),
+        attributes=event.message_attributes(),
+        group_id=event.key,
+        dedup_id=event.dedup_id,
+    )
+
+
+def _mark_sent(rows: Iterable[OutboxEvent], using: str, now: datetime) -> None:
+    ids = [r.id for r in rows]
+    if ids:
+        OutboxEvent.objects.using(using).filter(id__in=ids).update(sent_at=now, last_error="")
+
+
+def _mark_failed(failed: list[tuple[OutboxEvent, str]], using: str, now: datetime) -> None:
+    for row, reason in failed:
+        attempts = row.attempts + 1
+        OutboxEvent.objects.using(using).filter(id=row.id).update(
+            attempts=attempts, next_attempt_at=now + backoff(attempts), last_error=reason[:2000]
+        )
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential, from REACTIVE_RELAY_BACKOFF seconds (default 1) up to REACTIVE_RELAY_BACKOFF_MAX (300)."""
+    base = settings.float_setting("REACTIVE_RELAY_BACKOFF", 1.0)
+    cap = settings.float_setting("REACTIVE_RELAY_BACKOFF_MAX", 300.0)
+    return timedelta(seconds=min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+def prune_sent(*, older_than: timedelta | None = None, using: str = "default") -> int:
+    """Delete rows sent before the retention period (REACTIVE_OUTBOX_RETENTION_HOURS, default 168)."""
+    retention = older_than or timedelta(hours=settings.float_setting("REACTIVE_OUTBOX_RETENTION_HOURS", 168))
+    deleted, _ = OutboxEvent.objects.using(using).filter(sent_at__lt=timezone.now() - retention).delete()
+    return deleted
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int
+    oldest: datetime | None
+
+    @property
+    def oldest_age_seconds(self) -> float | None:
+        return (timezone.now() - self.oldest).total_seconds() if self.oldest else None
+
+
+def backlog(using: str = "default") -> Backlog:
+    pending = OutboxEvent.objects.using(using).filter(sent_at__isnull=True)
+    stats = pending.aggregate(oldest=Min("occurred_at"))
+    return Backlog(pending=pending.count(), oldest=stats["oldest"])
+
+
+def _first(errors: dict[str, str]) -> str:
+    return next(iter(errors.values()), "")

@@ -1,0 +1,219 @@
+"""Idempotent creation of the topic, one queue + DLQ per client, queue policies and raw subscriptions.
+
+``plan`` only reads; ``apply`` creates or updates what differs. Each step reports what it found and did,
+so that a second run says "ok" for everything and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from reactive import settings
+from reactive.errors import ResourceNotFound
+from reactive.transport.sqs import SqsTransport, aws_errors, make_client
+
+Action = Literal["ok", "create", "update"]
+DLQ_RETENTION = str(14 * 24 * 3600)  # the SQS maximum: dead letters wait for an operator
+QUEUE_VISIBILITY = "30"
+
+
+@dataclass
+class Step:
+    kind: str  # topic, dlq, queue, policy, subscription
+    name: str
+    action: Action
+    detail: str = ""
+    arn: str = ""
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    applied: bool = False
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for s in self.steps if s.action != "ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "changes": self.changes, "steps": [asdict(s) for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class Options:
+    clients: Sequence[str]
+    fifo: bool = False
+    max_receives: int = 5
+    filter_models: Sequence[str] = ("auth.user",)
+
+
+class Provisioner:
+    def __init__(self, options: Options, sns: Any = None, sqs: Any = None) -> None:
+        if options.max_receives < 1 or options.max_receives > 1000:
+            raise ValueError("--max-receives must be between 1 and 1000")
+        self.options = options
+        self.names = settings.names(options.fifo)
+        self.transport = SqsTransport(self.names.topic, sns or make_client("sns"), sqs or make_client("sqs"))
+        self.sns = self.transport.sns
+        self.sqs = self.transport.sqs
+
+    def run(self, *, dry_run: bool = False) -> Plan:
+        plan = Plan(applied=not dry_run)
+        topic_arn = self._topic(plan, dry_run)
+        for client in self.options.clients:
+            settings.validate_client(client)
+            dlq_arn = self._queue(plan, "dlq", self.names.dlq(client), self._dlq_attributes(), dry_run)
+            queue_attrs = self._queue_attributes(dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client)))
+            queue_arn = self._queue(plan, "queue", self.names.queue(client), queue_attrs, dry_run)
+            self._subscription(plan, topic_arn, queue_arn, client, dry_run)
+        return plan
+
+    # -- topic ----------------------------------------------------------------------------------
+    def _topic(self, plan: Plan, dry_run: bool) -> str:
+        arn = self.transport.topic_arn
+        exists = self._topic_exists(arn)
+        if exists:
+            plan.steps.append(Step("topic", self.names.topic, "ok", "exists", arn))
+            return arn
+        plan.steps.append(Step("topic", self.names.topic, "create", "FIFO topic" if self.options.fifo else "", arn))
+        if not dry_run:
+            attrs = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if self.options.fifo else {}
+            with aws_errors(f"create topic {self.names.topic}"):
+                arn = self.sns.create_topic(Name=self.names.topic, Attributes=attrs)["TopicArn"]
+        return arn
+
+    def _topic_exists(self, arn: str) -> bool:
+        try:
+            with aws_errors(f"read topic {self.names.topic}"):
+                self.sns.get_topic_attributes(TopicArn=arn)
+            return True
+        except ResourceNotFound:
+            return False
+
+    # -- queues ---------------------------------------------------------------------------------
+    def _dlq_attributes(self) -> dict[str, str]:
+        attrs = {"MessageRetentionPeriod": DLQ_RETENTION}
+        if self.options.fifo:
+            attrs["FifoQueue"] = "true"
+        return attrs
+
+    def _queue_attributes(self, dlq_arn: str, topic_arn: str, queue_arn: str) -> dict[str, str]:
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.options.max_receives}
+        attrs = {
+            "RedrivePolicy": json.dumps(redrive, separators=(",", ":")),
+            "Policy": json.dumps(queue_policy(queue_arn, topic_arn), separators=(",", ":")),
+            "VisibilityTimeout": QUEUE_VISIBILITY,
+        }
+        if self.options.fifo:
+            attrs["FifoQueue"] = "true"
+        return attrs
+
+    def _queue(self, plan: Plan, kind: str, name: str, wanted: dict[str, str], dry_run: bool) -> str:
+        arn = self.transport.queue_arn(name)
+        current = self._queue_attributes_now(name)
+        if current is None:
+            plan.steps.append(Step(kind, name, "create", "", arn))
+            if not dry_run:
+                with aws_errors(f"create queue {name}"):
+                    self.sqs.create_queue(QueueName=name, Attributes=wanted)
+            return arn
+        differing = {k: v for k, v in wanted.items() if k != "FifoQueue" and not _same(k, current.get(k), v)}
+        if not differing:
+            plan.steps.append(Step(kind, name, "ok", "exists", arn))
+            return arn
+        plan.steps.append(Step(kind, name, "update", "sets " + ", ".join(sorted(differing)), arn))
+        if not dry_run:
+            with aws_errors(f"update queue {name}"):
+                self.sqs.set_queue_attributes(QueueUrl=self.transport.queue_url(name), Attributes=differing)
+        return arn
+
+    def _queue_attributes_now(self, name: str) -> dict[str, str] | None:
+        try:
+            url = self.transport.queue_url(name)
+        except ResourceNotFound:
+            self.transport.queue_url.cache_clear()
+            return None
+        with aws_errors(f"read queue {name}"):
+            return dict(self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"])
+
+    # -- subscription ---------------------------------------------------------------------------
+    def _subscription(self, plan: Plan, topic_arn: str, queue_arn: str, client: str, dry_run: bool) -> None:
+        label = f"{self.names.topic} -> {self.names.queue(client)}"
+        wanted = {"RawMessageDelivery": "true", "FilterPolicy": json.dumps({"model": list(self.options.filter_models)})}
+        existing = self._find_subscription(topic_arn, queue_arn)
+        if existing is None:
+            plan.steps.append(Step("subscription", label, "create", "raw delivery, filter on model"))
+            if not dry_run:
+                with aws_errors(f"subscribe {self.names.queue(client)} to {self.names.topic}"):
+                    self.sns.subscribe(
+                        TopicArn=topic_arn,
+                        Protocol="sqs",
+                        Endpoint=queue_arn,
+                        Attributes=wanted,
+                        ReturnSubscriptionArn=True,
+                    )
+            return
+        with aws_errors(f"read subscription {existing}"):
+            current = self.sns.get_subscription_attributes(SubscriptionArn=existing)["Attributes"]
+        differing = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}
+        if not differing:
+            plan.steps.append(Step("subscription", label, "ok", "raw delivery", existing))
+            return
+        plan.steps.append(Step("subscription", label, "update", "sets " + ", ".join(sorted(differing)), existing))
+        if not dry_run:
+            for name, value in differing.items():
+                with aws_errors(f"set {name} on {existing}"):
+                    self.sns.set_subscription_attributes(
+                        SubscriptionArn=existing, AttributeName=name, AttributeValue=value
+                    )
+
+    def _find_subscription(self, topic_arn: str, queue_arn: str) -> str | None:
+        if not self._topic_exists(topic_arn):
+            return None
+        paginator = self.sns.get_paginator("list_subscriptions_by_topic")
+        with aws_errors(f"list subscriptions of {self.names.topic}"):
+            for page in paginator.paginate(TopicArn=topic_arn):
+                for sub in page.get("Subscriptions", []):
+                    if sub.get("Endpoint") == queue_arn and sub.get("Protocol") == "sqs":
+                        return str(sub["SubscriptionArn"])
+        return None
+
+
+def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
+    """Only this topic may send to the queue."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "topic-sends",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
+    }
+
+
+def _same(name: str, current: str | None, wanted: str) -> bool:
+    if current is None:
+        return False
+    if name in ("RedrivePolicy", "Policy", "FilterPolicy"):
+        try:
+            return _normal(json.loads(current)) == _normal(json.loads(wanted))
+        except ValueError:
+            return False
+    return str(current).lower() == str(wanted).lower()
+
+
+def _normal(value: Any) -> Any:
+    # AWS returns numbers as strings in some policies (maxReceiveCount): compare loosely.
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return str(value)

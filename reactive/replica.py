@@ -1,0 +1,199 @@
+"""Applying events to a client's models: upsert or delete by master key, version check, tombstones.
+
+Identity is the master key, kept in ReplicaState beside the local row, never the username: a rename on
+the master renames the local user. A delete keeps its state row (a tombstone) with its version, so a
+late insert or update with a lower version cannot bring the row back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, IntegrityError, models, transaction
+
+from reactive.capture import DEFAULT_USER_FIELDS
+from reactive.errors import ApplyError, ReactiveError
+from reactive.events import Event, parse_time
+
+log = logging.getLogger("reactive.replica")
+Status = Literal["applied", "stale", "failed"]
+BOOLEAN_FIELDS = {"is_active", "is_staff", "is_superuser"}
+
+
+class ReplicaState(models.Model):
+    model = models.CharField(max_length=100)
+    key = models.CharField(max_length=255)
+    version = models.BigIntegerField()
+    deleted = models.BooleanField(default=False)
+    local_pk = models.CharField(max_length=64, null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        app_label = "reactive"
+        constraints = [models.UniqueConstraint(fields=["model", "key"], name="reactive_replica_model_key")]
+        indexes = [models.Index(fields=["model", "local_pk"], name="reactive_replica_local")]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.key} v{self.version}{' (deleted)' if self.deleted else ''}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event: Event
+    status: Status
+    error: str = ""
+    profile: Mapping[str, Any] | None = None  # what the browser sees, for the notification
+    local_pk: str | None = None  # the local row, whose personal group is notified
+
+
+def state_key(event: Event) -> str:
+    # Legacy events are keyed by username; keep them apart from master primary keys.
+    return event.key if event.key_field == "pk" else f"username:{event.key}"
+
+
+def resolve_model(label: str) -> type[models.Model]:
+    if label == "auth.user":
+        return get_user_model()
+    try:
+        return apps.get_model(label)
+    except (LookupError, ValueError) as exc:
+        raise ApplyError(f"unknown model {label!r} on this client") from exc
+
+
+def replicated_fields() -> tuple[str, ...]:
+    from django.conf import settings
+
+    return tuple(getattr(settings, "REACTIVE_REPLICA_FIELDS", DEFAULT_USER_FIELDS))
+
+
+def apply(event: Event, using: str = "default") -> Outcome:
+    """Apply one event in a savepoint of the caller's transaction; never raises for a bad event."""
+    try:
+        with transaction.atomic(using=using):
+            return _apply(event, using)
+    except ReactiveError as exc:
+        return Outcome(event, "failed", str(exc))
+    except (IntegrityError, ValueError, TypeError) as exc:
+        return Outcome(event, "failed", f"{type(exc).__name__}: {exc}")
+    except DatabaseError as exc:
+        # The whole database is in trouble, not this event: let the batch fail and be retried.
+        raise exc
+
+
+def _apply(event: Event, using: str) -> Outcome:
+    model = resolve_model(event.model)
+    states = ReplicaState.objects.using(using).select_for_update()
+    state = states.filter(model=event.model, key=state_key(event)).first()
+    if state is not None and event.version <= state.version:
+        return Outcome(event, "stale")
+    if event.action == "delete":
+        removed_pk = _delete_local(model, state, event, using)
+        profile: dict[str, Any] = {"key": event.key, "version": event.version, "deleted": True}
+        local_pk = None
+    else:
+        instance = _upsert(model, state, event, using)
+        profile = profile_of(instance, event.key, event.version)
+        local_pk = removed_pk = str(instance.pk)
+    ReplicaState.objects.using(using).update_or_create(
+        model=event.model,
+        key=state_key(event),
+        defaults={"version": event.version, "deleted": event.action == "delete", "local_pk": local_pk},
+    )
+    return Outcome(event, "applied", profile=profile, local_pk=removed_pk)
+
+
+def _delete_local(model: type[models.Model], state: ReplicaState | None, event: Event, using: str) -> str | None:
+    manager = model._default_manager.using(using)
+    rows = manager.none()
+    if state is not None and state.local_pk:
+        rows = manager.filter(pk=state.local_pk)
+    elif event.key_field == "username":
+        rows = manager.filter(username=event.key)
+    local_pk = rows.values_list("pk", flat=True).first()
+    rows.delete()
+    return None if local_pk is None else str(local_pk)
+
+
+def _upsert(model: type[models.Model], state: ReplicaState | None, event: Event, using: str) -> models.Model:
+    manager = model._default_manager.using(using)
+    values = _clean(event.data)
+    instance = None
+    if state is not None and state.local_pk and not state.deleted:
+        instance = manager.filter(pk=state.local_pk).first()
+    if instance is None and event.key_field == "username":
+        instance = manager.filter(username=event.key).first()
+    username = values.get("username") or (event.key if event.key_field == "username" else None)
+    if username:
+        holder = manager.filter(username=username).exclude(pk=getattr(instance, "pk", None)).first()
+        if holder is not None:
+            instance = _adopt_or_refuse(holder, instance, event, using)
+    if instance is None:
+        if not username:
+            raise ApplyError(f"{event.action} of unknown key {event.key} carries no username")
+        instance = model(username=username)
+        if hasattr(instance, "set_unusable_password"):
+            instance.set_unusable_password()
+    for name, value in values.items():
+        setattr(instance, name, value)
+    instance.save(using=using)
+    return instance
+
+
+def _adopt_or_refuse(
+    holder: models.Model, instance: models.Model | None, event: Event, using: str
+) -> models.Model:
+    """Another local row has the username. Adopt it when nothing links it; otherwise wait (retry)."""
+    linked = ReplicaState.objects.using(using).filter(local_pk=str(holder.pk), deleted=False).first()
+    if linked is None and instance is None:
+        return holder
+    owner = f"key {linked.key}" if linked else "a local user"
+    raise ApplyError(
+        f"username {getattr(holder, 'username', '?')!r} is held by {owner}; "
+        "retrying until its own rename or delete arrives"
+    )
+
+
+def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = replicated_fields()
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in allowed:
+            continue
+        if name in BOOLEAN_FIELDS and not isinstance(value, bool):
+            raise ApplyError(f"{name} must be true or false, got {value!r}")
+        if name == "date_joined" and value is not None:
+            value = parse_time(value) if isinstance(value, str) else None
+        if name == "username" and (not isinstance(value, str) or not value or len(value) > 150):
+            raise ApplyError(f"bad username {value!r}")
+        if name in ("first_name", "last_name", "email") and not isinstance(value, str):
+            raise ApplyError(f"{name} must be a string")
+        values[name] = value
+    return values
+
+
+def profile_of(instance: models.Model, key: str, version: int) -> dict[str, Any]:
+    return {
+        "key": key,
+        "version": version,
+        "username": getattr(instance, "username", ""),
+        "first_name": getattr(instance, "first_name", ""),
+        "last_name": getattr(instance, "last_name", ""),
+        "email": getattr(instance, "email", ""),
+        "is_active": getattr(instance, "is_active", True),
+    }
+
+
+def master_key_of(local_pk: Any, model: str = "auth.user", using: str = "default") -> tuple[str, int] | None:
+    """(master key, version) of a local row, or None for a row that is not a replica."""
+    state = (
+        ReplicaState.objects.using(using)
+        .filter(model=model, local_pk=str(local_pk), deleted=False)
+        .values_list("key", "version")
+        .first()
+    )
+    return (state[0], int(state[1])) if state else None

@@ -1,0 +1,226 @@
+"""The one place that reads configuration: the environment first, Django settings second."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reactive.errors import ConfigError
+
+DEFAULT_PREFIX = "reactive"
+DEFAULT_CLIENTS = ("alpha", "beta")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REGION = "us-east-1"
+DEV_SSO_KEY = "reactive-development-sso-key-do-not-use-in-production"
+CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+def _django_setting(name: str, default: Any = None) -> Any:
+    """A Django setting when Django is configured; the default otherwise (CLI before setup)."""
+    try:
+        from django.conf import settings
+
+        if settings.configured:
+            return getattr(settings, name, default)
+    except ImportError:  # pragma: no cover - Django is a dependency
+        pass
+    return default
+
+
+def env_or_setting(name: str, default: Any = None) -> Any:
+    value = os.environ.get(name)
+    if value not in (None, ""):
+        return value
+    return _django_setting(name, default)
+
+
+def validate_client(name: str) -> str:
+    if not CLIENT_NAME.match(name):
+        raise ConfigError(
+            f"invalid client name {name!r}: use lowercase letters, digits, '-' or '_' (at most 40 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Names:
+    """AWS resource names derived from the prefix (DESIGN.md: topic, queue and DLQ names)."""
+
+    prefix: str
+    fifo: bool = False
+
+    @property
+    def _suffix(self) -> str:
+        return ".fifo" if self.fifo else ""
+
+    @property
+    def topic(self) -> str:
+        return f"{self.prefix}-users{self._suffix}"
+
+    def queue(self, client: str) -> str:
+        return f"{self.prefix}-{client}{self._suffix}"
+
+    def dlq(self, client: str) -> str:
+        return f"{self.prefix}-{client}-dlq{self._suffix}"
+
+
+def prefix() -> str:
+    value = str(env_or_setting("REACTIVE_PREFIX", DEFAULT_PREFIX))
+    if not re.match(r"^[A-Za-z0-9_-]{1,60}$", value):
+        raise ConfigError(f"invalid REACTIVE_PREFIX {value!r}: letters, digits, '-' and '_' only")
+    return value
+
+
+def fifo() -> bool:
+    return str(env_or_setting("REACTIVE_FIFO", "")).lower() in ("1", "true", "yes", "on")
+
+
+def names(use_fifo: bool | None = None) -> Names:
+    return Names(prefix(), fifo() if use_fifo is None else use_fifo)
+
+
+def clients() -> list[str]:
+    raw = env_or_setting("REACTIVE_CLIENTS", ",".join(DEFAULT_CLIENTS))
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    return [validate_client(c.strip()) for c in items if c.strip()]
+
+
+def current_client() -> str:
+    value = env_or_setting("REACTIVE_CLIENT")
+    if not value:
+        raise ConfigError("REACTIVE_CLIENT is not set: which client is this process? (e.g. REACTIVE_CLIENT=alpha)")
+    return validate_client(str(value))
+
+
+def aws_endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def aws_region() -> str:
+    return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or DEFAULT_REGION
+
+
+def redis_url() -> str:
+    return str(env_or_setting("REDIS_URL", DEFAULT_REDIS_URL))
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("REACTIVE_VAR_DIR") or Path.cwd() / "var").resolve()
+
+
+def database_url(site: str, client: str | None = None) -> str:
+    """The database of this process: DATABASE_URL_<CLIENT>, DATABASE_URL (``{client}`` expanded), or SQLite under var/."""
+    if client:
+        specific = os.environ.get(f"DATABASE_URL_{client.upper().replace('-', '_')}")
+        if specific:
+            return specific
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url.replace("{client}", client or site)
+    filename = f"client-{client}.sqlite3" if client else f"{site}.sqlite3"
+    return f"sqlite:///{var_dir() / filename}"
+
+
+def sso_key(debug: bool) -> str:
+    key = os.environ.get("REACTIVE_SSO_KEY")
+    if key:
+        return key
+    if not debug:
+        raise ConfigError("REACTIVE_SSO_KEY is not set; the development key is refused when DEBUG is off")
+    return DEV_SSO_KEY
+
+
+def debug() -> bool:
+    return os.environ.get("DJANGO_DEBUG", "1").lower() not in ("0", "false", "no", "off")
+
+
+def max_receives() -> int:
+    return int(env_or_setting("REACTIVE_MAX_RECEIVES", 5))
+
+
+def float_setting(name: str, default: float) -> float:
+    value = env_or_setting(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+
+
+def django_database(site: str, client: str | None = None) -> dict[str, Any]:
+    """DATABASES["default"] for a site, from DATABASE_URL (dj-database-url) or SQLite under var/."""
+    import dj_database_url
+
+    url = database_url(site, client)
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    if config["ENGINE"].endswith("sqlite3"):
+        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        config["CONN_MAX_AGE"] = 0
+        # WAL lets the listener, the web process and workers read while one writes; IMMEDIATE avoids
+        # lock-upgrade deadlocks between writers.
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    return config
+
+
+DEV_SECRET_KEY = "reactive-development-secret-key-not-for-production"
+
+
+def secret_key(debug: bool) -> str:
+    key = os.environ.get("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    if not debug:
+        raise ConfigError("DJANGO_SECRET_KEY is not set; the development key is refused when DEBUG is off")
+    return DEV_SECRET_KEY
+
+
+def allowed_hosts() -> list[str]:
+    # Never "*": the websocket origin check (AllowedHostsOriginValidator) relies on this list.
+    raw = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+    return [h.strip() for h in raw.split(",") if h.strip()]
+
+
+def client_urls() -> dict[str, str]:
+    """REACTIVE_CLIENT_URLS="alpha=http://127.0.0.1:8000,beta=http://127.0.0.1:8002" (up's ports by default)."""
+    raw = os.environ.get("REACTIVE_CLIENT_URLS", "")
+    if raw:
+        pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
+        return {name.strip(): url.strip().rstrip("/") for name, url in pairs}
+    ports = [8000] + [8002 + i for i in range(64)]
+    return {name: f"http://127.0.0.1:{port}" for name, port in zip(clients(), ports, strict=False)}
+
+
+def celery_settings(role: str) -> dict[str, Any]:
+    """CELERY_* Django settings: Redis broker, no result backend, short publish retries so a save never hangs.
+
+    Each role (master, client-alpha, ...) has its own queue, so that sites sharing one Redis never take
+    each other's tasks.
+    """
+    return {
+        "CELERY_TASK_DEFAULT_QUEUE": f"{prefix()}-{role}",
+        "CELERY_BROKER_URL": redis_url(),
+        "CELERY_TASK_IGNORE_RESULT": True,
+        "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,
+        "CELERY_BROKER_CONNECTION_TIMEOUT": 2,
+        "CELERY_TASK_PUBLISH_RETRY_POLICY": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        "CELERY_BROKER_TRANSPORT_OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+        "CELERY_WORKER_HIJACK_ROOT_LOGGER": False,
+        "CELERY_TASK_ACKS_LATE": True,
+    }
+
+
+def logging_config() -> dict[str, Any]:
+    level = os.environ.get("REACTIVE_LOG_LEVEL", "INFO").upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
+        "loggers": {"reactive": {"handlers": ["stderr"], "level": level, "propagate": False}},
+    }

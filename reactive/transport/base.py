@@ -1,0 +1,79 @@
+"""The small typed interface every transport implements. Policy (retry, dead letters, replay) lives in core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+BATCH_LIMIT = 10  # SNS PublishBatch and SQS SendMessageBatch/DeleteMessageBatch take at most 10 entries
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    id: str  # unique within one batch call
+    body: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    group_id: str | None = None  # FIFO only
+    dedup_id: str | None = None  # FIFO only
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    message_id: str
+    body: str
+    receipt: str
+    attributes: Mapping[str, str] = field(default_factory=dict)  # SentTimestamp, ApproximateReceiveCount, ...
+    message_attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sent_timestamp(self) -> int | None:
+        value = self.attributes.get("SentTimestamp")
+        return int(value) if value else None
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.attributes.get("ApproximateReceiveCount", "0") or 0)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Which entries of one batch call succeeded, by OutgoingMessage.id (or receipt for deletes)."""
+
+    succeeded: tuple[str, ...] = ()
+    failed: Mapping[str, str] = field(default_factory=dict)  # id -> reason
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    visible: int
+    in_flight: int
+    delayed: int = 0
+
+
+class Transport(Protocol):
+    def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        """Publish to the topic (fan-out to every subscribed client)."""
+        ...
+
+    def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        """Send straight to one queue (resync, replay)."""
+        ...
+
+    def receive(
+        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int | None = None
+    ) -> list[ReceivedMessage]: ...
+
+    def delete(self, queue: str, receipts: Sequence[str]) -> BatchResult: ...
+
+    def release(self, queue: str, receipts: Sequence[str]) -> None:
+        """Make messages visible again at once (peek without consuming)."""
+        ...
+
+    def depth(self, queue: str) -> QueueDepth: ...
+
+    def purge(self, queue: str) -> None: ...
+
+
+def chunks(items: Sequence, size: int = BATCH_LIMIT) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

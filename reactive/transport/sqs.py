@@ -1,0 +1,203 @@
+"""SNS + SQS through boto3. Works against real AWS and against moto's server (``AWS_ENDPOINT_URL``)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from reactive import settings
+from reactive.errors import CredentialsError, ResourceNotFound, ServiceUnavailable, TransportError
+from reactive.transport.base import (
+    BatchResult,
+    OutgoingMessage,
+    QueueDepth,
+    ReceivedMessage,
+    chunks,
+)
+
+NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NotFound", "NotFoundException"}
+BAD_CREDENTIALS = {
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthorizationError",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+}
+# Long polls last up to 20 s, so the read timeout must be longer; connection problems fail fast.
+BOTO_CONFIG = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+
+
+@contextlib.contextmanager
+def aws_errors(what: str) -> Iterator[None]:
+    """Translate botocore's exceptions into reactive's tree, naming what was being done."""
+    try:
+        yield
+    except (bexc.EndpointConnectionError, bexc.ConnectTimeoutError, bexc.ConnectionClosedError) as exc:
+        where = settings.aws_endpoint_url() or "AWS"
+        raise ServiceUnavailable(f"cannot reach {where} while trying to {what}: {exc}") from exc
+    except (bexc.NoCredentialsError, bexc.PartialCredentialsError) as exc:
+        raise CredentialsError(f"no AWS credentials found while trying to {what} ({exc})") from exc
+    except bexc.NoRegionError as exc:
+        raise CredentialsError("no AWS region: set AWS_DEFAULT_REGION") from exc
+    except bexc.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if code in NOT_FOUND:
+            raise ResourceNotFound(f"{what}: does not exist ({message}); run `reactive provision`?") from exc
+        if code in BAD_CREDENTIALS:
+            raise CredentialsError(f"AWS refused the credentials while trying to {what}: {code}: {message}") from exc
+        raise TransportError(f"{what}: {code}: {message}") from exc
+    except bexc.BotoCoreError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+def make_client(service: str) -> Any:
+    return boto3.session.Session().client(
+        service, region_name=settings.aws_region(), endpoint_url=settings.aws_endpoint_url(), config=BOTO_CONFIG
+    )
+
+
+class SqsTransport:
+    def __init__(self, topic_name: str, sns: Any = None, sqs: Any = None, sts: Any = None) -> None:
+        self.topic_name = topic_name
+        self.fifo = topic_name.endswith(".fifo")
+        self.sns = sns or make_client("sns")
+        self.sqs = sqs or make_client("sqs")
+        self._sts = sts
+
+    @classmethod
+    def from_settings(cls) -> SqsTransport:
+        return cls(settings.names().topic)
+
+    # -- names ----------------------------------------------------------------------------------
+    @functools.cached_property
+    def account_id(self) -> str:
+        with aws_errors("read the AWS account id"):
+            sts = self._sts or make_client("sts")
+            return str(sts.get_caller_identity()["Account"])
+
+    @functools.cached_property
+    def topic_arn(self) -> str:
+        return f"arn:aws:sns:{settings.aws_region()}:{self.account_id}:{self.topic_name}"
+
+    def queue_arn(self, queue: str) -> str:
+        return f"arn:aws:sqs:{settings.aws_region()}:{self.account_id}:{queue}"
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one transport per process; URLs never change
+    def queue_url(self, queue: str) -> str:
+        with aws_errors(f"find queue {queue}"):
+            return str(self.sqs.get_queue_url(QueueName=queue)["QueueUrl"])
+
+    # -- sending --------------------------------------------------------------------------------
+    def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        succeeded: list[str] = []
+        failed: dict[str, str] = {}
+        for chunk in chunks(messages):
+            entries = [self._sns_entry(m) for m in chunk]
+            with aws_errors(f"publish to topic {self.topic_name}"):
+                response = self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
+            succeeded += [e["Id"] for e in response.get("Successful", [])]
+            failed.update({e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])})
+        return BatchResult(tuple(succeeded), failed)
+
+    def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        url = self.queue_url(queue)
+        succeeded: list[str] = []
+        failed: dict[str, str] = {}
+        for chunk in chunks(messages):
+            entries = [self._sqs_entry(m, queue.endswith(".fifo")) for m in chunk]
+            with aws_errors(f"send to queue {queue}"):
+                response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            succeeded += [e["Id"] for e in response.get("Successful", [])]
+            failed.update({e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])})
+        return BatchResult(tuple(succeeded), failed)
+
+    # -- receiving ------------------------------------------------------------------------------
+    def receive(
+        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int | None = None
+    ) -> list[ReceivedMessage]:
+        kwargs: dict[str, Any] = {
+            "QueueUrl": self.queue_url(queue),
+            "MaxNumberOfMessages": max(1, min(10, max_messages)),
+            "WaitTimeSeconds": int(max(0, min(20, wait_seconds))),
+            "MessageSystemAttributeNames": ["All"],
+            "MessageAttributeNames": ["All"],
+        }
+        if visibility_timeout is not None:
+            kwargs["VisibilityTimeout"] = visibility_timeout
+        with aws_errors(f"receive from queue {queue}"):
+            response = self.sqs.receive_message(**kwargs)
+        return [_received(m) for m in response.get("Messages", [])]
+
+    def delete(self, queue: str, receipts: Sequence[str]) -> BatchResult:
+        url = self.queue_url(queue)
+        succeeded: list[str] = []
+        failed: dict[str, str] = {}
+        for chunk in chunks(list(receipts)):
+            entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)]
+            with aws_errors(f"delete messages from queue {queue}"):
+                response = self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+            succeeded += [chunk[int(e["Id"])] for e in response.get("Successful", [])]
+            failed.update({chunk[int(e["Id"])]: e.get("Message", e.get("Code", "")) for e in response.get("Failed", [])})
+        return BatchResult(tuple(succeeded), failed)
+
+    def release(self, queue: str, receipts: Sequence[str]) -> None:
+        url = self.queue_url(queue)
+        for chunk in chunks(list(receipts)):
+            entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(chunk)]
+            with aws_errors(f"release messages in queue {queue}"):
+                self.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+
+    def depth(self, queue: str) -> QueueDepth:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        with aws_errors(f"read the depth of queue {queue}"):
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url(queue), AttributeNames=names)["Attributes"]
+        return QueueDepth(*(int(attrs.get(n, 0)) for n in names))
+
+    def purge(self, queue: str) -> None:
+        with aws_errors(f"purge queue {queue}"):
+            self.sqs.purge_queue(QueueUrl=self.queue_url(queue))
+
+    # -- entries --------------------------------------------------------------------------------
+    def _sns_entry(self, m: OutgoingMessage) -> dict[str, Any]:
+        entry: dict[str, Any] = {"Id": m.id, "Message": m.body, "MessageAttributes": _attributes(m.attributes)}
+        if self.fifo:
+            entry["MessageGroupId"] = m.group_id or "default"
+            entry["MessageDeduplicationId"] = m.dedup_id or m.id
+        return entry
+
+    @staticmethod
+    def _sqs_entry(m: OutgoingMessage, fifo: bool) -> dict[str, Any]:
+        entry: dict[str, Any] = {"Id": m.id, "MessageBody": m.body, "MessageAttributes": _attributes(m.attributes)}
+        if fifo:
+            entry["MessageGroupId"] = m.group_id or "default"
+            entry["MessageDeduplicationId"] = m.dedup_id or m.id
+        return entry
+
+
+def _attributes(values: Any) -> dict[str, dict[str, str]]:
+    return {k: {"DataType": "String", "StringValue": str(v)} for k, v in values.items()}
+
+
+def _received(m: dict[str, Any]) -> ReceivedMessage:
+    attrs = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
+    return ReceivedMessage(
+        message_id=m["MessageId"],
+        body=m.get("Body", ""),
+        receipt=m["ReceiptHandle"],
+        attributes=dict(m.get("Attributes", {})),
+        message_attributes=attrs,
+    )
