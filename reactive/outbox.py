@@ -20,7 +20,7 @@ from django.utils import timezone
 from reactive import settings
 from reactive.errors import ReactiveError
 from reactive.events import Event, encode
-from reactive.transport.base import OutgoingMessage, Transport
+from reactive.transport.base import OutgoingMessage, Transport, chunks
 
 log = logging.getLogger("reactive.outbox")
 TOPIC = ""  # target of rows that go to the topic (every client); otherwise a client name (resync)
@@ -148,17 +148,21 @@ def _claim(limit: int, using: str) -> list[OutboxEvent]:
 def _publish(
     transport: Transport, target: str, rows: list[OutboxEvent]
 ) -> tuple[list[OutboxEvent], list[tuple[OutboxEvent, str]]]:
-    messages = [_message(row) for row in rows]
-    try:
-        if target == TOPIC:
-            outcome = transport.publish(messages)
-        else:
-            outcome = transport.send(settings.names().queue(target), messages)
-    except ReactiveError as exc:
-        return [], [(row, str(exc)) for row in rows]
-    ok_ids = set(outcome.succeeded)
-    ok = [row for row in rows if str(row.id) in ok_ids]
-    failed = [(row, outcome.failed.get(str(row.id), "not acknowledged")) for row in rows if str(row.id) not in ok_ids]
+    ok: list[OutboxEvent] = []
+    failed: list[tuple[OutboxEvent, str]] = []
+    for batch in chunks(rows):  # PublishBatch / SendMessageBatch take 10 entries a call
+        messages = [_message(row) for row in batch]
+        try:
+            if target == TOPIC:
+                outcome = transport.publish(messages)
+            else:
+                outcome = transport.send(settings.names().queue(target), messages)
+        except ReactiveError as exc:
+            failed += [(row, str(exc)) for row in batch]
+            continue
+        ok_ids = set(outcome.succeeded)
+        ok += [row for row in batch if str(row.id) in ok_ids]
+        failed += [(r, outcome.failed.get(str(r.id), "not acknowledged")) for r in batch if str(r.id) not in ok_ids]
     return ok, failed
 
 

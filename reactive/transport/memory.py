@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from reactive.errors import ResourceNotFound
-from reactive.transport.base import BatchResult, OutgoingMessage, QueueDepth, ReceivedMessage
+from reactive.errors import ResourceNotFound, TransportError
+from reactive.transport.base import BATCH_LIMIT, BatchResult, OutgoingMessage, QueueDepth, ReceivedMessage
 
 
 @dataclass
@@ -64,6 +64,7 @@ class MemoryTransport:
                 self._subscribers.append(queue)
 
     def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        _check_batch(messages)
         self.calls.append("publish")
         with self._lock:
             for queue in self._subscribers:
@@ -72,6 +73,7 @@ class MemoryTransport:
         return BatchResult(succeeded=tuple(m.id for m in messages))
 
     def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        _check_batch(messages)
         self.calls.append("send")
         with self._lock:
             self._append(queue, messages)
@@ -156,3 +158,8 @@ class MemoryTransport:
             return self._queues[name]
         except KeyError:
             raise ResourceNotFound(f"queue {name} does not exist") from None
+
+
+def _check_batch(messages: Sequence[OutgoingMessage]) -> None:
+    if len(messages) > BATCH_LIMIT:
+        raise TransportError(f"TooManyEntriesInBatchRequest: {len(messages)} entries (at most {BATCH_LIMIT})")

@@ -1,0 +1,129 @@
+"""Change capture on the master: which saves emit which events, in the same transaction, with no extra SELECT."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from reactive import capture
+from reactive.outbox import OutboxEvent
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("captured")]
+User = get_user_model()
+
+
+def events() -> list[tuple[str, str, list[str]]]:
+    return list(OutboxEvent.objects.order_by("id").values_list("action", "key", "changed"))
+
+
+def test_create_update_delete_emit_insert_update_delete() -> None:
+    user = User.objects.create_user("alice", "a@example.com", "pw", first_name="Alice")
+    user.first_name = "Alicia"
+    user.save()
+    key = str(user.pk)
+    user.delete()
+    assert [(a, k) for a, k, _ in events()] == [("insert", key), ("update", key), ("delete", key)]
+    assert events()[1][2] == ["first_name"]
+
+
+def test_versions_increase_per_key() -> None:
+    user = User.objects.create_user("bob", first_name="Bob")
+    for name in ("B1", "B2", "B3"):
+        user.first_name = name
+        user.save()
+    versions = [row.to_event().version for row in OutboxEvent.objects.order_by("id")]
+    assert versions == sorted(versions) and len(set(versions)) == 4
+
+
+def test_untracked_changes_emit_nothing() -> None:
+    user = User.objects.create_user("carol", first_name="Carol")
+    before = OutboxEvent.objects.count()
+    user = User.objects.get(pk=user.pk)
+    user.set_password("new-secret")
+    user.save()
+    user.last_login = timezone.now()
+    user.save()
+    user.save()  # nothing changed at all
+    assert OutboxEvent.objects.count() == before
+
+
+def test_a_changed_save_runs_no_select_on_the_user_table() -> None:
+    user = User.objects.create_user("dora", first_name="Dora")
+    user = User.objects.get(pk=user.pk)
+    user.first_name = "Dorothy"
+    with CaptureQueriesContext(connection) as queries:
+        user.save()
+    selects = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert selects == []
+    assert OutboxEvent.objects.filter(action="update", key=str(user.pk)).count() == 1
+
+
+def test_no_event_carries_the_password_hash_or_last_login() -> None:
+    user = User.objects.create_user("eve", "e@example.com", "s3cret-pw", first_name="Eve")
+    user.last_login = timezone.now()
+    user.first_name = "Evelyn"
+    user.save()
+    for row in OutboxEvent.objects.all():
+        assert "password" not in row.data and "last_login" not in row.data
+        assert user.password not in str(row.data)
+    assert set(OutboxEvent.objects.get(action="insert").data) == set(capture.DEFAULT_USER_FIELDS)
+
+
+def test_rolled_back_transaction_emits_nothing(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks() as callbacks, pytest.raises(RuntimeError):
+        with transaction.atomic():
+            User.objects.create_user("frank", first_name="Frank")
+            raise RuntimeError("boom")
+    assert OutboxEvent.objects.count() == 0
+    assert callbacks == []
+
+
+def test_one_relay_is_requested_per_transaction(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
+        for i in range(5):
+            User.objects.create_user(f"user{i}")
+    assert OutboxEvent.objects.count() == 5
+    assert len(callbacks) == 1
+
+
+def test_staff_flip_deletes_then_reinserts_on_clients() -> None:
+    user = User.objects.create_user("gina", first_name="Gina")
+    user.is_staff = True
+    user.save()
+    user.is_staff = False
+    user.first_name = "Georgina"
+    user.save()
+    actions = [a for a, _, _ in events()]
+    assert actions == ["insert", "delete", "insert"]
+    assert OutboxEvent.objects.order_by("id").last().data["first_name"] == "Georgina"  # type: ignore[union-attr]
+
+
+def test_staff_users_are_never_synced() -> None:
+    admin = User.objects.create_user("root", is_staff=True)
+    admin.first_name = "Root"
+    admin.save()
+    admin.delete()
+    assert events() == []
+
+
+def test_deferred_tracked_field_is_read_back_only_when_needed() -> None:
+    user = User.objects.create_user("hank", "h@example.com", first_name="Hank")
+    partial = User.objects.only("id", "first_name").get(pk=user.pk)
+    partial.first_name = "Henry"
+    partial.save()
+    last = OutboxEvent.objects.order_by("id").last()
+    assert last is not None and last.action == "update" and last.data["first_name"] == "Henry"
+
+
+def test_diff_is_pure() -> None:
+    assert capture.diff({"a": 1, "b": 2}, {"a": 1, "b": 3}) == ("b",)
+    assert capture.decide(None, {"a": 1, capture.SYNCED: False}) == (None, ())
+    assert capture.decide({"a": 1, capture.SYNCED: True}, {"a": 1, capture.SYNCED: False})[0] == "delete"
+
+
+def test_password_cannot_be_tracked() -> None:
+    with pytest.raises(ValueError, match="never synced"):
+        capture.track(User, fields=["username", "password"])

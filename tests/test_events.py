@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from reactive.errors import MessageError
+from reactive.events import Event, decode, encode
+
+
+def sample(**overrides: object) -> Event:
+    values: dict = {"model": "auth.user", "action": "update", "key": "7", "version": 42, "data": {"first_name": "A"}}
+    values.update(overrides)
+    return Event(**values, changed=("first_name",))
+
+
+def test_encode_matches_the_v1_wire_format() -> None:
+    event = sample(occurred_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    payload = json.loads(encode(event))
+    assert payload == {
+        "schema": 1,
+        "event_id": event.event_id,
+        "model": "auth.user",
+        "action": "update",
+        "key": "7",
+        "version": 42,
+        "occurred_at": "2026-01-02T03:04:05Z",
+        "data": {"first_name": "A"},
+        "changed": ["first_name"],
+    }
+    assert event.message_attributes() == {"model": "auth.user", "action": "update"}
+
+
+def test_decode_round_trips_raw_and_sns_envelope() -> None:
+    event = sample()
+    assert decode(encode(event)) == event
+    envelope = {"Type": "Notification", "MessageId": "m1", "Message": encode(event), "Timestamp": "2026-01-01T00:00:00Z"}
+    assert decode(json.dumps(envelope)) == event
+
+
+def test_legacy_envelope_is_keyed_by_username_and_ordered_by_sent_timestamp() -> None:
+    inner = {"user": {"username": "alice", "first_name": "Alice", "password": "x", "last_login": "y"}, "action": 1}
+    envelope = {"Type": "Notification", "MessageId": "m1", "Message": json.dumps(inner)}
+    event = decode(json.dumps(envelope), sent_timestamp=1_700_000_000_123)
+    assert (event.action, event.key, event.key_field, event.version) == ("update", "alice", "username", 1_700_000_000_123)
+    assert event.data == {"username": "alice", "first_name": "Alice"}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("not json at all", "not JSON"),
+        ("[1, 2]", "not an object"),
+        ('{"schema": 99}', "unsupported schema"),
+        ('{"schema": 1, "action": "explode", "model": "auth.user", "key": "1", "version": 1}', "unknown action"),
+        ('{"schema": 1, "action": "update", "model": "auth.user", "key": "", "version": 1}', "bad key"),
+        ('{"schema": 1, "action": "update", "model": "auth.user", "key": "1", "version": "2"}', "bad version"),
+        ('{"Type": "Notification", "Message": "{\\"user\\": {\\"username\\": \\"a\\"}, \\"action\\": 7}"}', "legacy"),
+        ("x" * 300_000, "larger than"),
+    ],
+)
+def test_bad_bodies_say_why(body: str, reason: str) -> None:
+    with pytest.raises(MessageError, match=reason):
+        decode(body, sent_timestamp=1)

@@ -1,0 +1,103 @@
+"""The receive loop on the in-memory transport: batch apply, ack after commit, poison left for the DLQ."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from reactive.events import Event, encode
+from reactive.listener import Listener
+from reactive.transport.base import OutgoingMessage
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def message(body: str, n: int) -> OutgoingMessage:
+    return OutgoingMessage(id=str(n), body=body)
+
+
+def event_body(action: str, key: str, version: int, **data: object) -> str:
+    return encode(Event(model="auth.user", action=action, key=key, version=version, data=data))  # type: ignore[arg-type]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def __call__(self, changes) -> None:  # type: ignore[no-untyped-def]
+        self.sent.extend((pk, dict(p)) for pk, p in changes)
+
+
+def make_listener(memory, notify=None) -> Listener:  # type: ignore[no-untyped-def]
+    return Listener("alpha", memory, wait=0, notify=notify or Recorder())
+
+
+def test_a_batch_applies_acks_and_notifies_after_commit(memory) -> None:  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+    listener = make_listener(memory, recorder)
+    bodies = [event_body("insert", "1", 1, username="alice", first_name="Alice"), event_body("update", "1", 2, first_name="Al")]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    totals = listener.run(once=True)
+    assert (totals.received, totals.applied, totals.acked, totals.failed) == (2, 2, 2, 0)
+    assert User.objects.get(username="alice").first_name == "Al"
+    assert memory.depth(listener.queue).visible + memory.depth(listener.queue).in_flight == 0
+    local_pk = str(User.objects.get(username="alice").pk)
+    assert [p["first_name"] for pk, p in recorder.sent if pk == local_pk] == ["Alice", "Al"]
+
+
+def test_poison_is_left_for_the_dlq_while_good_messages_apply(memory) -> None:  # type: ignore[no-untyped-def]
+    listener = make_listener(memory)
+    bodies = [
+        "not json at all",
+        event_body("insert", "1", 1, username="alice"),
+        '{"schema": 1, "action": "explode", "model": "auth.user", "key": "1", "version": 1}',
+        '{"schema": 99}',
+        "x" * 210_000,
+        event_body("insert", "2", 2, username="bob"),
+    ]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    first = listener.process(memory.receive(listener.queue, wait_seconds=0))
+    assert (first.applied, first.failed, first.acked) == (2, 4, 2)
+    assert sorted(User.objects.values_list("username", flat=True)) == ["alice", "bob"]
+    # After max receives (2 here) the redrive moves every bad message to the DLQ.
+    for _ in range(3):
+        memory.release(listener.queue, [m.receipt for m in memory._queue(listener.queue).messages])
+        listener.process(memory.receive(listener.queue, wait_seconds=0))
+    assert memory.depth(f"{listener.queue}-dlq").visible == 4
+    assert memory.depth(listener.queue).visible + memory.depth(listener.queue).in_flight == 0
+
+
+def test_redelivery_twice_and_in_reverse_order_converges(memory) -> None:  # type: ignore[no-untyped-def]
+    listener = make_listener(memory)
+    bodies = [
+        event_body("insert", "1", 1, username="carol", first_name="Carol"),
+        event_body("update", "1", 2, first_name="Caroline"),
+        event_body("update", "1", 3, username="caro"),
+        event_body("insert", "2", 4, username="dan"),
+        event_body("delete", "2", 5),
+    ]
+    for batch in (list(reversed(bodies)), bodies, bodies[::2]):
+        memory.publish([message(b, i) for i, b in enumerate(batch)])
+        listener.run(once=True)
+    assert sorted(User.objects.values_list("username", "first_name")) == [("caro", "Caroline")]
+
+
+def test_a_channel_layer_that_is_down_never_blocks_sync(memory, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    class DownLayer:
+        async def group_send(self, group: str, message: dict) -> None:
+            raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr("reactive.groups.layer", lambda: DownLayer())
+    listener = Listener("alpha", memory, wait=0)  # the real notifier
+    memory.publish([message(event_body("insert", "1", 1, username="erin"), 0)])
+    assert listener.run(once=True).acked == 1
+    assert User.objects.filter(username="erin").exists()
+    assert "could not notify group" in caplog.text
+
+
+def test_stop_requested_mid_loop_finishes_and_returns(memory) -> None:  # type: ignore[no-untyped-def]
+    listener = make_listener(memory)
+    memory.publish([message(event_body("insert", "1", 1, username="fay"), 0)])
+    listener.stop()
+    assert listener.run().received == 0

@@ -1,0 +1,107 @@
+"""The relay: batches of 10, marks sent, backs off failures, claims with a lease, prunes old rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from reactive.errors import ServiceUnavailable
+from reactive.events import decode
+from reactive.outbox import OutboxEvent, backlog, prune_sent, record, relay_pending
+from reactive.transport.base import BatchResult, OutgoingMessage
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("captured")]
+User = get_user_model()
+
+
+class DownTransport:
+    def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        raise ServiceUnavailable("cannot reach http://127.0.0.1:1")
+
+
+class HalfTransport:
+    """Acknowledges every other entry, like a PublishBatch with partial failures."""
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        ok = [m.id for i, m in enumerate(messages) if i % 2 == 0]
+        return BatchResult(tuple(ok), {m.id: "InternalError" for i, m in enumerate(messages) if i % 2})
+
+
+def make_users(n: int) -> None:
+    for i in range(n):
+        User.objects.create_user(f"u{i}", first_name=f"U{i}")
+
+
+def test_relay_publishes_in_batches_of_ten_and_marks_sent(memory) -> None:  # type: ignore[no-untyped-def]
+    make_users(25)
+    result = relay_pending(memory)
+    assert (result.sent, result.failed) == (25, 0)
+    assert memory.calls.count("publish") == 3
+    assert backlog().pending == 0
+    received = memory.receive(memory_queue(memory, "alpha"), max_messages=10, wait_seconds=0)
+    event = decode(received[0].body)
+    assert event.action == "insert" and event.version == OutboxEvent.objects.order_by("id").first().id  # type: ignore[union-attr]
+    assert received[0].message_attributes == {"model": "auth.user", "action": "insert"}
+    assert relay_pending(memory).sent == 0  # nothing is sent twice
+
+
+def memory_queue(memory, client: str) -> str:  # type: ignore[no-untyped-def]
+    return next(q for q in memory._subscribers if q.endswith(f"-{client}"))
+
+
+def test_failures_stay_pending_with_backoff_and_are_retried() -> None:
+    make_users(3)
+    result = relay_pending(DownTransport())
+    assert (result.sent, result.failed) == (0, 3)
+    row = OutboxEvent.objects.first()
+    assert row is not None and row.attempts == 1 and row.next_attempt_at > timezone.now()
+    assert "cannot reach" in row.last_error
+    assert relay_pending(DownTransport()).failed == 0  # not due yet: backoff holds
+    OutboxEvent.objects.update(next_attempt_at=timezone.now())
+    assert backlog().pending == 3
+
+
+def test_partial_batch_failures_only_retry_the_failed_entries() -> None:
+    make_users(4)
+    result = relay_pending(HalfTransport())
+    assert (result.sent, result.failed) == (2, 2)
+    assert OutboxEvent.objects.filter(sent_at__isnull=True, attempts=1).count() == 2
+
+
+def test_claimed_rows_are_not_relayed_twice_during_the_lease(memory) -> None:  # type: ignore[no-untyped-def]
+    make_users(2)
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() + timedelta(seconds=60))  # as a claim leaves them
+    assert relay_pending(memory).sent == 0
+    OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))  # the lease ran out
+    assert relay_pending(memory).sent == 2
+
+
+def test_targeted_rows_go_to_one_client_queue_only(memory) -> None:  # type: ignore[no-untyped-def]
+    record("auth.user", "insert", "1", {"username": "x"}, ["username"], using="default", target="beta")
+    assert relay_pending(memory).sent == 1
+    assert memory.depth(memory_queue(memory, "beta")).visible == 1
+    assert memory.depth(memory_queue(memory, "alpha")).visible == 0
+
+
+def test_prune_removes_only_old_sent_rows(memory) -> None:  # type: ignore[no-untyped-def]
+    make_users(3)
+    relay_pending(memory)
+    OutboxEvent.objects.filter(id=OutboxEvent.objects.order_by("id").first().id).update(  # type: ignore[union-attr]
+        sent_at=timezone.now() - timedelta(days=30)
+    )
+    User.objects.create_user("pending-one")
+    assert prune_sent(older_than=timedelta(days=7)) == 1
+    assert OutboxEvent.objects.count() == 3
+
+
+def test_backlog_reports_the_oldest_pending_row() -> None:
+    make_users(2)
+    OutboxEvent.objects.filter(id=OutboxEvent.objects.order_by("id").first().id).update(  # type: ignore[union-attr]
+        occurred_at=timezone.now() - timedelta(minutes=5)
+    )
+    report = backlog()
+    assert report.pending == 2 and report.oldest_age_seconds is not None and report.oldest_age_seconds >= 299
