@@ -107,6 +107,36 @@ def redis_url() -> str:
     return str(env_or_setting("REDIS_URL", DEFAULT_REDIS_URL))
 
 
+def time_zone() -> str:
+    """The zone the clock shows its HH:MM:SS in (Django's TIME_ZONE), UTC by default."""
+    return str(env_or_setting("TIME_ZONE", "UTC"))
+
+
+CHANNEL_LAYER_BACKENDS = {
+    "redis": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+# Chosen by bench/fanout.py (docs/benchmarks.md): see the "fanout" section for the figures.
+DEFAULT_CHANNEL_LAYER = "redis"
+
+
+def channel_layers(client: str) -> dict[str, Any]:
+    """CHANNEL_LAYERS of a client site: channels-redis at REDIS_URL, keys under "{prefix}-{client}".
+
+    REACTIVE_CHANNEL_LAYER picks the backend: "redis" (lists, at-least-once to live consumers) or
+    "pubsub" (Redis pub/sub, one publish per group message).
+    """
+    kind = str(env_or_setting("REACTIVE_CHANNEL_LAYER", DEFAULT_CHANNEL_LAYER)).lower()
+    if kind not in CHANNEL_LAYER_BACKENDS:
+        raise ConfigError(f"REACTIVE_CHANNEL_LAYER must be one of {sorted(CHANNEL_LAYER_BACKENDS)}, got {kind!r}")
+    return {
+        "default": {
+            "BACKEND": CHANNEL_LAYER_BACKENDS[kind],
+            "CONFIG": {"hosts": [redis_url()], "prefix": f"{prefix()}-{client}"},
+        }
+    }
+
+
 def var_dir() -> Path:
     return Path(os.environ.get("REACTIVE_VAR_DIR") or Path.cwd() / "var").resolve()
 
@@ -192,8 +222,19 @@ def client_urls() -> dict[str, str]:
     if raw:
         pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
         return {name.strip(): url.strip().rstrip("/") for name, url in pairs}
-    ports = [8000] + [8002 + i for i in range(64)]
-    return {name: f"http://127.0.0.1:{port}" for name, port in zip(clients(), ports, strict=False)}
+    names = clients()
+    return {name: f"http://127.0.0.1:{port}" for name, port in zip(names, default_client_ports(len(names)), strict=True)}
+
+
+def default_client_ports(count: int) -> list[int]:
+    """The ports `reactive up` gives the client sites: 8000, then 8002, 8003, ... (the master has 8001)."""
+    return [8000, *range(8002, 8002 + max(0, count - 1))][:count]
+
+
+def serve_static() -> bool:
+    """REACTIVE_SERVE_STATIC: the sites serve their static files themselves (default: when DEBUG is on)."""
+    raw = os.environ.get("REACTIVE_SERVE_STATIC", "")
+    return debug() if raw == "" else raw.lower() in ("1", "true", "yes", "on")
 
 
 def celery_settings(role: str) -> dict[str, Any]:
