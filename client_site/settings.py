@@ -61,12 +61,7 @@ LOGGING = reactive_settings.logging_config()
 
 REACTIVE_REPLICA_FIELDS = ["username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined"]
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [reactive_settings.redis_url()], "prefix": f"{reactive_settings.prefix()}-{REACTIVE_CLIENT}"},
-    }
-}
+CHANNEL_LAYERS = reactive_settings.channel_layers(REACTIVE_CLIENT)
 
 globals().update(reactive_settings.celery_settings(f"client-{REACTIVE_CLIENT}"))
 CELERY_BEAT_SCHEDULE = {

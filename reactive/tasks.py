@@ -33,3 +33,15 @@ def sweep_outbox() -> int:
     if sent or pruned:
         log.info("sweep: relayed %d, pruned %d", sent, pruned)
     return sent
+
+
+@shared_task(name="reactive.clock_tick", ignore_result=True)
+def clock_tick() -> str:
+    """Store the time in Redis and send it to the clock group (client sites; beat sends one every 0.5 s).
+
+    The beat entry carries ``expires``: a tick queued while the workers were down is dropped, not
+    replayed late (a late time is worse than a missing one).
+    """
+    from reactive import clock
+
+    return clock.tick()["time"]

@@ -1,0 +1,160 @@
+"""The clock: a tick payload, its current value in Redis, and the send to the "clock" group.
+
+A tick is ``{"time": "HH:MM:SS", "iso": "<UTC ISO 8601>"}``: ``time`` in the configured zone for
+people, ``iso`` in UTC for programs (the browser's version check, lag measurements). The latest tick is
+kept in Redis with a short TTL so that a page connecting between two ticks is never blank, and a value
+left behind by a stopped beat disappears instead of showing a frozen time forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis
+import redis.asyncio
+
+from reactive import groups, settings
+from reactive.errors import ServiceUnavailable
+
+log = logging.getLogger("reactive.clock")
+STATE_TTL_SECONDS = 5
+Tick = dict[str, str]
+
+
+def state_key(client: str | None = None) -> str:
+    """The Redis key of the current tick, under the client's prefix (clients may share one Redis)."""
+    return f"{settings.prefix()}-{client or settings.current_client()}:clock"
+
+
+def payload(now: datetime | None = None, zone: str | None = None) -> Tick:
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    local = moment.astimezone(ZoneInfo(zone or settings.time_zone()))
+    return {"time": local.strftime("%H:%M:%S"), "iso": moment.isoformat(timespec="milliseconds")}
+
+
+def message(tick: Tick) -> dict[str, str]:
+    """The channel-layer message of a tick (its type names the consumer handler)."""
+    return {"type": groups.CLOCK_TICK, **tick}
+
+
+def decode(raw: bytes | str | None) -> Tick | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("time"), str) and isinstance(value.get("iso"), str):
+        return {"time": value["time"], "iso": value["iso"]}
+    return None
+
+
+# -- Redis clients: one sync client per process; one async client per event loop (asyncio clients are
+# bound to the loop that made them, and tests, async_to_sync and servers each run their own loop).
+_sync_client: tuple[str, redis.Redis] | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, redis.asyncio.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _redis() -> redis.Redis:
+    global _sync_client
+    url = settings.redis_url()
+    if _sync_client is None or _sync_client[0] != url:
+        _sync_client = (url, redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2))
+    return _sync_client[1]
+
+
+def _aredis() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    url = settings.redis_url()
+    cached = _async_clients.get(loop)
+    if cached is None or cached[0] != url:
+        cached = (url, redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2))
+        _async_clients[loop] = cached
+    return cached[1]
+
+
+def store(tick: Tick) -> None:
+    try:
+        _redis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+
+
+def current() -> Tick | None:
+    """The latest tick stored by the beat, or None (no beat running, or its value expired)."""
+    try:
+        return decode(_redis().get(state_key()))
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+
+
+async def acurrent() -> Tick:
+    """The tick a page shows at once on connect: Redis' latest, or now when Redis has none or is down."""
+    try:
+        stored = decode(await _aredis().get(state_key()))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("clock state unavailable, showing the local time: %s", exc)
+        stored = None
+    return stored or payload()
+
+
+async def atick(layer: Any = None, now: datetime | None = None) -> Tick:
+    """One tick: store it, then send it to the clock group. Redis errors become ServiceUnavailable."""
+    tick = payload(now)
+    try:
+        await _aredis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
+        await (layer or groups.layer()).group_send(groups.CLOCK, message(tick))
+    except (redis.RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+    return tick
+
+
+def tick() -> Tick:
+    """One tick from synchronous code (the Celery task, ``reactive beat --once``)."""
+    from asgiref.sync import async_to_sync
+
+    tick = payload()
+    store(tick)
+    try:
+        async_to_sync(groups.send)(groups.CLOCK, message(tick))
+    except (redis.RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+    return tick
+
+
+async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], None] | None = None) -> int:
+    """Tick every ``interval`` seconds on a fixed schedule (no drift) until ``stop`` is set.
+
+    A tick that fails because Redis is down is logged and the loop goes on: the beat recovers by itself.
+    A schedule that fell behind (a long pause) skips the missed ticks instead of sending a burst.
+    """
+    loop = asyncio.get_running_loop()
+    layer = groups.layer()
+    sent = 0
+    due = loop.time()
+    while not stop.is_set():
+        try:
+            tick_sent = await atick(layer)
+        except ServiceUnavailable as exc:
+            log.warning("tick not sent: %s", exc)
+        else:
+            sent += 1
+            if on_tick is not None:
+                on_tick(tick_sent)
+        due += interval
+        if due < loop.time():
+            due = loop.time() + interval
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - loop.time()))
+        except TimeoutError:
+            pass
+    return sent
