@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,13 @@ class Deployment:
         """Run code inside a site (Django set up) and return what it printed."""
         script = "import django\ndjango.setup()\n" + textwrap.dedent(code)
         return self.run(site, [sys.executable, "-c", script], timeout=timeout, **extra)
+
+    def sql(self, site: str, query: str) -> int:
+        """One number read straight from a site's SQLite file (fast enough to catch a batch in flight)."""
+        url = self.url(site)
+        assert url.startswith("sqlite:///"), "sql() reads SQLite sites only"
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10) as db:
+            return int(db.execute(query).fetchone()[0])
 
     def start(self, site: str, argv: list[str], log_name: str, **extra: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the process

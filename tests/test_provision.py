@@ -1,0 +1,81 @@
+"""Provisioning against moto's server over HTTP: everything made, idempotent, dry-run, FIFO."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from reactive.provision import Options, Provisioner
+
+
+def test_provision_creates_everything_then_changes_nothing(aws_env: dict[str, str]) -> None:
+    prefix = aws_env["REACTIVE_PREFIX"]
+    first = Provisioner(Options(clients=["alpha", "beta"], max_receives=3)).run()
+    assert first.changes == 7  # topic, 2 x (dlq, queue, subscription)
+    second = Provisioner(Options(clients=["alpha", "beta"], max_receives=3)).run()
+    assert second.changes == 0 and all(step.action == "ok" for step in second.steps)
+
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=f"{prefix}-alpha")["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(f"{prefix}-alpha-dlq") and int(redrive["maxReceiveCount"]) == 3
+    statement = json.loads(attrs["Policy"])["Statement"][0]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f":{prefix}-users")
+
+    sns = boto3.client("sns")
+    topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f":{prefix}-users"))
+    subs = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert sorted(s["Endpoint"].rsplit(":", 1)[1] for s in subs) == [f"{prefix}-alpha", f"{prefix}-beta"]
+    for sub in subs:
+        sub_attrs = sns.get_subscription_attributes(SubscriptionArn=sub["SubscriptionArn"])["Attributes"]
+        assert sub_attrs["RawMessageDelivery"] == "true"
+
+
+def test_a_changed_setting_is_updated_in_place(aws_env: dict[str, str]) -> None:
+    Provisioner(Options(clients=["alpha"], max_receives=5)).run()
+    plan = Provisioner(Options(clients=["alpha"], max_receives=2)).run()
+    assert [(s.kind, s.action) for s in plan.steps if s.action != "ok"] == [("queue", "update")]
+
+
+def test_dry_run_changes_nothing(aws_env: dict[str, str]) -> None:
+    plan = Provisioner(Options(clients=["alpha"])).run(dry_run=True)
+    assert plan.changes == 4 and not plan.applied
+    names = [q.rsplit("/", 1)[1] for q in boto3.client("sqs").list_queues().get("QueueUrls", [])]
+    assert not [n for n in names if n.startswith(aws_env["REACTIVE_PREFIX"])]
+
+
+def test_fifo_variants(aws_env: dict[str, str]) -> None:
+    plan = Provisioner(Options(clients=["alpha"], fifo=True)).run()
+    assert {s.name for s in plan.steps if s.kind in ("topic", "queue", "dlq")} == {
+        f"{aws_env['REACTIVE_PREFIX']}-users.fifo",
+        f"{aws_env['REACTIVE_PREFIX']}-alpha.fifo",
+        f"{aws_env['REACTIVE_PREFIX']}-alpha-dlq.fifo",
+    }
+    assert Provisioner(Options(clients=["alpha"], fifo=True)).run().changes == 0
+
+
+def test_fifo_publish_reaches_the_queue_in_key_order(aws_env: dict[str, str]) -> None:
+    from reactive.events import Event, encode
+    from reactive.transport.base import OutgoingMessage
+    from reactive.transport.sqs import SqsTransport
+
+    Provisioner(Options(clients=["alpha"], fifo=True)).run()
+    transport = SqsTransport(f"{aws_env['REACTIVE_PREFIX']}-users.fifo")
+    events = [Event(model="auth.user", action="update", key="1", version=v, data={}) for v in (1, 2, 3)]
+    messages = [
+        OutgoingMessage(str(e.version), encode(e), e.message_attributes(), group_id=e.key, dedup_id=e.dedup_id)
+        for e in events
+    ]
+    assert len(transport.publish(messages).succeeded) == 3
+    got = transport.receive(f"{aws_env['REACTIVE_PREFIX']}-alpha.fifo", wait_seconds=1)
+    assert [json.loads(m.body)["version"] for m in got] == [1, 2, 3]
+
+
+def test_bad_client_names_are_refused(aws_env: dict[str, str]) -> None:
+    from reactive.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid client name"):
+        Provisioner(Options(clients=["Not Valid"])).run()
