@@ -42,9 +42,9 @@ def main(
 
 
 def _register() -> None:
-    from cli import listen, provision
+    from cli import beat, listen, login_link, provision, tail
 
-    for module in (provision, listen):
+    for module in (provision, listen, tail, beat, login_link):
         module.register(app)
 
 

@@ -1,4 +1,8 @@
-"""ASGI entry point of a client site: HTTP through Django, websockets through Channels."""
+"""ASGI entry point of a client site (``uvicorn client_site.asgi:application``).
+
+HTTP goes through Django; websockets through Channels behind the Origin check (ALLOWED_HOSTS) and the
+session auth middleware (Django's "sessionid" cookie).
+"""
 
 import os
 
@@ -7,6 +11,24 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "client_site.settings")
 django_asgi = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402 - Django must be set up first
+# Django must be set up before Channels' auth and the consumers are imported.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi})
+from client_site.web.routing import websocket_urlpatterns  # noqa: E402
+from reactive import settings as reactive_settings  # noqa: E402
+
+http_app = django_asgi
+if reactive_settings.serve_static():
+    # uvicorn serves no files: Django's ASGI static handler serves the page scripts (see master_site/asgi.py).
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    http_app = ASGIStaticFilesHandler(django_asgi)
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

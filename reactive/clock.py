@@ -9,6 +9,7 @@ left behind by a stopped beat disappears instead of showing a frozen time foreve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -153,8 +154,6 @@ async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], No
         due += interval
         if due < loop.time():
             due = loop.time() + interval
-        try:
+        with contextlib.suppress(TimeoutError):  # the normal case: the next tick is due
             await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - loop.time()))
-        except TimeoutError:
-            pass
     return sent

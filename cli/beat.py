@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import typer
+
+from cli import common
+
+
+def beat(
+    once: bool = typer.Option(False, "--once", help="Send one tick now and exit."),
+    interval: float = typer.Option(0.5, "--interval", "-i", min=0.05, help="Seconds between ticks (loop)."),
+    client: str = typer.Option(None, "--client", "-c", help="The client site (default REACTIVE_CLIENT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print each tick sent as one JSON object a line."),
+) -> None:
+    """Send clock ticks to the clock group now: once, or in a loop (an alternative to Celery beat).
+
+    Each tick is stored in Redis (the page's first value) and sent to every browser on /time/tic/.
+
+    Example: [bold]reactive beat --interval 0.5[/bold]
+    """
+    common.setup_django("client", client)
+    from cli.tail import require_redis
+    from reactive import clock
+
+    require_redis()
+    if once:
+        tick = clock.tick()
+        if as_json:
+            common.print_json(tick)
+        else:
+            common.console.print(f"sent {tick['time']} ({tick['iso']}) to the clock group")
+        return
+
+    def printed(tick: clock.Tick) -> None:
+        if as_json:
+            common.print_json(tick)
+
+    common.err_console.print(f"ticking every {interval:g} s; Ctrl-C to stop")
+    sent = asyncio.run(_loop(interval, printed))
+    common.err_console.print(f"stopped after {sent} ticks")
+
+
+async def _loop(interval: float, printed: object) -> int:
+    from reactive import clock
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return await clock.run(interval, stop, on_tick=printed)  # type: ignore[arg-type]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(beat)

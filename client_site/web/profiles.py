@@ -1,0 +1,35 @@
+"""The replica user as pages and sockets show it: the profile with its version, and lookups by master key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from reactive.replica import ReplicaState, master_key_of, profile_of
+
+USER_MODEL_LABEL = "auth.user"
+
+
+def current_profile(user: Any) -> dict[str, Any]:
+    """The profile the listener would send for this user now; version 0 for a user that is no replica."""
+    key, version = master_key_of(user.pk) or ("", 0)
+    return profile_of(user, key, version)
+
+
+def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:
+    user = get_user_model()._default_manager.filter(pk=local_pk).first()
+    return None if user is None else current_profile(user)
+
+
+def replica_user(master_key: str, username: str) -> Any | None:
+    """The local user replicating master user ``master_key`` (legacy replicas are keyed by username)."""
+    for key in (master_key, f"username:{username}"):
+        state = (
+            ReplicaState.objects.filter(model=USER_MODEL_LABEL, key=key, deleted=False)
+            .exclude(local_pk=None)
+            .first()
+        )
+        if state is not None:
+            return get_user_model()._default_manager.filter(pk=state.local_pk).first()
+    return None

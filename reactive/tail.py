@@ -1,0 +1,91 @@
+"""Following channel-layer groups from outside a site: what `reactive tail` shows.
+
+Each group gets a channel of its own, so every message is known to come from its group. The tail joins
+the groups on the site's own layer, so it receives exactly what browsers in those groups receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from reactive import groups
+from reactive.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Received:
+    at: datetime
+    group: str
+    type: str
+    payload: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(timespec="milliseconds"),
+            "group": self.group,
+            "type": self.type,
+            "payload": self.payload,
+        }
+
+
+def check_groups(names: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(names))  # once each, in the order given
+    for name in chosen:
+        if not groups.is_valid_group(name):
+            raise UsageError(f"invalid group name {name!r}: letters, digits, '_', '.', '-' (at most 99)")
+    return chosen
+
+
+def received(group: str, message: dict[str, Any]) -> Received:
+    payload = {k: v for k, v in message.items() if k != "type"}
+    return Received(datetime.now(UTC), group, str(message.get("type", "")), payload)
+
+
+async def follow(
+    names: Iterable[str],
+    on_message: Callable[[Received], None],
+    stop: asyncio.Event,
+    layer: Any = None,
+    on_joined: Callable[[list[str]], None] | None = None,
+) -> int:
+    """Join the groups and call ``on_message`` for each message until ``stop`` is set; leave them after.
+
+    Returns how many messages arrived.
+    """
+    chosen = check_groups(names)
+    layer = layer or groups.layer()
+    channels: dict[str, str] = {}
+    count = 0
+
+    async def pump(channel: str, group: str) -> None:
+        nonlocal count
+        while True:
+            message = await layer.receive(channel)
+            count += 1
+            on_message(received(group, message))
+
+    try:
+        for group in chosen:
+            channel = await layer.new_channel()
+            await layer.group_add(group, channel)
+            channels[channel] = group
+        if on_joined is not None:
+            on_joined(chosen)
+        pumps = [asyncio.create_task(pump(channel, group)) for channel, group in channels.items()]
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *pumps], return_when=asyncio.FIRST_COMPLETED)
+        for task in [stopped, *pumps]:
+            task.cancel()
+        await asyncio.gather(stopped, *pumps, return_exceptions=True)
+        failures = [task.exception() for task in done if task is not stopped]
+        for failure in failures:
+            if failure is not None:
+                raise failure  # the layer failed (Redis went away): let the caller report it
+    finally:
+        for channel, group in channels.items():
+            await layer.group_discard(group, channel)
+    return count
