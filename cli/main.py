@@ -42,10 +42,14 @@ def main(
 
 
 def _register() -> None:
-    from cli import beat, listen, login_link, provision, tail
+    from cli import beat, listen, login_link, provision, tail, up
 
-    for module in (provision, listen, tail, beat, login_link):
+    for module in (provision, listen, up, tail, beat, login_link):
         module.register(app)
+    from cli import dlq, replay, status, sync, verify
+
+    for ops in (dlq, replay, status, sync, verify):
+        ops.register(app)
 
 
 _register()

