@@ -22,7 +22,13 @@ def replica(system: Deployment, client: str) -> list[list[str]]:
     return json.loads(system.python(client, REPLICA_USERS))
 
 
-def test_changes_reach_both_clients_and_secrets_reach_neither(deployment: Deployment) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def system(request: pytest.FixtureRequest) -> Deployment:
+    return request.getfixturevalue("deployment" if request.param == "sqlite" else "pg_deployment")
+
+
+def test_changes_reach_both_clients_and_secrets_reach_neither(system: Deployment) -> None:
+    deployment = system
     deployment.start_worker()
     for client in deployment.clients:
         deployment.start_listener(client, "--wait", "2")

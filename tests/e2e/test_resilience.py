@@ -90,6 +90,9 @@ def test_a_listener_killed_mid_batch_loses_nothing(deployment: Deployment) -> No
     prefix = deployment.base_env["REACTIVE_PREFIX"]
     for start in range(1, 301, 10):
         publish_inserts(prefix, 10, start)
+    sqs = boto3.client("sqs")  # messages in flight when the listener dies come back after 2 s
+    url = sqs.get_queue_url(QueueName=f"{prefix}-alpha")["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "2"})
     listener = deployment.start_listener("alpha", "--wait", "1")
     progress = "SELECT COUNT(*) FROM auth_user"
     eventually(lambda: deployment.sql("alpha", progress) > 0, timeout=60, interval=0.01, what="some progress")
@@ -97,10 +100,6 @@ def test_a_listener_killed_mid_batch_loses_nothing(deployment: Deployment) -> No
     listener.wait()
     partial = count_users(deployment, "alpha")
     assert partial < 300, "the listener finished before it was killed; the test proved nothing"
-    boto3.client("sqs").set_queue_attributes(  # unacked messages come back soon
-        QueueUrl=boto3.client("sqs").get_queue_url(QueueName=f"{prefix}-alpha")["QueueUrl"],
-        Attributes={"VisibilityTimeout": "1"},
-    )
     deployment.start_listener("alpha", "--wait", "1")
     eventually(lambda: count_users(deployment, "alpha") == 300, timeout=120, what="a restarted listener converges")
     eventually(lambda: depth(f"{prefix}-alpha") == 0, timeout=30, what="every message acked")
