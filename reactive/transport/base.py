@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 BATCH_LIMIT = 10  # SNS PublishBatch and SQS SendMessageBatch/DeleteMessageBatch take at most 10 entries
 
@@ -16,6 +16,9 @@ class OutgoingMessage:
     attributes: Mapping[str, str] = field(default_factory=dict)
     group_id: str | None = None  # FIFO only
     dedup_id: str | None = None  # FIFO only
+    # SQS MessageAttributes exactly as received ({"DataType": ..., "StringValue"|"BinaryValue": ...}); when set,
+    # they are sent instead of ``attributes`` so that a replay keeps Number/Binary/custom data types.
+    raw_attributes: Mapping[str, Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class ReceivedMessage:
     receipt: str
     attributes: Mapping[str, str] = field(default_factory=dict)  # SentTimestamp, ApproximateReceiveCount, ...
     message_attributes: Mapping[str, str] = field(default_factory=dict)
+    raw_message_attributes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # with DataType
+
+    @property
+    def group_id(self) -> str | None:
+        return self.attributes.get("MessageGroupId") or None  # FIFO queues only
 
     @property
     def sent_timestamp(self) -> int | None:

@@ -181,7 +181,8 @@ class SqsTransport:
 
     @staticmethod
     def _sqs_entry(m: OutgoingMessage, fifo: bool) -> dict[str, Any]:
-        entry: dict[str, Any] = {"Id": m.id, "MessageBody": m.body, "MessageAttributes": _attributes(m.attributes)}
+        attributes = _attributes(m.attributes) if m.raw_attributes is None else dict(m.raw_attributes)
+        entry: dict[str, Any] = {"Id": m.id, "MessageBody": m.body, "MessageAttributes": attributes}
         if fifo:
             entry["MessageGroupId"] = m.group_id or "default"
             entry["MessageDeduplicationId"] = m.dedup_id or m.id
@@ -200,4 +201,5 @@ def _received(m: dict[str, Any]) -> ReceivedMessage:
         receipt=m["ReceiptHandle"],
         attributes=dict(m.get("Attributes", {})),
         message_attributes=attrs,
+        raw_message_attributes=dict(m.get("MessageAttributes", {})),
     )

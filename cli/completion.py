@@ -1,0 +1,14 @@
+"""Shell completion helpers shared by the operations commands."""
+
+from __future__ import annotations
+
+from reactive import settings
+from reactive.errors import ReactiveError
+
+
+def client_names(incomplete: str) -> list[str]:
+    """The configured clients (REACTIVE_CLIENTS) that start with what was typed."""
+    try:
+        return [name for name in settings.clients() if name.startswith(incomplete)]
+    except ReactiveError:  # a malformed REACTIVE_CLIENTS must not break the shell
+        return []

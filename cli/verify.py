@@ -1,0 +1,84 @@
+"""`reactive verify`: compare the master and a client's replica; exit 1 when they differ."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cli import common
+from cli.completion import client_names
+from reactive import settings
+
+STYLE = {"missing": "red", "extra": "yellow", "stale": "cyan"}
+
+
+def verify(
+    client: str = typer.Option(..., "--client", "-c", help="Client name.", autocompletion=client_names),
+    master_db: str = typer.Option(
+        None, "--master-db", help="The master's database URL; default: DATABASE_URL (or var/master.sqlite3)."
+    ),
+    client_db: str = typer.Option(
+        None,
+        "--client-db",
+        help="The client's database URL; default: DATABASE_URL_<CLIENT>, DATABASE_URL with {client}, "
+        "or var/client-NAME.sqlite3.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Compare the master and a client's replica by key, version and content; exit 1 when they differ.
+
+    Opens both databases from here (the operator reaches both sides) with the master's settings.
+
+    Example: [bold]reactive verify --client alpha --client-db postgres://ops@db/alpha[/bold]
+    """
+    settings.validate_client(client)
+    master_url = master_db or settings.database_url("master")
+    client_url = client_db or settings.database_url("client", client)
+    common.setup_django("master")
+    from reactive.verify import verify as compare_sites
+
+    report = compare_sites(client, master_url, client_url)
+    if as_json:
+        common.print_json(report.to_dict())
+    else:
+        render(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def render(report: object) -> None:
+    from reactive.verify import VerifyReport
+
+    assert isinstance(report, VerifyReport)
+    if report.ok:
+        common.console.print(
+            f"[green]{report.client} matches the master[/]: {report.master_rows} synced user(s), "
+            f"same keys, versions and {', '.join(report.fields)}."
+        )
+        return
+    table = Table(title=f"{report.client} differs from the master")
+    for column in ("kind", "key", "username", "master v", "replica v", "detail"):
+        table.add_column(column, overflow="fold")
+    for d in report.differences:
+        table.add_row(
+            f"[{STYLE[d.kind]}]{d.kind}[/]",
+            d.key,
+            d.username,
+            _version(d.master_version),
+            _version(d.replica_version),
+            d.detail,
+        )
+    common.console.print(table)
+    counts = ", ".join(f"{report.count(k)} {k}" for k in ("missing", "extra", "stale"))
+    common.console.print(
+        f"{counts} (master {report.master_rows}, replica {report.replica_rows}); "
+        f"`reactive sync --client {report.client} --prune` repairs it."
+    )
+
+
+def _version(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)

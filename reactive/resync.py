@@ -1,0 +1,218 @@
+"""Resync: the master sends its current state of every synced user to one client's queue.
+
+Each chunk of users is written as outbox rows (``target`` = the client) in one transaction that first
+locks the user rows (select_for_update). A live save of one of those users either committed before the
+lock (its outbox row has a lower id) or waits for it (its row gets a higher id), so the version of a
+sync row (its outbox id) orders correctly with live traffic, and applying is idempotent: a sync during
+live traffic converges. The rows are then relayed by the ordinary relay, straight to that client's queue.
+
+``prune``: the client must also drop replica users the master no longer has. The replica can only hold
+keys the master once issued, so the master walks its whole key space, 1 .. the highest key it ever gave
+(the larger of its sequence and of any key in its outbox), and sends a delete event for every key it
+lacks (or holds but no longer syncs). The listener applies these like any delete: the row goes, a
+tombstone stays, and a delete for a key the replica never had only leaves a tombstone. New users get
+keys above the walked range, so no delete can overtake their insert (the range is read while user
+inserts are held off: a table lock on PostgreSQL, the single writer on SQLite).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connections, models, transaction
+from django.db.models import Max
+
+from reactive import capture, settings
+from reactive.errors import ReactiveError, UsageError
+from reactive.outbox import OutboxEvent, relay_pending
+from reactive.transport.base import Transport
+
+Progress = Callable[[int], None]
+DEFAULT_BATCH = 200
+
+
+@dataclass
+class SyncReport:
+    client: str
+    examined: int = 0  # keys looked at (users; with prune, the whole key space)
+    updates: int = 0  # rows carrying a user's current state
+    deletes: int = 0  # prune: rows deleting a key the master lacks
+    sent: int = 0
+    pending: int = 0  # written but not relayed yet (the outbox sweep retries them)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "examined": self.examined,
+            "updates": self.updates,
+            "deletes": self.deletes,
+            "sent": self.sent,
+            "pending": self.pending,
+            "errors": self.errors,
+        }
+
+
+def tracking() -> capture.Tracking:
+    """What the master syncs: the registered capture of the user model, else the settings' description."""
+    from django.conf import settings as django_settings
+    from django.utils.module_loading import import_string
+
+    user = get_user_model()
+    found = capture.tracking_for(user)
+    if found is not None:
+        return found
+    fields = tuple(getattr(django_settings, "REACTIVE_TRACKED_FIELDS", capture.DEFAULT_USER_FIELDS))
+    predicate = import_string(getattr(django_settings, "REACTIVE_SYNC_PREDICATE", "reactive.capture.always"))
+    return capture.Tracking(user, user._meta.label_lower, fields, predicate)
+
+
+def plan(*, prune: bool, using: str = "default") -> list[Any]:
+    """The keys to examine, in order: every user's pk, or with ``prune`` the whole key space."""
+    manager = get_user_model()._default_manager.using(using)
+    if not prune:
+        return list(manager.order_by("pk").values_list("pk", flat=True))
+    return list(range(1, highest_key(using) + 1))
+
+
+def highest_key(using: str = "default") -> int:
+    """The highest user key the master ever issued, read while no user insert is in progress."""
+    user = get_user_model()
+    if not isinstance(user._meta.pk, models.AutoField | models.BigAutoField | models.IntegerField):
+        raise UsageError("--prune walks integer user keys; this user model's primary key is not an integer")
+    with transaction.atomic(using=using):
+        _hold_user_inserts(user, using)
+        top = user._default_manager.using(using).aggregate(top=Max("pk"))["top"] or 0
+        label = user._meta.label_lower
+        keys = OutboxEvent.objects.using(using).filter(model=label).values_list("key", flat=True).distinct()
+        top = max([top, _sequence_value(user, using), *(int(k) for k in keys if k.isdigit())])
+    return int(top)
+
+
+def _hold_user_inserts(user: type[models.Model], using: str) -> None:
+    connection = connections[using]
+    table = connection.ops.quote_name(user._meta.db_table)
+    pk = connection.ops.quote_name(user._meta.pk.column)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # SHARE conflicts with the ROW EXCLUSIVE lock of an INSERT: in-flight inserts finish first.
+            cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
+        elif connection.vendor == "sqlite":
+            # A write statement takes SQLite's single write lock (whatever the transaction mode).
+            cursor.execute(f"UPDATE {table} SET {pk} = {pk} WHERE 1 = 0")
+
+
+def _sequence_value(user: type[models.Model], using: str) -> int:
+    """The last key the database handed out, deleted rows included (0 where it cannot say)."""
+    connection = connections[using]
+    table = user._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'")
+            if cursor.fetchone() is None:
+                return 0
+            cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
+        elif connection.vendor == "postgresql":
+            column = user._meta.pk.column
+            cursor.execute(
+                "SELECT pg_get_serial_sequence(%s, %s)", [connection.ops.quote_name(table), column]
+            )
+            sequence = cursor.fetchone()
+            if not sequence or not sequence[0]:
+                return 0
+            cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence[0]}")
+        else:
+            return 0
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def write_chunk(
+    spec: capture.Tracking, client: str, keys: Sequence[Any], *, prune: bool, using: str = "default"
+) -> tuple[list[int], int, int]:
+    """Outbox rows for one chunk of keys, written under the users' row locks; (row ids, updates, deletes)."""
+    manager = spec.model._default_manager.using(using)
+    with transaction.atomic(using=using):
+        users = {u.pk: u for u in manager.select_for_update().filter(pk__in=list(keys))}
+        rows = []
+        for key in keys:
+            user = users.get(key)
+            if user is not None and spec.predicate(user):
+                data = capture.serialize(capture.snapshot(user, spec))
+                rows.append(_row(spec.label, "update", key, data, spec.fields, client))
+            elif prune:
+                rows.append(_row(spec.label, "delete", key, {}, (), client))
+        created = OutboxEvent.objects.using(using).bulk_create(rows)
+    updates = sum(1 for r in rows if r.action == "update")
+    return [r.id for r in created if r.id is not None], updates, len(rows) - updates
+
+
+def _row(
+    label: str, action: str, key: Any, data: dict[str, Any], changed: Sequence[str], client: str
+) -> OutboxEvent:
+    return OutboxEvent(
+        model=label,
+        action=action,
+        key=str(key),
+        data=data,
+        changed=list(changed),
+        event_id=uuid.uuid4(),
+        target=client,
+    )
+
+
+def relay_rows(transport: Transport, ids: Sequence[int], *, using: str = "default") -> tuple[int, str]:
+    """Relay until these rows are sent, or a round sends nothing of them; (sent, last error)."""
+    mine = OutboxEvent.objects.using(using).filter(id__in=list(ids))
+    remaining = mine.filter(sent_at__isnull=True).count()
+    error = ""
+    while remaining:
+        result = relay_pending(transport, limit=max(100, len(ids)), using=using)
+        if result.errors:
+            error = next(iter(result.errors.values()))
+        now = mine.filter(sent_at__isnull=True).count()
+        if now == remaining:  # nothing of ours went out (failing, or leased by another relay)
+            break
+        remaining = now
+    return len(ids) - remaining, error
+
+
+def sync(
+    client: str,
+    transport: Transport,
+    *,
+    batch: int = DEFAULT_BATCH,
+    prune: bool = False,
+    progress: Progress | None = None,
+    keys: Sequence[Any] | None = None,
+    using: str = "default",
+) -> SyncReport:
+    """Send the master's current state of every synced user to one client's queue (keys: ``plan()``)."""
+    settings.validate_client(client)
+    transport.depth(settings.names().queue(client))  # a wrong client name or a missing queue fails here
+    spec = tracking()
+    report = SyncReport(client)
+    for chunk in _chunks(plan(prune=prune, using=using) if keys is None else keys, batch):
+        ids, updates, deletes = write_chunk(spec, client, chunk, prune=prune, using=using)
+        report.examined += len(chunk)
+        report.updates += updates
+        report.deletes += deletes
+        sent, error = relay_rows(transport, ids, using=using)
+        report.sent += sent
+        report.pending += len(ids) - sent
+        if error and error not in report.errors:
+            report.errors.append(error)
+        if progress:
+            progress(len(chunk))
+    return report
+
+
+def _chunks(keys: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    if size < 1:
+        raise ReactiveError("--batch must be at least 1")
+    for start in range(0, len(keys), size):
+        yield keys[start : start + size]

@@ -1,0 +1,177 @@
+"""What an operator (or a monitor) wants to know at a glance: queue depths, dead letters, subscriptions,
+and the master's outbox backlog. Collecting is separate from rendering (cli/status.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reactive import settings
+from reactive.errors import ResourceNotFound
+from reactive.transport.base import QueueDepth
+from reactive.transport.sqs import SqsTransport, aws_errors
+
+DEFAULT_MAX_AGE = 300.0  # seconds: an outbox row pending longer than this means the relay is stuck
+
+
+@dataclass(frozen=True)
+class Subscription:
+    present: bool
+    raw_delivery: bool = False
+    arn: str | None = None
+    filter_policy: Any = None
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    client: str
+    queue: str
+    dlq: str
+    queue_depth: QueueDepth | None  # None: the queue does not exist
+    dlq_depth: QueueDepth | None
+    subscription: Subscription
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.queue_depth is None:
+            found.append(f"{self.client}: queue {self.queue} is missing (run `reactive provision`)")
+        if self.dlq_depth is None:
+            found.append(f"{self.client}: DLQ {self.dlq} is missing (run `reactive provision`)")
+        elif self.dead_letters:
+            found.append(f"{self.client}: {self.dead_letters} message(s) in the DLQ (`reactive dlq list`)")
+        if not self.subscription.present:
+            found.append(f"{self.client}: {self.queue} is not subscribed to the topic")
+        elif not self.subscription.raw_delivery:
+            found.append(f"{self.client}: the subscription does not use raw message delivery")
+        return found
+
+    @property
+    def dead_letters(self) -> int:
+        d = self.dlq_depth
+        return 0 if d is None else d.visible + d.in_flight + d.delayed
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    available: bool
+    pending: int | None = None
+    oldest_age_seconds: float | None = None
+    detail: str = ""  # why it is not available
+
+    def problems(self, max_age: float) -> list[str]:
+        age = self.oldest_age_seconds
+        if self.available and age is not None and age > max_age:
+            return [f"master: the oldest pending outbox row is {age:.0f} s old (more than {max_age:.0f} s)"]
+        return []
+
+
+@dataclass
+class Report:
+    topic: str
+    clients: list[ClientStatus]
+    outbox: OutboxStatus
+    max_age: float = DEFAULT_MAX_AGE
+    notes: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        found = [p for c in self.clients for p in c.problems()]
+        return found + self.outbox.problems(self.max_age)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["problems"] = self.problems()
+        data["ok"] = not data["problems"]
+        return data
+
+
+def aws_status(transport: SqsTransport, clients: list[str]) -> list[ClientStatus]:
+    """Depths of each client's queue and DLQ, and its subscription to the topic."""
+    names = settings.names()
+    subscriptions = _subscriptions(transport)
+    found = []
+    for client in clients:
+        settings.validate_client(client)
+        queue, dlq = names.queue(client), names.dlq(client)
+        arn = transport.queue_arn(queue)
+        found.append(
+            ClientStatus(
+                client=client,
+                queue=queue,
+                dlq=dlq,
+                queue_depth=_depth(transport, queue),
+                dlq_depth=_depth(transport, dlq),
+                subscription=_subscription(transport, subscriptions.get(arn)),
+            )
+        )
+    return found
+
+
+def _depth(transport: SqsTransport, queue: str) -> QueueDepth | None:
+    try:
+        return transport.depth(queue)
+    except ResourceNotFound:
+        return None
+
+
+def _subscriptions(transport: SqsTransport) -> dict[str, str]:
+    """Queue ARN -> subscription ARN, for the SQS subscriptions of the topic ({} when there is no topic)."""
+    found: dict[str, str] = {}
+    try:
+        with aws_errors(f"list the subscriptions of topic {transport.topic_name}"):
+            paginator = transport.sns.get_paginator("list_subscriptions_by_topic")
+            for page in paginator.paginate(TopicArn=transport.topic_arn):
+                for sub in page.get("Subscriptions", []):
+                    if sub.get("Protocol") == "sqs" and str(sub.get("SubscriptionArn", "")).startswith(
+                        "arn:"
+                    ):
+                        found[str(sub["Endpoint"])] = str(sub["SubscriptionArn"])
+    except ResourceNotFound:
+        return {}
+    return found
+
+
+def _subscription(transport: SqsTransport, arn: str | None) -> Subscription:
+    if arn is None:
+        return Subscription(present=False)
+    with aws_errors(f"read subscription {arn}"):
+        attrs = transport.sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+    policy = attrs.get("FilterPolicy")
+    return Subscription(
+        present=True,
+        raw_delivery=str(attrs.get("RawMessageDelivery", "false")).lower() == "true",
+        arn=arn,
+        filter_policy=json.loads(policy) if policy else None,
+    )
+
+
+def outbox_status(using: str = "default") -> OutboxStatus:
+    """The master's outbox backlog (Django configured with the master's settings), or why it is unknown."""
+    from django.db import DatabaseError, connections
+
+    from reactive.outbox import backlog
+
+    config = connections[using].settings_dict
+    if str(config.get("ENGINE", "")).endswith("sqlite3") and not Path(str(config.get("NAME", ""))).exists():
+        # Never create an empty database file just to look at it.
+        return OutboxStatus(False, detail=f"no master database at {config.get('NAME')} (set DATABASE_URL)")
+    try:
+        found = backlog(using)
+    except DatabaseError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return OutboxStatus(False, detail=f"cannot read the master's outbox: {reason}")
+    return OutboxStatus(True, pending=found.pending, oldest_age_seconds=found.oldest_age_seconds)
+
+
+def collect(
+    clients: list[str],
+    outbox: OutboxStatus,
+    *,
+    transport: SqsTransport | None = None,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> Report:
+    transport = transport or SqsTransport.from_settings()
+    return Report(
+        topic=transport.topic_name, clients=aws_status(transport, clients), outbox=outbox, max_age=max_age
+    )
