@@ -38,12 +38,17 @@ def non_staff(instance: models.Model) -> bool:
 
 
 @dataclass(frozen=True)
-class Tracking:
+class Tracking:  # noqa: B903
     model: type[models.Model]
     label: str  # "auth.user": the event's model name
     fields: tuple[str, ...]
     predicate: Predicate
+    databases: frozenset[str] | None = None  # capture saves on these aliases only (None: every alias)
 
+    def captures(self, using: str) -> bool:
+        return self.databases is None or using in self.databases
+
+    @functools.cached_property
     def attnames(self) -> dict[str, str]:
         return {name: self.model._meta.get_field(name).attname for name in self.fields}  # type: ignore[union-attr]
 
@@ -52,16 +57,23 @@ _registry: dict[type[models.Model], Tracking] = {}
 
 
 def track(
-    model: type[models.Model], fields: Iterable[str] | None = None, predicate: Predicate | None = None
+    model: type[models.Model],
+    fields: Iterable[str] | None = None,
+    predicate: Predicate | None = None,
+    databases: Iterable[str] | None = None,
 ) -> Tracking:
-    """Register a model for change capture. Idempotent per model."""
+    """Register a model for change capture. Idempotent per model.
+
+    ``databases`` limits capture to the master's own aliases, for a process that also holds replicas.
+    """
     chosen = tuple(fields or DEFAULT_USER_FIELDS)
     forbidden = NEVER_TRACKED.intersection(chosen)
     if forbidden:
         raise ValueError(f"these fields are never synced: {sorted(forbidden)}")
     for name in chosen:
         model._meta.get_field(name)  # raises FieldDoesNotExist early, at start-up
-    tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always)
+    aliases = frozenset(databases) if databases is not None else None
+    tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always, aliases)
     if model not in _registry:
         post_init.connect(_on_init, sender=model, weak=False, dispatch_uid=f"reactive-init-{tracking.label}")
         post_save.connect(_on_save, sender=model, weak=False, dispatch_uid=f"reactive-save-{tracking.label}")
@@ -96,7 +108,7 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]
 def snapshot(instance: models.Model, tracking: Tracking) -> dict[str, Any]:
     """The loaded tracked values (deferred fields are left out, so loading stays lazy)."""
     loaded = instance.__dict__
-    values = {name: loaded[att] for name, att in tracking.attnames().items() if att in loaded}
+    values = {name: loaded[att] for name, att in tracking.attnames.items() if att in loaded}
     values[SYNCED] = tracking.predicate(instance) if len(values) == len(tracking.fields) else None
     return values
 
@@ -136,12 +148,12 @@ def _on_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
 ) -> None:
     tracking = _registry.get(sender)
-    if tracking is None or raw:
+    if tracking is None or raw or not tracking.captures(using):
         return
     before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
     after = snapshot(instance, tracking)
     if after[SYNCED] is None:  # a deferred tracked field: rare, and only then do we read it back
-        attnames = tracking.attnames()
+        attnames = tracking.attnames
         instance.refresh_from_db(using=using, fields=[attnames[f] for f in tracking.fields if f not in after])
         after = snapshot(instance, tracking)
     action, changed = decide(before, after)
@@ -170,7 +182,7 @@ def decide(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[
 
 def _on_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
     tracking = _registry.get(sender)
-    if tracking is None:
+    if tracking is None or not tracking.captures(using):
         return
     before = instance.__dict__.get(SNAPSHOT_ATTR) or snapshot(instance, tracking)
     if before.get(SYNCED) is False:

@@ -152,10 +152,9 @@ def outbox_status(using: str = "default") -> OutboxStatus:
 
     from reactive.outbox import backlog
 
-    config = connections[using].settings_dict
-    if str(config.get("ENGINE", "")).endswith("sqlite3") and not Path(str(config.get("NAME", ""))).exists():
-        # Never create an empty database file just to look at it.
-        return OutboxStatus(False, detail=f"no master database at {config.get('NAME')} (set DATABASE_URL)")
+    missing = _missing_sqlite_file(connections[using].settings_dict)
+    if missing:  # never create an empty database file just to look at it
+        return OutboxStatus(False, detail=f"no master database at {missing} (set DATABASE_URL)")
     try:
         found = backlog(using)
     except DatabaseError as exc:
@@ -175,3 +174,11 @@ def collect(
     return Report(
         topic=transport.topic_name, clients=aws_status(transport, clients), outbox=outbox, max_age=max_age
     )
+
+
+def _missing_sqlite_file(config: dict[str, Any]) -> str | None:
+    name = str(config.get("NAME", ""))
+    in_memory = name == ":memory:" or name.startswith("file:")
+    if str(config.get("ENGINE", "")).endswith("sqlite3") and not in_memory and not Path(name).exists():
+        return name
+    return None

@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from reactive import settings
 from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
-from reactive.supervisor import Child, ProcessSpec, Supervisor, listener_spec, reactive_argv
+from reactive.supervisor import Child, ProcessSpec, Supervisor, listener_spec
 
 if TYPE_CHECKING:
     from reactive.transport.sqs import SqsTransport
@@ -46,6 +45,8 @@ log = logging.getLogger("reactive.up")
 AwsMode = Literal["auto", "embedded", "external"]
 DEMO_USERS = (("alice", "Alice", "Liddell"), ("bob", "Bob", "Marley"), ("carol", "Carol", "Shaw"))
 DEMO_ADMIN = ("admin", "admin")  # username and password of the master's admin: a local demo only
+DEMO_PASSWORD = "demo"  # the demo users' password on the master (clients have no passwords: login links)
+LINK_REFRESH_SECONDS = 45  # login links live 60 s: the live view shows fresh ones
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 CREDENTIAL_VARIABLES = (
     "AWS_ACCESS_KEY_ID",
@@ -301,8 +302,10 @@ def seed_demo_users() -> list[str]:
     created = []
     for username, first, last in DEMO_USERS:
         defaults = {"first_name": first, "last_name": last, "email": f"{username}@example.com"}
-        _, new = users.objects.get_or_create(username=username, defaults=defaults)
+        user, new = users.objects.get_or_create(username=username, defaults=defaults)
         if new:
+            user.set_password(DEMO_PASSWORD)  # the password is never synced: no event for this save
+            user.save(update_fields=["password"])
             created.append(username)
     name, password = DEMO_ADMIN
     if not users.objects.filter(username=name).exists():
@@ -312,21 +315,13 @@ def seed_demo_users() -> list[str]:
 
 
 def login_link(username: str, client: str) -> str | None:
-    """A fresh login link from `reactive login-link` (None when the command fails or does not exist)."""
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    try:
-        done = subprocess.run(
-            reactive_argv("login-link", username, "--client", client),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    found = re.search(r"https?://\S+", done.stdout) if done.returncode == 0 else None
-    return found.group(0) if found else None
+    """A fresh login link of the master (this process) for one client; None when the user does not exist."""
+    from django.contrib.auth import get_user_model
+
+    from reactive import sso
+
+    user = get_user_model()._default_manager.filter(username=username).first()
+    return sso.login_url(user, client) if user else None
 
 
 # -- processes --------------------------------------------------------------------------------------------
@@ -425,6 +420,7 @@ class Up:
         self._queues: list[QueueRow] = [QueueRow(c, None, None, None) for c in options.clients]
         self._backlog: tuple[int | None, float | None] = (None, None)
         self._last_outbox_id = 0
+        self._links_at = 0.0
         self._done = threading.Event()
         self._lock = threading.Lock()
 
@@ -552,6 +548,12 @@ class Up:
                 self._sample_outbox()
                 if not self.ready and self._all_healthy():
                     self._announce_ready()
+                elif (
+                    self.ready
+                    and self.options.demo
+                    and time.monotonic() - self._links_at > LINK_REFRESH_SECONDS
+                ):
+                    self._make_login_links(announce=False)
             except Exception as exc:  # the view must never take the run down
                 log.warning("monitor: %s: %s", type(exc).__name__, exc)
             finally:
@@ -615,7 +617,7 @@ class Up:
     def _announce_ready(self) -> None:
         self.ready = True
         urls = self._web_urls()
-        links = {"master admin": urls["master-web"] + "/admin/"}
+        links = {"master": urls["master-web"] + "/", "master admin": urls["master-web"] + "/admin/"}
         links.update({client: urls[f"{client}-web"] + "/" for client in self.options.clients})
         with self._lock:
             self.links = dict(links)
@@ -630,27 +632,30 @@ class Up:
             aws_endpoint=self.aws_endpoint,
             log_dir=str(self.options.log_dir),
             admin={"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]} if self.options.demo else None,
+            demo_password=DEMO_PASSWORD if self.options.demo else None,
         )
         if self.options.demo:
             self._make_login_links()
 
-    def _make_login_links(self) -> None:
+    def _make_login_links(self, announce: bool = True) -> None:
         """A login link per client for the first demo user (short-lived: `reactive login-link` makes more)."""
         user = DEMO_USERS[0][0]
         made = {}
+        self._links_at = time.monotonic()
         for client in self.options.clients:
             link = login_link(user, client)
             if link:
                 made[f"{client} as {user}"] = link
         if not made:
-            self.emit("warning", "no login links: `reactive login-link` did not give any")
+            self.emit("warning", f"no login links: no user {user} on the master")
             return
         with self._lock:
             for client in self.options.clients:
                 if f"{client} as {user}" in made:
                     self.links.pop(client, None)
             self.links.update(made)
-        self.emit("links", f"login links for {user}: " + ", ".join(made.values()), links=made)
+        if announce:
+            self.emit("links", f"login links for {user} (valid 60 s, once)", links=made)
 
     # -- the view -------------------------------------------------------------------------------
     def snapshot(self, events: int = 10) -> Snapshot:
