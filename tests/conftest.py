@@ -8,6 +8,9 @@ import pytest
 
 from tests.support import services
 
+# Fixtures of the realtime tests (a real channels-redis layer) live beside their helpers.
+pytest_plugins = ["tests.support.realtime"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: crosses process boundaries (real workers, listeners, servers)")

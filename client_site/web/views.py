@@ -56,7 +56,7 @@ def _current_tick() -> clock.Tick:
 
 
 @strict_csp
-@login_required
+@login_required(login_url="login")
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     """The live page: "Hello <first name>", kept current over /ws/<username>."""
@@ -64,7 +64,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @strict_csp
-@login_required
+@login_required(login_url="login")
 @require_GET
 def clock_page(request: HttpRequest) -> HttpResponse:
     """The time, rendered at once from Redis and kept current over /time/tic/."""

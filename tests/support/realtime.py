@@ -1,0 +1,48 @@
+"""Fixtures and helpers for the realtime tests: a real Redis channel layer, sessions, async scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from reactive import settings as reactive_settings
+
+T = TypeVar("T")
+
+
+@pytest.fixture(params=sorted(reactive_settings.CHANNEL_LAYER_BACKENDS))
+def redis_layer(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> Iterator[str]:
+    """The client site's channels-redis layer (each backend in turn) on the test Redis, fresh prefix."""
+    from channels.layers import channel_layers
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    monkeypatch.setenv("REACTIVE_CHANNEL_LAYER", request.param)
+    settings.CHANNEL_LAYERS = reactive_settings.channel_layers("alpha")
+    channel_layers.backends.clear()
+    yield request.param
+    channel_layers.backends.clear()
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    """Run an async scenario from a sync test (consumers' database calls then run in this thread)."""
+    result: T = async_to_sync(scenario)()
+    return result
+
+
+def session_cookie(user: Any) -> str:
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return str(client.cookies[settings.SESSION_COOKIE_NAME].value)

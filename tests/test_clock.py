@@ -1,0 +1,140 @@
+"""The clock: payload, Redis state with a TTL, the group send, the beat loop, the Celery schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+
+from reactive import clock
+from reactive.errors import ServiceUnavailable
+from tests.support.realtime import run
+from tests.support.services import free_port
+
+MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+@pytest.fixture
+def redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+
+
+def stored(redis_url: str, prefix: str) -> tuple[dict[str, str], int]:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}-alpha:clock"
+    return json.loads(client.get(key) or "null"), int(client.ttl(key))
+
+
+def test_payload_has_local_time_and_utc_iso() -> None:
+    assert clock.payload(MOMENT, "UTC") == {"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
+    paris = clock.payload(MOMENT, "Europe/Paris")
+    assert paris == {"time": "04:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
+
+
+def test_payload_zone_comes_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIME_ZONE", "Asia/Tokyo")
+    assert clock.payload(MOMENT)["time"] == "12:04:05"
+
+
+def test_tick_stores_the_time_with_a_ttl_and_sends_it_to_the_clock_group(
+    redis_layer: str, redis_url: str, prefix: str
+) -> None:
+    from channels.layers import get_channel_layer
+
+    async def scenario() -> tuple[dict[str, str], dict[str, Any]]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("clock", channel)
+        tick = await sync_to_async(clock.tick)()
+        message = await asyncio.wait_for(layer.receive(channel), 5)
+        await layer.group_discard("clock", channel)
+        return tick, message
+
+    tick, message = run(scenario)
+    assert message == {"type": "clock.tick", **tick}
+    value, ttl = stored(redis_url, prefix)
+    assert value == tick
+    assert 0 < ttl <= clock.STATE_TTL_SECONDS
+    assert clock.current() == tick
+
+
+def test_current_is_none_without_a_beat(redis_layer: str) -> None:
+    assert clock.current() is None
+
+
+def test_page_value_falls_back_to_now_without_a_stored_tick(redis_layer: str) -> None:
+    tick = run(clock.acurrent)
+    assert abs(datetime.fromisoformat(tick["iso"]) - datetime.now(UTC)).total_seconds() < 5
+
+
+def test_page_value_falls_back_to_now_when_redis_is_down(redis_down: None) -> None:
+    tick = run(clock.acurrent)
+    assert abs(datetime.fromisoformat(tick["iso"]) - datetime.now(UTC)).total_seconds() < 5
+
+
+def test_tick_without_redis_is_service_unavailable(redis_down: None) -> None:
+    with pytest.raises(ServiceUnavailable, match="cannot reach Redis"):
+        clock.tick()
+    with pytest.raises(ServiceUnavailable):
+        clock.current()
+
+
+def test_beat_loop_ticks_on_schedule_until_stopped(redis_layer: str) -> None:
+    ticks: list[dict[str, str]] = []
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+
+        def seen(tick: dict[str, str]) -> None:
+            ticks.append(tick)
+            if len(ticks) == 4:
+                stop.set()
+
+        return await asyncio.wait_for(clock.run(0.05, stop, on_tick=seen), 10)
+
+    assert run(scenario) == 4
+    times = [datetime.fromisoformat(t["iso"]) for t in ticks]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    assert all(0.02 < gap < 0.5 for gap in gaps), gaps
+
+
+def test_beat_loop_survives_redis_being_down(redis_down: None, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        return await clock.run(0.05, stop)
+
+    assert run(scenario) == 0  # every tick failed, was logged, and the loop went on until stopped
+
+
+def test_celery_beat_runs_the_tick_twice_a_second_and_drops_late_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
+    monkeypatch.delitem(sys.modules, "client_site.settings", raising=False)
+    client_settings = importlib.import_module("client_site.settings")
+    entry = client_settings.CELERY_BEAT_SCHEDULE["clock-tick"]
+    assert entry["task"] == "reactive.clock_tick"
+    assert entry["schedule"] == 0.5
+    # expires: a tick queued while workers were down is dropped, not replayed late
+    assert 0 < entry["options"]["expires"] <= 2 * entry["schedule"]
+
+
+def test_celery_task_ticks(redis_layer: str, redis_url: str, prefix: str) -> None:
+    from reactive.tasks import clock_tick
+
+    assert clock_tick.name == "reactive.clock_tick"
+    result = clock_tick.apply().get()
+    value, _ = stored(redis_url, prefix)
+    assert value["time"] == result

@@ -1,0 +1,216 @@
+"""The websocket consumers through the client site's whole ASGI stack (origin check, session auth, routing),
+driven by Channels' test communicator on a real channels-redis layer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+
+from reactive import clock, groups
+from reactive.replica import ReplicaState
+from tests.support.realtime import run, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = "http://testserver"
+
+
+def application() -> Any:
+    from client_site.asgi import application
+
+    return application
+
+
+def communicator(path: str, cookie: str | None = None, origin: str = ORIGIN) -> WebsocketCommunicator:
+    headers = [(b"origin", origin.encode())]
+    if cookie:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    return WebsocketCommunicator(application(), path, headers=headers)
+
+
+def replica(username: str, first_name: str, key: str, version: int) -> Any:
+    user = get_user_model().objects.create(username=username, first_name=first_name)
+    ReplicaState.objects.create(model="auth.user", key=key, version=version, local_pk=str(user.pk))
+    return user
+
+
+async def refused(path: str, cookie: str | None = None, origin: str = ORIGIN) -> bool:
+    ws = communicator(path, cookie, origin)
+    connected, _ = await ws.connect(timeout=5)
+    # A refused consumer's layer receive can linger in a blocking Redis read: do not wait for it.
+    await ws.disconnect(timeout=0.2)
+    return not connected
+
+
+@pytest.fixture
+def alice(redis_layer: str) -> Any:
+    return replica("alice", "Alice", key="17", version=3)
+
+
+@pytest.fixture
+def bob(redis_layer: str) -> Any:
+    return replica("bob", "Bob", key="18", version=1)
+
+
+def test_alice_in_her_room_gets_her_profile_then_each_change(alice: Any) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = communicator("/ws/alice", cookie)
+        connected, _ = await ws.connect(timeout=5)
+        assert connected
+        first = await ws.receive_json_from(timeout=5)
+        change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+        await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
+        second = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return [first, second]
+
+    first, second = run(scenario)
+    assert first["type"] == "profile"
+    assert first["profile"] | {} == {
+        "key": "17",
+        "version": 3,
+        "username": "alice",
+        "first_name": "Alice",
+        "last_name": "",
+        "email": "",
+        "is_active": True,
+    }
+    assert second == {
+        "type": "user.changed",
+        "profile": {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"},
+    }
+
+
+def test_a_deleted_account_is_told_and_the_socket_closed(alice: Any) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws = communicator("/ws/alice", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        gone = {"key": "17", "version": 5, "deleted": True}
+        await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": gone})
+        message = await ws.receive_json_from(timeout=5)
+        closed = await ws.receive_output(timeout=5)
+        await ws.wait()
+        return message, closed
+
+    message, closed = run(scenario)
+    assert message["profile"]["deleted"] is True
+    assert closed == {"type": "websocket.close", "code": 4004}
+
+
+def test_refused_without_session_in_another_room_or_from_another_origin(alice: Any, bob: Any) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> dict[str, bool]:
+        return {
+            "no session": await refused("/ws/alice"),
+            "bad session": await refused("/ws/alice", "not-a-session"),
+            "bob's room": await refused("/ws/bob", cookie),
+            "foreign origin": await refused("/ws/alice", cookie, origin="http://evil.example"),
+            "unknown path": await refused("/ws/alice/extra", cookie),
+            "clock without session": await refused("/time/tic/"),
+            "clock from another origin": await refused("/time/tic/", cookie, origin="http://evil.example"),
+        }
+
+    assert run(scenario) == dict.fromkeys(
+        [
+            "no session",
+            "bad session",
+            "bob's room",
+            "foreign origin",
+            "unknown path",
+            "clock without session",
+            "clock from another origin",
+        ],
+        True,
+    )
+
+
+@pytest.mark.parametrize("username", ["a.b+c-d@example.com", "x" * 150, "ünïcødé_1"])
+def test_any_valid_username_has_a_room(redis_layer: str, username: str) -> None:
+    user = replica(username, "Odd", key="21", version=1)
+    cookie = session_cookie(user)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(f"/ws/{username}", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        first = await ws.receive_json_from(timeout=5)
+        await groups.send(
+            groups.user_group(user.pk), {"type": groups.USER_CHANGED, "profile": {"version": 2}}
+        )
+        second = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return {"first": first, "second": second}
+
+    got = run(scenario)
+    assert got["first"]["profile"]["username"] == username
+    assert got["second"]["profile"] == {"version": 2}
+
+
+def test_disconnect_leaves_the_group(alice: Any) -> None:
+    cookie = session_cookie(alice)
+    left: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        layer = get_channel_layer()
+        original = layer.group_discard
+
+        async def discard(group: str, channel: str) -> None:
+            left.append((group, channel))
+            await original(group, channel)
+
+        layer.group_discard = discard
+        for path in ("/ws/alice", "/time/tic/"):
+            ws = communicator(path, cookie)
+            assert (await ws.connect(timeout=5))[0]
+            await ws.receive_json_from(timeout=5)
+            await ws.disconnect()
+
+    run(scenario)
+    assert [group for group, _ in left] == [groups.user_group(alice.pk), groups.CLOCK]
+
+
+def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:
+    cookie = session_cookie(alice)
+    stored = {"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
+    clock.store(stored)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws = communicator("/time/tic/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        first = await ws.receive_json_from(timeout=5)
+        tick = await clock.atick()
+        second = await ws.receive_json_from(timeout=5)
+        assert second == clock.message(tick)
+        await ws.disconnect()
+        return first, second
+
+    first, _ = run(scenario)
+    assert first == {"type": "clock.tick", **stored}
+
+
+def test_a_group_send_reaches_every_socket_in_the_room(alice: Any) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> list[dict[str, Any]]:
+        sockets = [communicator("/ws/alice", cookie) for _ in range(3)]
+        for ws in sockets:
+            assert (await ws.connect(timeout=5))[0]
+            await ws.receive_json_from(timeout=5)
+        await groups.send(
+            groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": {"version": 9}}
+        )
+        received = await asyncio.gather(*(ws.receive_json_from(timeout=5) for ws in sockets))
+        for ws in sockets:
+            await ws.disconnect()
+        return list(received)
+
+    assert [m["profile"]["version"] for m in run(scenario)] == [9, 9, 9]

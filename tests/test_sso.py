@@ -1,0 +1,251 @@
+"""Login links: signing and checking (reactive.sso), the client's sign-in view, the master's "open" page and
+`reactive login-link`."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core import signing
+from django.test import Client
+
+from reactive import sso
+from reactive.replica import ReplicaState
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _client_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment wins over Django settings (reactive.settings): keep a developer's shell out.
+    for name in ("REACTIVE_SSO_KEY", "REACTIVE_CLIENT_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
+
+
+def replica(username: str, master_key: str, first_name: str = "", **extra: Any) -> Any:
+    user = get_user_model().objects.create(username=username, first_name=first_name, **extra)
+    ReplicaState.objects.create(model="auth.user", key=master_key, version=1, local_pk=str(user.pk))
+    return user
+
+
+def issued_seconds_ago(seconds: float, monkeypatch: pytest.MonkeyPatch, **claim: str) -> str:
+    real = time.time
+    monkeypatch.setattr(signing.time, "time", lambda: real() - seconds)
+    try:
+        return sso.issue(claim.get("key", "7"), claim.get("username", "alice"), claim.get("client", "alpha"))
+    finally:
+        monkeypatch.setattr(signing.time, "time", real)
+
+
+def token_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+# -- signing and checking -------------------------------------------------------------------------
+
+
+def test_a_link_names_the_master_key_the_client_and_a_fresh_nonce() -> None:
+    first, second = sso.issue(7, "alice", "alpha"), sso.issue(7, "alice", "alpha")
+    claim = sso.verify(first, "alpha")
+    assert (claim.key, claim.username, claim.client) == ("7", "alice", "alpha")
+    assert claim.nonce != sso.verify(second, "alpha").nonce
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"), "invalid"),
+        (lambda t: "x" + t, "invalid"),
+        (lambda t: "", "invalid"),
+        (
+            lambda t: signing.dumps(
+                {"k": "7", "u": "alice", "c": "alpha", "n": "x"}, key="other", salt=sso.SALT
+            ),
+            "invalid",
+        ),
+        (
+            lambda t: signing.dumps({"k": "7", "u": "alice", "c": "alpha", "n": "x"}, key=sso._key()),
+            "invalid",
+        ),
+        (lambda t: signing.dumps(["k"], key=sso._key(), salt=sso.SALT), "invalid"),
+    ],
+    ids=["tampered", "prefixed", "empty", "other-key", "other-salt", "not-a-claim"],
+)
+def test_a_link_not_signed_by_the_master_is_refused(mangle: Any, reason: str) -> None:
+    with pytest.raises(sso.LinkRefused) as refused:
+        sso.verify(mangle(sso.issue(7, "alice", "alpha")), "alpha")
+    assert refused.value.reason == reason
+
+
+def test_a_link_lives_sixty_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sso.verify(issued_seconds_ago(50, monkeypatch), "alpha").username == "alice"
+    with pytest.raises(sso.LinkRefused) as refused:
+        sso.verify(issued_seconds_ago(61, monkeypatch), "alpha")
+    assert refused.value.reason == "expired"
+
+
+def test_a_link_for_another_client_is_refused() -> None:
+    with pytest.raises(sso.LinkRefused) as refused:
+        sso.verify(sso.issue(7, "alice", "beta"), "alpha")
+    assert refused.value.reason == "foreign"
+    assert "beta" in str(refused.value)
+
+
+def test_login_url_points_at_the_clients_sso_view(settings: Any) -> None:
+    settings.REACTIVE_CLIENT_URLS = {"alpha": "https://alpha.example/"}
+    user = get_user_model().objects.create(username="alice")
+    url = sso.login_url(user, "alpha")
+    assert url.startswith("https://alpha.example/sso/login?token=")
+    assert sso.verify(token_of(url), "alpha").key == str(user.pk)
+
+
+def test_login_url_for_an_unknown_client_is_a_config_error() -> None:
+    user = get_user_model().objects.create(username="alice")
+    with pytest.raises(sso.ConfigError, match="no URL known for client 'gamma'"):
+        sso.login_url(user, "gamma")
+
+
+# -- the client's sign-in view --------------------------------------------------------------------
+
+
+def signed_in_username(client: Client) -> str | None:
+    response = client.get("/api/initial_state")
+    return response.json()["current"]["profile"]["username"] if response.status_code == 200 else None
+
+
+def test_a_valid_link_signs_the_replica_user_in_once() -> None:
+    replica("alice", master_key="42", first_name="Alice")
+    token = sso.issue("42", "alice", "alpha")
+    browser = Client()
+    response = browser.get("/sso/login", {"token": token})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert signed_in_username(browser) == "alice"
+    assert 'Hello <span id="first-name">Alice</span>' in browser.get("/").content.decode()
+
+    again = Client()
+    response = again.get("/sso/login", {"token": token})
+    assert response.status_code == 403
+    assert "already been used" in response.content.decode()
+    assert signed_in_username(again) is None
+
+
+def test_identity_is_the_master_key_not_the_username() -> None:
+    replica("alice", master_key="42")
+    replica("mallory", master_key="43")
+    browser = Client()
+    browser.get("/sso/login", {"token": sso.issue("43", "alice", "alpha")})  # renamed on the master since
+    assert signed_in_username(browser) == "mallory"
+
+
+@pytest.mark.parametrize("case", ["expired", "tampered", "foreign", "unknown", "inactive", "deleted"])
+def test_a_refused_link_shows_why_and_signs_nobody_in(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = replica("alice", master_key="42", is_active=case != "inactive")
+    if case == "deleted":
+        ReplicaState.objects.filter(key="42").update(deleted=True)
+    token = {
+        "expired": lambda: issued_seconds_ago(61, monkeypatch, key="42"),
+        "tampered": lambda: sso.issue("42", "alice", "alpha")[:-3] + "xyz",
+        "foreign": lambda: sso.issue("42", "alice", "beta"),
+        "unknown": lambda: sso.issue("99", "zoe", "alpha"),
+        "inactive": lambda: sso.issue("42", "alice", "alpha"),
+        "deleted": lambda: sso.issue("42", "alice", "alpha"),
+    }[case]()
+    browser = Client()
+    response = browser.get("/sso/login", {"token": token})
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "Login link refused" in page and "Nobody was signed in" in page
+    assert re.search(r'data-reason="(expired|invalid|foreign|unknown|inactive)"', page)
+    assert signed_in_username(browser) is None
+    user.refresh_from_db()
+    assert user.last_login is None
+
+
+def test_a_refused_link_leaves_a_signed_in_user_as_they_were() -> None:
+    alice = replica("alice", master_key="42")
+    replica("bob", master_key="43")
+    browser = Client()
+    browser.force_login(alice)
+    browser.get("/sso/login", {"token": sso.issue("43", "bob", "beta")})
+    assert signed_in_username(browser) == "alice"
+
+
+# -- the master's page of client links ------------------------------------------------------------
+
+
+@pytest.fixture
+def master(settings: Any) -> Client:
+    settings.ROOT_URLCONF = "master_site.urls"
+    settings.REACTIVE_CLIENT_URLS = {"alpha": "http://alpha.example", "beta": "http://beta.example:8002"}
+    return Client()
+
+
+def test_the_master_page_needs_a_signed_in_user(master: Client) -> None:
+    response = master.get("/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_a_non_staff_user_signs_in_on_the_master_and_sees_an_open_link_per_client(master: Client) -> None:
+    get_user_model().objects.create_user("alice", password="pw")
+    response = master.post("/login/", {"username": "alice", "password": "pw"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    page = master.get("/").content.decode()
+    assert page.count(">open</a>") == 2
+    assert 'href="/open/alpha/"' in page and 'href="/open/beta/"' in page
+
+
+def test_open_mints_a_link_for_that_client_at_click_time(master: Client) -> None:
+    alice = get_user_model().objects.create_user("alice", password="pw")
+    master.force_login(alice)
+    response = master.get("/open/beta/")
+    assert response.status_code == 302
+    location = response["Location"]
+    assert location.startswith("http://beta.example:8002/sso/login?token=")
+    claim = sso.verify(token_of(location), "beta")
+    assert (claim.key, claim.username) == (str(alice.pk), "alice")
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+    assert master.get("/open/gamma/").status_code == 404
+
+
+# -- reactive login-link ----------------------------------------------------------------------------
+
+
+def test_login_link_command_prints_a_working_link(settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    settings.REACTIVE_CLIENT_URLS = {"alpha": "http://alpha.example"}
+    alice = get_user_model().objects.create_user("alice")
+    result = CliRunner().invoke(app, ["login-link", "alice", "--client", "alpha"])
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    assert url.startswith("http://alpha.example/sso/login?token=")
+    assert sso.verify(token_of(url), "alpha").key == str(alice.pk)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["login-link", "nobody", "--client", "alpha"], "no user 'nobody' on the master"),
+        (["login-link", "alice", "--client", "gamma"], "no URL known for client 'gamma'"),
+    ],
+)
+def test_login_link_command_refuses_unknown_users_and_clients(
+    settings: Any, argv: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from reactive.errors import ReactiveError
+
+    settings.REACTIVE_CLIENT_URLS = {"alpha": "http://alpha.example"}
+    get_user_model().objects.create_user("alice")
+    result = CliRunner().invoke(app, argv)
+    assert isinstance(result.exception, ReactiveError) and result.exception.exit_code == 1
+    assert message in str(result.exception)
