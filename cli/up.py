@@ -17,7 +17,7 @@ from rich.text import Text
 
 from cli import common
 from reactive import settings
-from reactive.up import Snapshot, Up, UpEvent, UpOptions
+from reactive.up import DEMO_ADMIN, DEMO_PASSWORD, Snapshot, Up, UpEvent, UpOptions
 
 STATE_STYLE = {"running": "green", "in-process": "green", "backoff": "red", "exited": "red", "stopped": "dim"}
 HEALTH_STYLE = {"ok": "green", "failing": "red"}
@@ -87,9 +87,14 @@ def up(
 
 def run_live(options: UpOptions) -> int:
     system = Up(options)
-    with Live(
-        get_renderable=lambda: render(system.snapshot(), options), refresh_per_second=2, transient=False
-    ) as live:
+
+    def view() -> RenderableType:
+        try:
+            return render(system.snapshot(), options)
+        except Exception as exc:  # a rendering bug must never take the supervisor (and its children) down
+            return Text(f"(live view failed: {type(exc).__name__}: {exc}; logs under {options.log_dir})")
+
+    with Live(get_renderable=view, console=common.console, refresh_per_second=2) as live:
         code = system.run()
         live.refresh()
     return code
@@ -99,15 +104,23 @@ def print_event(event: UpEvent) -> None:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
     style = EVENT_STYLE.get(event.kind, "")
     common.console.print(Text(f"{stamp} {event.text}", style=style), soft_wrap=True)
+    for label, url in event.data.get("links", {}).items():
+        common.console.print(f"  {label}: {url}", soft_wrap=True, highlight=False)
     if event.kind == "ready":
-        for label, url in event.data.get("links", {}).items():
-            common.console.print(f"  {label}: {url}", soft_wrap=True, highlight=False)
-        admin = event.data.get("admin")
-        if admin:
-            common.console.print(
-                f"  master admin login: {admin['username']} / {admin['password']}", highlight=False
-            )
+        for line in sign_in_hints(event.data.get("admin"), event.data.get("demo_password")):
+            common.console.print(f"  {line}", highlight=False)
         common.console.print(f"  logs: {event.data.get('log_dir')}; Ctrl-C stops everything", highlight=False)
+
+
+def sign_in_hints(admin: dict[str, str] | None, demo_password: str | None) -> list[str]:
+    hints = []
+    if demo_password:
+        hints.append(
+            f"master sign-in: alice, bob or carol / {demo_password} (then open a client from the list)"
+        )
+    if admin:
+        hints.append(f"master admin: {admin['username']} / {admin['password']}")
+    return hints
 
 
 def print_json_event(event: UpEvent) -> None:
@@ -130,14 +143,18 @@ def render(snapshot: Snapshot, options: UpOptions) -> RenderableType:
 
 
 def processes_table(snapshot: Snapshot) -> Table:
-    table = Table(title="processes", title_justify="left", expand=True)
+    table = Table(title="processes", title_justify="left")
     for column in ("name", "state", "pid", "port", "restarts", "health"):
         table.add_column(column, justify="right" if column in ("pid", "port", "restarts") else "left")
     for row in snapshot.processes:
-        state = f"[{STATE_STYLE.get(row.state, '')}]{row.state}[/]"
-        health = f"[{HEALTH_STYLE.get(row.health, '')}]{row.health or '-'}[/]"
-        restarts = f"[red]{row.restarts}[/]" if row.restarts else "0"
-        table.add_row(row.name, state, str(row.pid or "-"), str(row.port or "-"), restarts, health)
+        table.add_row(
+            row.name,
+            Text(row.state, style=STATE_STYLE.get(row.state, "")),
+            str(row.pid or "-"),
+            str(row.port or "-"),
+            Text(str(row.restarts), style="red" if row.restarts else ""),
+            Text(row.health or "-", style=HEALTH_STYLE.get(row.health, "")),
+        )
     return table
 
 
@@ -151,7 +168,7 @@ def queues_table(snapshot: Snapshot) -> Table:
     for column in ("client", "queue", "in flight", "dead letters"):
         table.add_column(column, justify="left" if column == "client" else "right")
     for row in snapshot.queues:
-        dead = "?" if row.dead is None else (f"[red]{row.dead}[/]" if row.dead else "0")
+        dead = Text(_count(row.dead), style="red" if row.dead else "")
         table.add_row(row.client, _count(row.visible), _count(row.in_flight), dead)
     return table
 
@@ -161,7 +178,9 @@ def links_panel(snapshot: Snapshot) -> Panel:
     for label, url in snapshot.links.items():
         lines.append(f"{label}: ", style="bold")
         lines.append(url + "\n", style=f"link {url}")
-    lines.append("master admin login: admin / admin", style="dim")
+    hints = sign_in_hints({"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]}, DEMO_PASSWORD)
+    hints.append("login links are fresh for 60 s (renewed every 45 s), one use each")
+    lines.append("\n".join(hints), style="dim")
     return Panel(lines, title="open", title_align="left")
 
 

@@ -71,6 +71,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, handle)  # a closed terminal stops the children too: nothing is orphaned
 
     def run(self, *, restart: bool = True, tick: Callable[[], Any] | None = None) -> int:
         """Supervise until stopped (or, without ``restart``, until every child has exited); the exit code."""

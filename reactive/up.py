@@ -434,7 +434,8 @@ class Up:
     # -- the whole run --------------------------------------------------------------------------
     def run(self, tick: Callable[[], Any] | None = None) -> int:
         """Prepare, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code."""
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # during start-up, SIGTERM unwinds like Ctrl-C
+        # During start-up SIGTERM and SIGHUP unwind like Ctrl-C, so that what was started is stopped.
+        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with contextlib.ExitStack() as stack:
                 self.prepare(stack)
@@ -446,7 +447,8 @@ class Up:
                 self.supervisor.run(restart=True, tick=tick)
                 self.emit("phase", "every process stopped; stopping the local services")
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self.emit("stopped", "stopped: nothing left running")
         return 0
 
@@ -658,7 +660,7 @@ class Up:
             self.emit("links", f"login links for {user} (valid 60 s, once)", links=made)
 
     # -- the view -------------------------------------------------------------------------------
-    def snapshot(self, events: int = 10) -> Snapshot:
+    def snapshot(self, events: int = 8) -> Snapshot:
         rows = []
         if self.aws_endpoint and self.moto_port:
             rows.append(ProcessRow("moto (local AWS)", "in-process", os.getpid(), self.moto_port, 0, ""))
