@@ -1,0 +1,231 @@
+"""The pages in a real browser (Debian's Chromium driven by Playwright): sign in through a master login link,
+watch the name change live, user text stays text, the clock advances and survives a server restart."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import services
+from tests.support.services import eventually, free_port
+from tests.support.sites import VENV_BIN, Deployment
+from tests.support.web import Served, replica_names, session_cookie, set_first_name
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS = "<img src=x onerror=alert(1)>"
+SECONDS = 1000  # Playwright counts milliseconds
+TIME = re.compile(r"^\d\d:\d\d:\d\d$")
+RECORD_FIRST_NAMES = """() => {
+    const element = document.getElementById("first-name");
+    window.shown = [];
+    new MutationObserver(() => window.shown.push(element.textContent))
+        .observe(element, {childList: true, characterData: true, subtree: true});
+}"""
+SEND_PROFILES = """
+from reactive import groups
+from reactive.replica import ReplicaState
+state = ReplicaState.objects.get()
+profile = {{"key": state.key, "username": "alice", "last_name": "", "email": "", "is_active": True}}
+groups.notify_profiles([(state.local_pk, {{**profile, "version": {stale}, "first_name": "Stale"}})])
+groups.notify_profiles([(state.local_pk, {{**profile, "version": {marker}, "first_name": "Marker"}})])
+"""
+LATER_TIME = (
+    "before => Date.parse(document.getElementById('clock').getAttribute('datetime')) > Date.parse(before)"
+)
+
+
+@dataclass
+class System:
+    deployment: Deployment
+    master: Served
+    alpha: Served
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        services.missing("Chromium", f"{CHROMIUM} is absent (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        services.missing("Playwright", str(exc))
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def system(moto_endpoint: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Master and alpha as processes: worker, listener, beat, two uvicorns; alice on the master."""
+    from reactive.provision import Options, Provisioner
+    from reactive.transport import get_transport
+
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "REACTIVE_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+        "REACTIVE_TRANSPORT": "sqs",
+        "REDIS_URL": redis_url,
+        "REACTIVE_SSO_KEY": "browser-sso-key-0123456789abcdef",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_transport.cache_clear()
+        Provisioner(Options(clients=["alpha"])).run()
+        get_transport.cache_clear()
+    deployment = Deployment(workdir=tmp_path_factory.mktemp("browser"), base_env=env, clients=("alpha",))
+    deployment.migrate()
+    try:
+        alpha = Served(deployment, "alpha", free_port()).start()
+        master = Served(deployment, "master", free_port()).start(REACTIVE_CLIENT_URLS=f"alpha={alpha.url}")
+        deployment.start_worker()
+        deployment.start_listener("alpha", "--wait", "1")
+        deployment.start("alpha", [str(VENV_BIN / "reactive"), "beat", "--interval", "0.5"], "beat-alpha")
+        deployment.python(
+            "master",
+            "from django.contrib.auth import get_user_model\n"
+            'get_user_model().objects.create_user("alice", "a@example.com", "pw", first_name="Alice")',
+        )
+        eventually(
+            lambda: replica_names(deployment, "alpha") == {"alice": "Alice"},
+            timeout=60,
+            what="alice replicated",
+        )
+        yield System(deployment, master, alpha)
+    finally:
+        deployment.stop_all()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    context.set_default_timeout(30 * SECONDS)
+    yield context
+    context.close()
+
+
+def test_sign_in_by_master_link_then_the_name_changes_live_as_text(system: System, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    page.goto(system.master.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "pw")
+    page.click("button[type=submit]")
+    with page.expect_request(lambda request: "/sso/login?token=" in request.url) as followed:
+        page.click("tr[data-client=alpha] >> text=open")
+    link = followed.value.url
+    expect(page).to_have_url(system.alpha.url + "/")
+    expect(page.locator("h1")).to_have_text("Hello Alice")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+
+    page.evaluate("window.sameDocument = true")  # a reload would lose it
+    set_first_name(system.deployment, "alice", "Alicia")
+    expect(page.locator("#first-name")).to_have_text("Alicia")
+
+    set_first_name(system.deployment, "alice", XSS)
+    expect(page.locator("#first-name")).to_have_text(XSS)
+    assert page.locator("main img").count() == 0
+    assert dialogs == []
+    assert page.evaluate("window.sameDocument") is True
+
+    # The link was used once: a second browser following it is refused and signed in nowhere.
+    other = context.browser.new_context()
+    refused = other.new_page()
+    refused.goto(link)
+    expect(refused.locator("#refusal")).to_have_attribute("data-reason", "used")
+    refused.goto(system.alpha.url + "/")
+    expect(refused).to_have_url(system.alpha.url + "/login/?next=/")
+    other.close()
+
+
+def test_an_older_update_never_replaces_a_newer_one(system: System, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    context.add_cookies(
+        [
+            {
+                "name": "sessionid",
+                "value": session_cookie(system.deployment, "alpha", "alice"),
+                "url": system.alpha.url,
+            }
+        ]
+    )
+    page = context.new_page()
+    page.goto(system.alpha.url + "/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    page.evaluate(RECORD_FIRST_NAMES)
+    version = int(page.locator("#version").text_content() or "0")
+    # Straight to the personal group, as a late redelivery would arrive: the stale one first, then a marker.
+    system.deployment.python("alpha", SEND_PROFILES.format(stale=version - 1, marker=version))
+    expect(page.locator("#first-name")).to_have_text("Marker")
+    assert "Stale" not in page.evaluate("window.shown")
+
+
+def test_the_clock_advances_and_recovers_after_a_server_restart(system: System, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    context.add_cookies(
+        [
+            {
+                "name": "sessionid",
+                "value": session_cookie(system.deployment, "alpha", "alice"),
+                "url": system.alpha.url,
+            }
+        ]
+    )
+    page = context.new_page()
+    page.goto(system.alpha.url + "/clock/")
+    clock, state = page.locator("#clock"), page.locator("#connection")
+    expect(clock).to_have_text(TIME)
+    expect(state).to_have_attribute("data-state", "live")
+    advanced(page)
+
+    system.alpha.stop()
+    expect(state).to_have_attribute("data-state", "reconnecting")
+    system.alpha.start()
+    expect(state).to_have_attribute("data-state", "live")
+    advanced(page)
+    # The socket URL follows the page's scheme (ws: here; wss: under https) and the backoff stays bounded.
+    assert page.evaluate(
+        "Reactive.socketUrl('/time/tic/', {protocol: 'https:', host: 'h.example:8443'})"
+    ) == ("wss://h.example:8443/time/tic/")
+    assert (
+        page.evaluate("Reactive.socketUrl('/ws/a', location)")
+        == system.alpha.url.replace("http:", "ws:") + "/ws/a"
+    )
+    delays = page.evaluate(
+        "[0, 1, 5, 30].map(n => [Reactive.backoffDelay(n, () => 0), Reactive.backoffDelay(n, () => 1)])"
+    )
+    assert delays == [[250, 500], [500, 1000], [7500, 15000], [7500, 15000]]
+
+
+def advanced(page: Any) -> None:
+    """The clock shows a later time than now, within a few seconds."""
+    before = page.locator("#clock").get_attribute("datetime")
+    page.wait_for_function(LATER_TIME, arg=before, timeout=10 * SECONDS)
