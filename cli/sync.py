@@ -28,10 +28,11 @@ def sync(
     settings.validate_client(client)
     common.setup_django("master")
     from reactive import resync
+    from reactive.dlq import queues_of
     from reactive.transport import get_transport
 
     transport = get_transport()
-    transport.depth(settings.names().queue(client))  # fail on a wrong name before reading every user
+    queues_of(transport, client)  # a wrong client name fails before every user is read
     keys = resync.plan(prune=prune)
     if as_json:
         report = resync.sync(client, transport, batch=batch, prune=prune, keys=keys)

@@ -26,7 +26,8 @@ from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
 from django.db.models import Max
 
-from reactive import capture, settings
+from reactive import capture
+from reactive.dlq import queues_of
 from reactive.errors import ReactiveError, UsageError
 from reactive.outbox import OutboxEvent, relay_pending
 from reactive.transport.base import Transport
@@ -192,8 +193,7 @@ def sync(
     using: str = "default",
 ) -> SyncReport:
     """Send the master's current state of every synced user to one client's queue (keys: ``plan()``)."""
-    settings.validate_client(client)
-    transport.depth(settings.names().queue(client))  # a wrong client name or a missing queue fails here
+    queues_of(transport, client)  # a wrong client name or a missing queue fails here, clearly
     spec = tracking()
     report = SyncReport(client)
     for chunk in _chunks(plan(prune=prune, using=using) if keys is None else keys, batch):

@@ -164,7 +164,10 @@ def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
             f"pass --client-db, or set DATABASE_URL_{client.upper().replace('-', '_')}"
         )
     fields = list(tracking().fields)
-    with databases({MASTER_ALIAS: ("master", master_url), REPLICA_ALIAS: (f"client {client}", client_url)}):
+    sides = {MASTER_ALIAS: ("master", master_url), REPLICA_ALIAS: (f"client {client}", client_url)}
+    with databases(sides):
+        for alias, (side, url) in sides.items():
+            _connect(side, url, alias)
         master = _read("master", master_url, lambda: master_rows(client, MASTER_ALIAS), MASTER_ALIAS)
         replica = _read(
             f"client {client}", client_url, lambda: replica_rows(REPLICA_ALIAS, fields), REPLICA_ALIAS
@@ -172,18 +175,27 @@ def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
     return VerifyReport(client, len(master), len(replica), fields, compare(master, replica, fields))
 
 
-def _read(side: str, url: str, read: Any, alias: str) -> dict[str, Row]:
+def _connect(side: str, url: str, alias: str) -> None:
     try:
         connections[alias].ensure_connection()
     except DatabaseError as exc:
-        raise ServiceUnavailable(f"cannot reach the {side} database ({redact(url)}): {exc}") from exc
+        raise ServiceUnavailable(
+            f"cannot reach the {side} database ({redact(url)}): {_one_line(exc)}"
+        ) from exc
+
+
+def _read(side: str, url: str, read: Any, alias: str) -> dict[str, Row]:
     try:
         with transaction.atomic(using=alias):
             return dict(read())
     except DatabaseError as exc:
         raise ReactiveError(
-            f"cannot read the {side} database ({redact(url)}): {exc} (migrated? the right URL?)"
+            f"cannot read the {side} database ({redact(url)}): {_one_line(exc)} (migrated? the right URL?)"
         ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextlib.contextmanager

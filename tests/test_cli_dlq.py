@@ -1,0 +1,86 @@
+"""`reactive dlq list/show/purge` through Typer's CliRunner against moto's server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from reactive.transport.sqs import SqsTransport
+from tests.test_dlq import ATTRIBUTES, POISON, put, total
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dead(sqs: SqsTransport) -> dict[str, str]:
+    """alpha's DLQ holding the three kinds of poison: body -> message id."""
+    dlq = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq"
+    return {body: put(sqs, dlq, body, ATTRIBUTES) for body in POISON}
+
+
+def test_list_json_shows_whole_bodies_and_why_without_consuming(
+    sqs: SqsTransport, dead: dict[str, str]
+) -> None:
+    result = runner.invoke(app, ["dlq", "list", "--client", "alpha", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert listed["count"] == 3
+    by_body = {m["body"]: m for m in listed["messages"]}
+    assert set(by_body) == set(POISON)
+    assert by_body["not json at all"]["why"].startswith("not decodable: body is not JSON")
+    assert by_body[POISON[1]]["message_id"] == dead[POISON[1]]
+    assert by_body[POISON[1]]["message_attributes"]["count"] == {"DataType": "Number", "StringValue": "42"}
+    dlq = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq"
+    assert sqs.depth(dlq).visible == 3
+
+
+def test_list_table_and_limit(sqs: SqsTransport, dead: dict[str, str]) -> None:
+    result = runner.invoke(app, ["dlq", "list", "--client", "alpha", "--limit", "2"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "dead letters of alpha (2)" in result.stdout
+    assert result.stdout.count("not decodable") == 2
+
+
+def test_show_prints_one_message_whole(sqs: SqsTransport, dead: dict[str, str]) -> None:
+    wanted = dead[POISON[1]]
+    result = runner.invoke(app, ["dlq", "show", "--client", "alpha", wanted], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert wanted in result.stdout
+    assert '"action": "explode"' in result.stdout  # pretty-printed, one key a line
+    assert "unknown action 'explode'" in result.stdout
+    assert "42 (Number)" in result.stdout
+    as_json = json.loads(runner.invoke(app, ["dlq", "show", "--client", "alpha", wanted, "--json"]).stdout)
+    assert as_json["body"] == POISON[1]
+
+
+def test_purge_asks_first_unless_yes(sqs: SqsTransport, dead: dict[str, str]) -> None:
+    dlq = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq"
+    refused = runner.invoke(app, ["dlq", "purge", "--client", "alpha"], input="n\n")
+    assert refused.exit_code == 1 and "Delete every message" in refused.output
+    assert total(sqs, dlq) == 3
+    done = runner.invoke(app, ["dlq", "purge", "--client", "alpha", "--yes"])
+    assert done.exit_code == 0 and "3 message(s)" in done.stdout
+    assert total(sqs, dlq) == 0
+
+
+@pytest.mark.django_db
+def test_list_diagnose_tries_events_against_the_replica(sqs: SqsTransport) -> None:
+    from django.contrib.auth import get_user_model
+
+    from reactive.replica import ReplicaState
+    from tests.test_dlq import event_body
+
+    user = get_user_model().objects.create_user("carol")
+    ReplicaState.objects.create(model="auth.user", key="900", version=3, local_pk=str(user.pk))
+    put(
+        sqs,
+        f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq",
+        event_body("insert", "5", 9, username="carol"),
+    )
+    result = runner.invoke(app, ["dlq", "list", "--client", "alpha", "--diagnose", "--json"])
+    assert result.exit_code == 0, result.output
+    (message,) = json.loads(result.stdout)["messages"]
+    assert "the replica refuses it: username 'carol' is held by key 900" in message["why"]

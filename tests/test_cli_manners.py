@@ -1,0 +1,140 @@
+"""The manners of the operations commands, as an operator sees them: the real `reactive` script in a process.
+
+Exit codes (0 ok, 1 failure, 2 usage, 3 unreachable), one readable line on stderr, tracebacks only with
+--debug, --version, shell completion, and an example in every command's help.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.support.services import free_port
+
+REACTIVE = str(Path(sys.executable).parent / "reactive")
+OPERATIONS = [
+    ["dlq", "list", "--client", "alpha"],
+    ["dlq", "purge", "--client", "alpha", "--yes"],
+    ["replay-dlq", "--client", "alpha", "--yes"],
+    ["status"],
+    ["sync", "--client", "alpha"],
+]
+
+
+def reactive(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env, "REACTIVE_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    full.pop("DJANGO_SETTINGS_MODULE", None)  # pytest's own settings must not leak into the command
+    return subprocess.run([REACTIVE, *args], env=full, capture_output=True, text=True, timeout=120)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", OPERATIONS, ids=lambda c: " ".join(c[:2]))
+def test_an_unreachable_endpoint_is_exit_3_in_one_line(
+    command: list[str], aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = reactive(*command, env={**aws_env, "AWS_ENDPOINT_URL": dead}, tmp_path=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert f"cannot reach {dead}" in one_error_line(done)
+
+
+def test_a_wrong_client_name_and_a_missing_queue(provisioned: dict[str, str], tmp_path: Path) -> None:
+    done = reactive("dlq", "list", "--client", "gamma", env=provisioned, tmp_path=tmp_path)
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert "client 'gamma': is the name right (REACTIVE_CLIENTS: alpha, beta)" in line
+    assert "reactive provision --client gamma" in line
+
+    malformed = reactive("replay-dlq", "--client", "Bad!", "--yes", env=provisioned, tmp_path=tmp_path)
+    assert malformed.returncode == 1
+    assert "invalid client name 'Bad!'" in one_error_line(malformed)
+
+
+def test_nothing_provisioned_yet(aws_env: dict[str, str], tmp_path: Path) -> None:
+    listed = reactive("dlq", "list", "--client", "alpha", env=aws_env, tmp_path=tmp_path)
+    assert listed.returncode == 1 and "run `reactive provision --client alpha`" in one_error_line(listed)
+    shown = reactive("status", env=aws_env, tmp_path=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "missing" in shown.stdout and "queue" in shown.stdout
+    assert reactive("status", "--check", env=aws_env, tmp_path=tmp_path).returncode == 1
+
+
+def test_missing_credentials_get_their_own_message(provisioned: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **provisioned,
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    done = reactive("dlq", "list", "--client", "alpha", env=env, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "no AWS credentials found" in one_error_line(done)
+
+
+def test_debug_shows_the_traceback(provisioned: dict[str, str], tmp_path: Path) -> None:
+    done = reactive("--debug", "dlq", "list", "--client", "gamma", env=provisioned, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "reactive.errors.ResourceNotFound" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_an_unreachable_client_database_is_exit_3(provisioned: dict[str, str], tmp_path: Path) -> None:
+    master = tmp_path / "master.sqlite3"
+    master.touch()
+    url = "postgres://ops:s3cret@127.0.0.1:1/alpha"
+    done = reactive(
+        "verify", "--client", "alpha", "--master-db", f"sqlite:///{master}", "--client-db", url,
+        env=provisioned, tmp_path=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done)
+    assert "cannot reach the client alpha database (postgres://ops:***@127.0.0.1:1/alpha)" in line
+    assert "s3cret" not in done.stderr
+
+
+def test_version_and_shell_completion(tmp_path: Path) -> None:
+    version = reactive("--version", env={}, tmp_path=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("reactive ")
+    commands = reactive(
+        env={"_REACTIVE_COMPLETE": "complete_bash", "COMP_WORDS": "reactive repl", "COMP_CWORD": "1"},
+        tmp_path=tmp_path,
+    )
+    assert commands.stdout.split() == ["replay-dlq"]
+    clients = reactive(
+        env={
+            "_REACTIVE_COMPLETE": "complete_bash",
+            "COMP_WORDS": "reactive dlq list --client b",
+            "COMP_CWORD": "4",
+            "REACTIVE_CLIENTS": "alpha,beta,bravo",
+        },
+        tmp_path=tmp_path,
+    )
+    assert clients.stdout.split() == ["beta", "bravo"]
+    script = reactive("--show-completion", "bash", env={}, tmp_path=tmp_path)
+    assert "_REACTIVE_COMPLETE" in script.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["dlq", "list"], ["dlq", "show"], ["dlq", "purge"], ["replay-dlq"], ["status"], ["sync"], ["verify"]],
+    ids=" ".join,
+)
+def test_every_command_help_has_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert f"Example: reactive {' '.join(command)}" in " ".join(result.stdout.split())

@@ -1,0 +1,86 @@
+"""`reactive replay-dlq` through Typer's CliRunner against moto's server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from typer.testing import CliRunner
+
+from cli.main import app
+from reactive.dlq import Pacer
+from reactive.transport.sqs import SqsTransport
+from tests.test_dlq import ATTRIBUTES, POISON, put, take_all, total
+
+runner = CliRunner()
+
+
+def names(sqs: SqsTransport) -> tuple[str, str]:
+    prefix = sqs.topic_name.removesuffix("-users")
+    return f"{prefix}-alpha", f"{prefix}-alpha-dlq"
+
+
+def test_replay_moves_everything_back_and_prints_a_summary(sqs: SqsTransport) -> None:
+    queue, dlq = names(sqs)
+    for body in POISON:
+        put(sqs, dlq, body, ATTRIBUTES)
+    result = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--yes"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "moved" in result.stdout and "left in DLQ" in result.stdout
+    row = [line for line in result.stdout.splitlines() if "│" in line][-1]
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["3", "0", "0"]
+    moved = take_all(sqs, queue)
+    assert sorted(m.body for m in moved) == sorted(POISON)
+    assert all(dict(m.raw_message_attributes) == ATTRIBUTES for m in moved)
+    assert total(sqs, dlq) == 0
+
+
+def test_replay_asks_first_and_dry_run_moves_nothing(sqs: SqsTransport) -> None:
+    queue, dlq = names(sqs)
+    put(sqs, dlq, "precious")
+    refused = runner.invoke(app, ["replay-dlq", "--client", "alpha"], input="n\n")
+    assert refused.exit_code == 1 and "Move 1 message(s)" in refused.output
+    dry = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--dry-run"], env={"COLUMNS": "160"})
+    assert dry.exit_code == 0, dry.output
+    assert "would move 1 message(s)" in dry.stdout and "not decodable" in dry.stdout
+    assert (total(sqs, queue), total(sqs, dlq)) == (0, 1)
+
+
+def test_replay_json_limit_and_rate(sqs: SqsTransport) -> None:
+    queue, dlq = names(sqs)
+    for i in range(4):
+        put(sqs, dlq, f"m{i}")
+    result = runner.invoke(
+        app, ["replay-dlq", "--client", "alpha", "--yes", "--limit", "3", "--rate", "100", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["planned"], summary["moved"], summary["failed"], summary["left"]) == (3, 3, 0, 1)
+    assert (total(sqs, queue), total(sqs, dlq)) == (3, 1)
+
+
+def test_replay_reports_what_it_could_not_move_and_exits_1(sqs: SqsTransport) -> None:
+    queue, dlq = names(sqs)
+    sqs.sqs.set_queue_attributes(QueueUrl=sqs.queue_url(queue), Attributes={"MaximumMessageSize": "1024"})
+    put(sqs, dlq, "x" * 2000)
+    result = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--yes"])
+    assert result.exit_code == 1
+    assert "not moved" in result.stderr and "shorter than 1024" in result.stderr
+    assert total(sqs, dlq) == 1
+
+
+def test_move_task_where_unsupported_names_the_default_mover(sqs: SqsTransport) -> None:
+    put(sqs, names(sqs)[1], "m")
+    result = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--yes", "--move-task"])
+    assert result.exit_code != 0
+    assert "does not support StartMessageMoveTask" in str(result.exception)
+    assert "replay-dlq without --move-task" in str(result.exception)
+
+
+def test_the_pacer_holds_the_rate() -> None:
+    pacer = Pacer(20.0)
+    started = time.monotonic()
+    pacer.wait(10)  # the first batch goes at once
+    assert time.monotonic() - started < 0.2
+    pacer.wait(10)  # the next waits until 10 messages at 20 a second have had their time
+    assert time.monotonic() - started >= 0.45

@@ -1,0 +1,77 @@
+"""Status against moto's server: depths, dead letters, subscriptions, and the outbox backlog."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from reactive import status
+from reactive.outbox import OutboxEvent
+from reactive.transport.sqs import SqsTransport
+
+
+def put(sqs: SqsTransport, queue: str, body: str = "x") -> None:
+    sqs.sqs.send_message(QueueUrl=sqs.queue_url(queue), MessageBody=body)
+
+
+def test_a_healthy_system_reports_depths_and_raw_subscriptions(sqs: SqsTransport) -> None:
+    prefix = sqs.topic_name.removesuffix("-users")
+    put(sqs, f"{prefix}-alpha")
+    put(sqs, f"{prefix}-alpha")
+    sqs.receive(f"{prefix}-alpha", max_messages=1, wait_seconds=0, visibility_timeout=60)
+
+    clients = {c.client: c for c in status.aws_status(sqs, ["alpha", "beta"])}
+
+    alpha = clients["alpha"]
+    assert (alpha.queue_depth and (alpha.queue_depth.visible, alpha.queue_depth.in_flight)) == (1, 1)
+    assert alpha.dead_letters == 0
+    assert alpha.subscription.present and alpha.subscription.raw_delivery
+    assert alpha.subscription.filter_policy == {"model": ["auth.user"]}
+    assert alpha.problems() == [] and clients["beta"].problems() == []
+
+
+def test_dead_letters_missing_queues_and_non_raw_delivery_are_problems(sqs: SqsTransport) -> None:
+    prefix = sqs.topic_name.removesuffix("-users")
+    put(sqs, f"{prefix}-beta-dlq")
+    beta_sub = next(c for c in status.aws_status(sqs, ["beta"])).subscription.arn
+    sqs.sns.set_subscription_attributes(
+        SubscriptionArn=beta_sub, AttributeName="RawMessageDelivery", AttributeValue="false"
+    )
+
+    report = status.collect(
+        ["alpha", "beta", "gamma"], status.OutboxStatus(False, detail="n/a"), transport=sqs
+    )
+
+    problems = "\n".join(report.problems())
+    assert "beta: 1 message(s) in the DLQ" in problems
+    assert "beta: the subscription does not use raw message delivery" in problems
+    assert f"gamma: queue {prefix}-gamma is missing" in problems
+    assert "gamma: " in problems and "not subscribed" in problems
+    assert not any(p.startswith("alpha") for p in report.problems())
+    data = report.to_dict()
+    assert data["ok"] is False and data["clients"][2]["queue_depth"] is None
+
+
+@pytest.mark.django_db
+def test_the_outbox_backlog_and_its_age_threshold() -> None:
+    assert status.outbox_status() == status.OutboxStatus(True, pending=0, oldest_age_seconds=None)
+    OutboxEvent.objects.create(
+        model="auth.user",
+        action="update",
+        key="1",
+        event_id=uuid.uuid4(),
+        occurred_at=timezone.now() - timedelta(minutes=10),
+    )
+    OutboxEvent.objects.create(
+        model="auth.user", action="update", key="2", event_id=uuid.uuid4(), sent_at=timezone.now()
+    )
+
+    found = status.outbox_status()
+
+    assert found.available and found.pending == 1
+    assert found.oldest_age_seconds is not None and 590 < found.oldest_age_seconds < 700
+    assert found.problems(max_age=900) == []
+    assert "oldest pending outbox row is 6" in found.problems(max_age=300)[0]
