@@ -1,0 +1,252 @@
+"""compose/ and compose/k8s/, validated offline: the Kubernetes and Compose schemas, the shape each workload
+needs (probes, resources, one beat), and every command resolving to something that exists in the image."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+K8S_FILES = sorted((COMPOSE_DIR / "k8s").glob("*.yaml"))
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+WORKLOADS = ("Deployment", "Job")
+# Variables read by programs other than reactive/settings.py.
+FOREIGN_VARIABLES = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "DJANGO_SETTINGS_MODULE",
+    "POSTGRES_PASSWORD",
+}
+
+
+@functools.cache
+def k8s_documents() -> list[dict[str, Any]]:
+    return [doc for path in K8S_FILES for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_named(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in k8s_documents() if doc["kind"] == kind}
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{workload['metadata']['name']}: one container per role"
+    return dict(containers[0])
+
+
+def k8s_env(workload: dict[str, Any]) -> dict[str, str]:
+    """What a pod of this workload sees: the ConfigMap, the Secret, then the container's own env."""
+    env: dict[str, str] = {}
+    for source in container(workload).get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(k8s_named("ConfigMap")[source["configMapRef"]["name"]]["data"])
+        if "secretRef" in source:
+            env.update(k8s_named("Secret")[source["secretRef"]["name"]]["stringData"])
+    env.update({item["name"]: item["value"] for item in container(workload).get("env", [])})
+    return env
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    return dict(yaml.safe_load(COMPOSE.read_text())["services"])
+
+
+def env_example() -> dict[str, str]:
+    pairs = (
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
+    return {name: value for name, value in pairs}
+
+
+def ours(service: dict[str, Any]) -> bool:
+    return "build" in service
+
+
+# -- schemas ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_k8s_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    assert K8S_FILES, "no manifests under compose/k8s"
+    for doc in k8s_documents():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    done = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- shape --------------------------------------------------------------------------------------------------
+def test_every_role_has_a_k8s_workload_that_runs_what_its_name_says() -> None:
+    deployments = k8s_named("Deployment")
+    runs = {name: " ".join(container(d)["args"]) for name, d in deployments.items()}
+    assert set(runs) == {
+        "master-web",
+        "master-worker",
+        "master-beat",
+        *(f"{c}-{role}" for c in ("alpha", "beta") for role in ("web", "beat", "listener")),
+    }
+    for name, command in runs.items():
+        role = name.rsplit("-", 1)[1]
+        site = name.rsplit("-", 1)[0]
+        wanted = {
+            "web": "uvicorn master_site.asgi:application"
+            if site == "master"
+            else "uvicorn client_site.asgi:application",
+            "worker": f"celery -A {site}_site worker",
+            "beat": "celery -A master_site beat" if site == "master" else f"reactive beat --client {site}",
+            "listener": f"reactive listen --client {site}",
+        }[role]
+        assert command.startswith(wanted), f"{name} runs {command!r}"
+        if site != "master":
+            assert k8s_env(deployments[name])["REACTIVE_CLIENT"] == site, (
+                f"{name} is not configured as {site}"
+            )
+    assert len(set(runs.values())) == len(runs), "two workloads run the same command"
+
+
+def test_beats_run_once_and_webs_are_probed_on_health() -> None:
+    for name, deployment in k8s_named("Deployment").items():
+        spec, box = deployment["spec"], container(deployment)
+        if name.endswith("-beat"):
+            assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate", f"{name} could run twice"
+        if name.endswith("-web"):
+            port = box["args"][box["args"].index("--port") + 1]
+            assert [p["containerPort"] for p in box["ports"]] == [int(port)], f"{name}: port mismatch"
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert box[probe]["httpGet"]["path"] == "/health", f"{name}: {probe} is not on /health"
+            service = k8s_named("Service")[name]
+            assert service["spec"]["selector"] == spec["selector"]["matchLabels"], (
+                f"{name}: service selects nothing"
+            )
+
+
+def test_every_container_has_requests_limits_and_runs_as_non_root() -> None:
+    for doc in k8s_documents():
+        if doc["kind"] not in WORKLOADS:
+            continue
+        name, box = doc["metadata"]["name"], container(doc)
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(box["resources"][bound]), f"{name}: no {bound}"
+        assert doc["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True, name
+
+
+def test_jobs_migrate_every_site_and_provision() -> None:
+    jobs = {name: container(job)["args"] for name, job in k8s_named("Job").items()}
+    assert jobs["provision"] == ["reactive", "provision"]
+    for site, settings in (("master", "master_site"), ("alpha", "client_site"), ("beta", "client_site")):
+        assert jobs[f"migrate-{site}"][:4] == ["python", "-m", "django", "migrate"]
+        assert f"{settings}.settings" in jobs[f"migrate-{site}"]
+        if site != "master":
+            assert k8s_env(k8s_named("Job")[f"migrate-{site}"])["REACTIVE_CLIENT"] == site
+
+
+def test_the_secret_holds_credentials_keys_and_database_urls() -> None:
+    (secret,) = k8s_named("Secret").values()
+    keys = set(secret["stringData"])
+    expected = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "REACTIVE_SSO_KEY", "DJANGO_SECRET_KEY"}
+    assert expected | {"DATABASE_URL", "DATABASE_URL_ALPHA", "DATABASE_URL_BETA"} <= keys
+    assert not keys & set(k8s_named("ConfigMap")["reactive-config"]["data"]), (
+        "a secret is also in the ConfigMap"
+    )
+
+
+def test_compose_has_every_service_healthchecks_and_its_settings_from_the_env_example() -> None:
+    services = compose_services()
+    for needed in ("redis", "moto", "provision", "master-web", "master-worker", "master-beat"):
+        assert needed in services
+    for client in ("alpha", "beta"):
+        for role in ("web", "worker-beat", "listener"):
+            assert f"{client}-{role}" in services
+    assert services["provision"]["command"] == ["reactive", "provision"]
+    for name, service in services.items():
+        if ours(service):
+            assert [e["path"] for e in service["env_file"]][0] == ".env.example", name
+        if name.endswith("-web"):
+            assert "/health" in " ".join(service["healthcheck"]["test"]), f"{name}: no healthcheck on /health"
+
+
+def test_every_setting_the_manifests_give_is_one_that_is_read() -> None:
+    """A variable nobody reads is a typo or a leftover: reactive/settings.py (or boto3) must read it."""
+    source = (ROOT / "reactive" / "settings.py").read_text()
+    given = set(env_example())
+    for doc in k8s_documents():
+        if doc["kind"] in ("ConfigMap", "Secret"):
+            given |= set(doc.get("data") or doc.get("stringData") or {})
+    for name in sorted(given - FOREIGN_VARIABLES):
+        read = f'"{name}"' in source or (name.startswith("DATABASE_URL_") and '"DATABASE_URL_' in source)
+        assert read, f"{name} is given to the containers but reactive/settings.py never reads it"
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+def commands_by_site() -> dict[tuple[str, ...], list[list[str]]]:
+    """Every command our image runs, grouped by the environment it runs in (source and variables)."""
+    groups: dict[tuple[str, ...], list[list[str]]] = defaultdict(list)
+    example = env_example()
+    for service in compose_services().values():
+        if ours(service):
+            env = {**example, **service.get("environment", {})}
+            groups[_site_key(env, "compose")].append([str(a) for a in service["command"]])
+    for doc in k8s_documents():
+        if doc["kind"] in WORKLOADS:
+            groups[_site_key(k8s_env(doc), "k8s")].append(list(container(doc)["args"]))
+    return groups
+
+
+def _site_key(env: dict[str, str], source: str) -> tuple[str, ...]:
+    return (source, *(f"{k}={v}" for k, v in sorted(env.items())))
+
+
+def _unresolved(key: tuple[str, ...], commands: list[list[str]], var: Path) -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REACTIVE_", "DATABASE_URL"))}
+    env.update(item.split("=", 1) for item in key[1:])
+    env.update(REACTIVE_VAR_DIR=str(var), PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.resolve_commands"],
+        input=json.dumps(commands),
+        env=env,
+        cwd=var,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for command, problem in json.loads(done.stdout).items():
+        yield f"{key[0]}: `{command}`: {problem}"
+
+
+def test_every_command_resolves_to_something_that_exists(tmp_path: Path) -> None:
+    problems = [p for key, cmds in commands_by_site().items() for p in _unresolved(key, cmds, tmp_path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_resolver_catches_what_does_not_exist(tmp_path: Path) -> None:
+    """Without this, a resolver that accepts anything would make the test above pass."""
+    bad = [
+        ["reactive", "lsiten", "--client", "alpha"],
+        ["reactive", "listen", "--clients", "alpha"],
+        ["celery", "-A", "master_sight", "worker"],
+        ["celery", "-A", "master_site", "wroker"],
+        ["uvicorn", "master_site.asgi:app", "--port", "8000"],
+        ["python", "-m", "django", "migrat"],
+    ]
+    key = ("k8s", "DJANGO_SETTINGS_MODULE=master_site.settings")
+    assert len(list(_unresolved(key, bad, tmp_path))) == len(bad)
