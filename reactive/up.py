@@ -187,6 +187,7 @@ class OwnRedis:
     process: subprocess.Popen[bytes]
     port: int
     url: str
+    binary: str
 
     @classmethod
     def start(cls, var_dir: Path, host: str) -> OwnRedis:
@@ -219,7 +220,7 @@ class OwnRedis:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        own = cls(process, port, f"redis://{host}:{port}/0")
+        own = cls(process, port, f"redis://{host}:{port}/0", binary)
         deadline = time.monotonic() + 10
         while not redis_answers(own.url):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -630,7 +631,11 @@ class Up:
             urls=urls,
             links=links,
             processes=processes,
-            redis={"url": self.redis_url, "pid": self.redis.process.pid if self.redis else None},
+            redis={
+                "url": self.redis_url,
+                "pid": self.redis.process.pid if self.redis else None,
+                "binary": self.redis.binary if self.redis else None,
+            },
             aws_endpoint=self.aws_endpoint,
             log_dir=str(self.options.log_dir),
             admin={"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]} if self.options.demo else None,
