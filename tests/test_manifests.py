@@ -217,7 +217,7 @@ def _site_key(env: dict[str, str], source: str) -> tuple[str, ...]:
 
 def _unresolved(key: tuple[str, ...], commands: list[list[str]], var: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REACTIVE_", "DATABASE_URL"))}
-    env.update(item.split("=", 1) for item in key[1:])
+    env.update(dict(item.split("=", 1) for item in key[1:]))
     env.update(REACTIVE_VAR_DIR=str(var), PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, "-m", "tests.support.resolve_commands"],

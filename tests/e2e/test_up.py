@@ -4,6 +4,7 @@ replicas, and SIGINT leaving no process behind; with the Redis at REDIS_URL, and
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -109,6 +110,10 @@ def replica_first_name(var: Path, client: str, username: str) -> str | None:
     return row[0] if row else None
 
 
+def has_first_name(var: Path, client: str, username: str, wanted: str) -> bool:
+    return replica_first_name(var, client, username) == wanted
+
+
 def rename_on_master(run: UpRun, redis_url: str, username: str, first_name: str) -> None:
     """A save on the master, in a process of its own, exactly as the admin would make it."""
     code = (
@@ -153,11 +158,8 @@ def exercise(run: UpRun) -> dict[str, Any]:
     new_name = f"Alicia {uuid.uuid4().hex[:6]}"
     rename_on_master(run, ready["redis"]["url"], "alice", new_name)
     for client in ("alpha", "beta"):
-        eventually(
-            lambda c=client: replica_first_name(run.var, c, "alice") == new_name,
-            timeout=60,
-            what=f"{client} replica",
-        )
+        renamed = functools.partial(has_first_name, run.var, client, "alice", new_name)
+        eventually(renamed, timeout=60, what=f"{client} replica")
 
     descendants = psutil.Process(run.process.pid).children(recursive=True)
     assert len(descendants) >= 11, f"expected every process of the system, found {len(descendants)}"
