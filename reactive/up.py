@@ -13,6 +13,7 @@ of the master, used for the demo users and the outbox view) sees the same world.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -476,14 +477,27 @@ class Up:
             "phase",
             f"migrating {1 + len(options.clients)} databases and provisioning {len(options.clients)} queues",
         )
-        migrate([("master", None), *[("client", c) for c in options.clients]], options.log_dir)
-        changes = provision(options.clients)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # AWS calls while the migrations run
+            provisioning = pool.submit(provision, options.clients)
+            migrate([("master", None), *[("client", c) for c in options.clients]], options.log_dir)
+            changes = provisioning.result()
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
-        if options.demo:
-            created = seed_demo_users()
-            if created:
-                self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
+        created = seed_demo_users() if options.demo else []
+        if created:
+            self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
+        if self.moto_port and not created:
+            self._resync()
+
+    def _resync(self) -> None:
+        """A restart: the embedded moto's queues are new, so whatever was in flight when it stopped is gone.
+        The master sends its current state (and deletes for what it lacks) to every client: they converge."""
+        from reactive.resync import sync
+        from reactive.transport import get_transport
+
+        for client in self.options.clients:
+            report = sync(client, get_transport(), prune=True)
+            self.emit("phase", f"resynced {client} from the master ({report.updates} users)", client=client)
 
     def _export(self, **values: str) -> None:
         os.environ.update(values)
@@ -588,7 +602,8 @@ class Up:
         for client in self.options.clients:
             try:
                 queue, dead = transport.depth(names.queue(client)), transport.depth(names.dlq(client))
-                rows.append(QueueRow(client, queue.visible, queue.in_flight, dead.visible))
+                dead_letters = dead.visible + dead.in_flight + dead.delayed
+                rows.append(QueueRow(client, queue.visible, queue.in_flight, dead_letters))
             except ReactiveError:
                 rows.append(QueueRow(client, None, None, None))
         with self._lock:
