@@ -136,12 +136,16 @@ def pretty_body(body: str) -> str:
 
 # -- looking without consuming -----------------------------------------------------------------------
 def peek(transport: Transport, queue: str, *, limit: int = 100) -> list[ReceivedMessage]:
-    """Up to ``limit`` messages of a queue, released at once so that they stay there, visible."""
+    """Up to ``limit`` messages of a queue, released at once so that they stay there, visible.
+
+    A snapshot: it stops at the depth the queue reported when it started (or at an empty receive).
+    """
     seen: dict[str, ReceivedMessage] = {}
     receipts: list[str] = []
+    wanted = min(limit, transport.depth(queue).visible)
     try:
-        while len(seen) < limit:
-            batch = _receive(transport, queue, min(10, limit - len(seen)), PEEK_VISIBILITY)
+        while len(seen) < wanted:
+            batch = _receive(transport, queue, min(10, wanted - len(seen)), PEEK_VISIBILITY)
             receipts += [m.receipt for m in batch]
             fresh = [m for m in batch if m.message_id not in seen]
             if not fresh:

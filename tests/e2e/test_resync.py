@@ -1,0 +1,102 @@
+"""Resync and verify across real sites: `verify` (both databases) finds what lost events left wrong,
+`sync --prune` (master) repairs it through the client's queue and its listener, and `verify` agrees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.support.sites import VENV_BIN, Deployment
+
+pytestmark = pytest.mark.e2e
+
+LOSE_THESE_CHANGES = """
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from reactive.outbox import OutboxEvent
+U = get_user_model()
+newest = OutboxEvent.objects.order_by("-id").values_list("id", flat=True).first()
+U.objects.get(username="dave").delete()
+alice = U.objects.get(username="alice"); alice.username = "alicia"; alice.save()
+U.objects.create_user("erin", "erin@example.com", "pw", first_name="Erin")
+# The relay "sent" them, and SQS lost them: nobody will ever deliver these three events.
+OutboxEvent.objects.filter(id__gt=newest).update(sent_at=timezone.now())
+print(newest)
+"""
+
+
+def reactive(system: Deployment, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "reactive"), *args],
+        env=system.env(site, COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def verify(system: Deployment, *extra: str) -> subprocess.CompletedProcess[str]:
+    return reactive(
+        system, "master", "verify", "--client", "alpha", "--client-db", system.url("alpha"), *extra
+    )
+
+
+def drain(system: Deployment) -> None:
+    ok(reactive(system, "alpha", "listen", "--client", "alpha", "--once", "--wait", "1"))
+
+
+def test_verify_finds_lost_changes_and_sync_prune_repairs_them(deployment: Deployment) -> None:
+    deployment.python(
+        "master",
+        """
+        from django.contrib.auth import get_user_model
+        U = get_user_model()
+        for name in ("alice", "bob", "carol", "dave"):
+            U.objects.create_user(name, f"{name}@example.com", "pw", first_name=name.title())
+        U.objects.create_user("root", "root@example.com", "pw", is_staff=True)
+        """,
+        REACTIVE_RELAY="off",  # no worker: the outbox keeps them, the sync relays them
+    )
+    before = verify(deployment, "--json")
+    assert before.returncode == 1
+    assert json.loads(before.stdout)["missing"] == 4
+
+    first = json.loads(ok(reactive(deployment, "master", "sync", "--client", "alpha", "--json")))
+    assert (first["updates"], first["deletes"], first["pending"]) == (4, 0, 0)
+    drain(deployment)
+    assert json.loads(ok(verify(deployment, "--json")))["ok"] is True
+    assert "alpha matches the master" in ok(verify(deployment))
+
+    deployment.python("master", LOSE_THESE_CHANGES, REACTIVE_RELAY="off")
+    broken = verify(deployment, "--json")
+    assert broken.returncode == 1
+    report = json.loads(broken.stdout)
+    found = {(d["kind"], d["username"]) for d in report["differences"]}
+    assert found == {("missing", "erin"), ("extra", "dave"), ("stale", "alicia")}
+    stale = next(d for d in report["differences"] if d["kind"] == "stale")
+    assert "username: 'alice' != 'alicia'" in stale["detail"] and "version" in stale["detail"]
+    table = verify(deployment).stdout
+    assert "alpha differs from the master" in table and "1 missing, 1 extra, 1 stale" in table
+
+    repaired = json.loads(
+        ok(reactive(deployment, "master", "sync", "--client", "alpha", "--prune", "--json"))
+    )
+    assert repaired["updates"] == 4 and repaired["deletes"] >= 2  # dave, and root (staff: never synced)
+    drain(deployment)
+
+    assert json.loads(ok(verify(deployment, "--json")))["ok"] is True
+    names = deployment.python(
+        "alpha",
+        """
+        from django.contrib.auth import get_user_model
+        print(sorted(get_user_model().objects.values_list("username", flat=True)))
+        """,
+    )
+    assert names.strip() == "['alicia', 'bob', 'carol', 'erin']"
