@@ -35,6 +35,9 @@ def list_(
 ) -> None:
     """List dead letters: id, sent time, receives, what the body is, and why it failed.
 
+    Looking never consumes: each message is received and released at once. The receive count is SQS's
+    (looks count too).
+
     Example: [bold]reactive dlq list --client alpha --limit 20[/bold]
     """
     letters = _letters(client, limit, diagnose)

@@ -181,9 +181,15 @@ def diagnose(letters: Sequence[DeadLetter], using: str = "default") -> list[Dead
 
     Needs Django configured with the client's settings. Says whether the cause still holds.
     """
-    from django.db import DatabaseError, transaction
+    from django.db import DatabaseError, connections, transaction
 
     from reactive.replica import apply
+    from reactive.status import missing_sqlite_file
+
+    missing = missing_sqlite_file(connections[using].settings_dict)
+    if missing:  # never create an empty database just to try events against it
+        reason = f"could not check it against the replica: no database at {missing} (set DATABASE_URL)"
+        return [DeadLetter(x.message, x.event, x.error, None if x.error else reason) for x in letters]
 
     verdicts = {
         "applied": "applies now: the cause seems fixed, replay it",

@@ -152,7 +152,7 @@ def outbox_status(using: str = "default") -> OutboxStatus:
 
     from reactive.outbox import backlog
 
-    missing = _missing_sqlite_file(connections[using].settings_dict)
+    missing = missing_sqlite_file(connections[using].settings_dict)
     if missing:  # never create an empty database file just to look at it
         return OutboxStatus(False, detail=f"no master database at {missing} (set DATABASE_URL)")
     try:
@@ -176,7 +176,8 @@ def collect(
     )
 
 
-def _missing_sqlite_file(config: dict[str, Any]) -> str | None:
+def missing_sqlite_file(config: dict[str, Any]) -> str | None:
+    """The path of a configured SQLite database file that does not exist (None otherwise)."""
     name = str(config.get("NAME", ""))
     in_memory = name == ":memory:" or name.startswith("file:")
     if str(config.get("ENGINE", "")).endswith("sqlite3") and not in_memory and not Path(name).exists():
