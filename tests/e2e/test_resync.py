@@ -100,3 +100,53 @@ def test_verify_finds_lost_changes_and_sync_prune_repairs_them(deployment: Deplo
         """,
     )
     assert names.strip() == "['alicia', 'bob', 'carol', 'erin']"
+
+
+CHURN = """
+import time
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from reactive.outbox import OutboxEvent
+U = get_user_model()
+# Change users until the sync has started writing, and 20 changes more (or a minute has passed).
+deadline, i, after_sync = time.monotonic() + 60, 0, 0
+while after_sync < 20 and time.monotonic() < deadline:
+    user = U.objects.order_by("?").first()
+    user.first_name = f"churn{i}"; user.save()
+    if i % 3 == 0:
+        U.objects.create_user(f"new{i}", f"new{i}@example.com", "pw")
+    if i % 10 == 9:
+        U.objects.filter(username__startswith="new").order_by("?").first().delete()
+    if after_sync or OutboxEvent.objects.filter(target="alpha").exists():
+        after_sync += 1
+    i += 1
+print("changes", i, "after the sync began", after_sync, flush=True)
+"""
+
+
+def test_a_sync_with_prune_during_live_traffic_converges(deployment: Deployment) -> None:
+    import sys
+
+    from tests.support.services import eventually
+
+    deployment.python(
+        "master",
+        """
+        from django.contrib.auth import get_user_model
+        for i in range(20):
+            get_user_model().objects.create_user(f"user{i}", f"user{i}@example.com", "pw")
+        """,
+    )
+    deployment.start_worker()
+    deployment.start_listener("alpha", "--wait", "1")
+    churn = deployment.start("master", [sys.executable, "-c", CHURN], "churn")
+
+    synced = json.loads(
+        ok(reactive(deployment, "master", "sync", "--client", "alpha", "--prune", "--batch", "4", "--json"))
+    )
+    assert synced["pending"] == 0 and synced["updates"] >= 20
+
+    assert churn.wait(120) == 0, deployment.log("churn")
+    assert "after the sync began 20" in deployment.log("churn")
+    eventually(lambda: verify(deployment).returncode == 0, timeout=90, interval=1, what="alpha converges")
