@@ -17,7 +17,16 @@ from rich.text import Text
 
 from cli import common
 from reactive import settings
-from reactive.up import DEMO_ADMIN, DEMO_PASSWORD, Snapshot, Up, UpEvent, UpOptions
+from reactive.up import (
+    DEFAULT_MOTO_PORT,
+    DEMO_ADMIN,
+    DEMO_PASSWORD,
+    ENV_FILE,
+    Snapshot,
+    Up,
+    UpEvent,
+    UpOptions,
+)
 
 STATE_STYLE = {"running": "green", "in-process": "green", "backoff": "red", "exited": "red", "stopped": "dim"}
 HEALTH_STYLE = {"ok": "green", "failing": "red"}
@@ -52,6 +61,13 @@ def up(
         help="embedded: moto's server in this process; external: AWS_ENDPOINT_URL or real AWS; "
         "auto: external when AWS_ENDPOINT_URL or AWS credentials are set.",
     ),
+    moto_port: int = typer.Option(
+        DEFAULT_MOTO_PORT,
+        "--moto-port",
+        min=0,
+        max=65535,
+        help="Port of the embedded moto (0 or busy: any free one).",
+    ),
     demo: bool = typer.Option(True, "--demo/--no-demo", help="Create alice, bob, carol and the admin user."),
     plain: bool = typer.Option(
         False, "--plain", help="Print events as lines (the default when not on a terminal)."
@@ -75,6 +91,7 @@ def up(
         client_ports=tuple(client_port or ()),
         host=host,
         aws=aws.value,
+        moto_port=moto_port,
         demo=demo,
     )
     options.ports()  # usage errors (port counts) before anything starts
@@ -109,6 +126,7 @@ def print_event(event: UpEvent) -> None:
     if event.kind == "ready":
         for line in sign_in_hints(event.data.get("admin"), event.data.get("demo_password")):
             common.console.print(f"  {line}", highlight=False)
+        common.console.print(f"  other terminals: source {event.data.get('env_file')}", highlight=False)
         common.console.print(f"  logs: {event.data.get('log_dir')}; Ctrl-C stops everything", highlight=False)
 
 
@@ -138,7 +156,9 @@ def render(snapshot: Snapshot, options: UpOptions) -> RenderableType:
         parts.append(links_panel(snapshot))
     parts.append(events_panel(snapshot))
     status = "[bold green]ready[/]" if snapshot.ready else "[yellow]starting[/]"
-    parts.append(Text.from_markup(f"{status}  logs: {options.log_dir}   Ctrl-C stops everything"))
+    env_file = options.var_dir / ENV_FILE
+    parts.append(Text.from_markup(f"{status}  other terminals: source {env_file}   logs: {options.log_dir}/"))
+    parts.append(Text("Ctrl-C stops everything", style="dim"))
     return Group(*parts)
 
 

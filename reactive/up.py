@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -57,6 +58,11 @@ CREDENTIAL_VARIABLES = (
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
 HEALTH_TIMEOUT = 1.0
+DEFAULT_MOTO_PORT = 5000  # moto's own default, so that other terminals find it (var/up.env says where)
+# Dead after 2 receives (not 5) unless REACTIVE_MAX_RECEIVES says otherwise: the tour's poison reaches the
+# DLQ in about a minute (two visibility timeouts).
+DEMO_MAX_RECEIVES = "2"
+ENV_FILE = "up.env"
 # The listeners' long poll, shorter than production's 20 s: a stop waits for the poll in hand.
 LISTENER_WAIT = 5
 SAMPLE_SECONDS = 1.0
@@ -71,6 +77,7 @@ class UpOptions:
     client_ports: tuple[int, ...] = ()  # default: 8000, 8002, 8003, ...
     host: str = "127.0.0.1"
     aws: AwsMode = "auto"
+    moto_port: int = DEFAULT_MOTO_PORT  # 0: any free port
     demo: bool = True
 
     def ports(self) -> dict[str, int]:
@@ -142,12 +149,13 @@ def resolve_aws_mode(mode: AwsMode) -> Literal["embedded", "external"]:
 
 
 @contextlib.contextmanager
-def embedded_moto(host: str) -> Iterator[tuple[str, int]]:
-    """moto's server in this process, on a free port; stopped on exit."""
+def embedded_moto(host: str, port: int) -> Iterator[tuple[str, int]]:
+    """moto's server in this process, on ``port`` (any free one when 0 or busy); stopped on exit."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request would flood the terminal
-    port = free_port(host)
+    if not port or not port_free(port, host):
+        port = free_port(host)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     try:
@@ -469,6 +477,8 @@ class Up:
             REACTIVE_VAR_DIR=str(options.var_dir),
             REACTIVE_CLIENTS=",".join(options.clients),
             REACTIVE_CLIENT_URLS=",".join(f"{c}=http://{options.host}:{p}" for c, p in ports.items()),
+            REACTIVE_PREFIX=settings.prefix(),
+            REACTIVE_MAX_RECEIVES=os.environ.get("REACTIVE_MAX_RECEIVES") or DEMO_MAX_RECEIVES,
             PYTHONUNBUFFERED="1",
         )
         self._start_aws(stack)
@@ -488,6 +498,22 @@ class Up:
             self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
         if self.moto_port and not created:
             self._resync()
+        stack.callback(self._write_env_file(), missing_ok=True)
+
+    def _write_env_file(self) -> Any:
+        """var/up.env: `source var/up.env` in another terminal, and `reactive` commands talk to this run."""
+        names = ["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "REDIS_URL", "REACTIVE_VAR_DIR", "REACTIVE_PREFIX"]
+        names += ["REACTIVE_CLIENTS", "REACTIVE_CLIENT_URLS", "REACTIVE_MAX_RECEIVES"]
+        if self.moto_port:
+            names += list(MOTO_CREDENTIALS)
+        values = {name: os.environ[name] for name in names if os.environ.get(name)}
+        values.setdefault("REDIS_URL", self.redis_url)
+        path = self.options.var_dir / ENV_FILE
+        lines = [f"# Written by `reactive up` (pid {os.getpid()}); removed when it stops. Use: source {path}"]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+        path.write_text("\n".join(lines) + "\n")
+        self.emit("phase", f"environment for other terminals: source {path}", env_file=str(path))
+        return path.unlink
 
     def _resync(self) -> None:
         """A restart: the embedded moto's queues are new, so whatever was in flight when it stopped is gone.
@@ -509,7 +535,9 @@ class Up:
             where = self.aws_endpoint or f"real AWS ({settings.aws_region()})"
             self.emit("phase", f"AWS: {where}", endpoint=self.aws_endpoint)
             return
-        endpoint, self.moto_port = stack.enter_context(embedded_moto(self.options.host))
+        endpoint, self.moto_port = stack.enter_context(
+            embedded_moto(self.options.host, self.options.moto_port)
+        )
         self.aws_endpoint = endpoint
         self._export(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=settings.aws_region(), **MOTO_CREDENTIALS)
         self.emit("phase", f"AWS: moto's server in this process at {endpoint}", endpoint=endpoint)
@@ -653,6 +681,7 @@ class Up:
             },
             aws_endpoint=self.aws_endpoint,
             log_dir=str(self.options.log_dir),
+            env_file=str(self.options.var_dir / ENV_FILE),
             admin={"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]} if self.options.demo else None,
             demo_password=DEMO_PASSWORD if self.options.demo else None,
         )

