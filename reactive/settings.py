@@ -128,11 +128,16 @@ def channel_layers(client: str) -> dict[str, Any]:
     """
     kind = str(env_or_setting("REACTIVE_CHANNEL_LAYER", DEFAULT_CHANNEL_LAYER)).lower()
     if kind not in CHANNEL_LAYER_BACKENDS:
-        raise ConfigError(f"REACTIVE_CHANNEL_LAYER must be one of {sorted(CHANNEL_LAYER_BACKENDS)}, got {kind!r}")
+        choices = sorted(CHANNEL_LAYER_BACKENDS)
+        raise ConfigError(f"REACTIVE_CHANNEL_LAYER must be one of {choices}, got {kind!r}")
+    # redis-py's asyncio pool refuses a 101st concurrent connection (MaxConnectionsError) instead of waiting:
+    # a reconnect storm of pages (each connect is a group_add) would fail handshakes with the default.
+    pool_size = int(env_or_setting("REACTIVE_REDIS_MAX_CONNECTIONS", 1000))
+    host = {"address": redis_url(), "max_connections": pool_size}
     return {
         "default": {
             "BACKEND": CHANNEL_LAYER_BACKENDS[kind],
-            "CONFIG": {"hosts": [redis_url()], "prefix": f"{prefix()}-{client}"},
+            "CONFIG": {"hosts": [host], "prefix": f"{prefix()}-{client}"},
         }
     }
 

@@ -214,3 +214,16 @@ def test_a_group_send_reaches_every_socket_in_the_room(alice: Any) -> None:
         return list(received)
 
     assert [m["profile"]["version"] for m in run(scenario)] == [9, 9, 9]
+
+
+def test_a_reconnect_storm_is_admitted(redis_layer: str) -> None:
+    """Hundreds of pages coming back at once (a server restart) each join the clock group concurrently."""
+
+    async def scenario() -> int:
+        layer = get_channel_layer()
+        channels = [await layer.new_channel() for _ in range(300)]
+        await asyncio.gather(*(layer.group_add(groups.CLOCK, channel) for channel in channels))
+        await asyncio.gather(*(layer.group_discard(groups.CLOCK, channel) for channel in channels))
+        return len(channels)
+
+    assert run(scenario) == 300
