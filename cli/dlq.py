@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Table
 
 from cli import common
@@ -98,6 +97,8 @@ def show(
             f"{value.get('StringValue', value.get('BinaryValue'))} ({value['DataType']})",
         )
     common.console.print(Panel(facts, title=f"dead letter of {client}"))
+    from rich.syntax import Syntax  # only `show` needs it, and it is slow to import
+
     body = dlq.pretty_body(letter.message.body)
     lexer = "json" if body != letter.message.body or body.lstrip().startswith("{") else "text"
     common.console.print(Syntax(body, lexer, word_wrap=True))

@@ -20,7 +20,6 @@ from tests.support.services import free_port
 REACTIVE = str(Path(sys.executable).parent / "reactive")
 OPERATIONS = [
     ["dlq", "list", "--client", "alpha"],
-    ["dlq", "purge", "--client", "alpha", "--yes"],
     ["replay-dlq", "--client", "alpha", "--yes"],
     ["status"],
     ["sync", "--client", "alpha"],
