@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from enum import StrEnum
@@ -96,10 +97,20 @@ def up(
     )
     options.ports()  # usage errors (port counts) before anything starts
     if as_json:
-        raise typer.Exit(Up(options, on_event=print_json_event).run())
-    if plain or not common.console.is_terminal:
-        raise typer.Exit(Up(options, on_event=print_event).run())
-    raise typer.Exit(run_live(options))
+        code = Up(options, on_event=print_json_event).run()
+    elif plain or not common.console.is_terminal:
+        code = Up(options, on_event=print_event).run()
+    else:
+        code = run_live(options)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Every child is stopped and reaped and every file closed: skip the interpreter's teardown, which takes
+    seconds after moto, boto3 and Django were loaded, so that a stop is over when it says so."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_live(options: UpOptions) -> int:

@@ -42,8 +42,9 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class _PollInterrupted(Exception):
-    pass
+class _PollInterrupted(BaseException):
+    """Raised by the signal handler inside a long poll. A BaseException (like KeyboardInterrupt): botocore
+    retries a request that failed with any Exception, which would start a new 20 s poll after SIGTERM."""
 
 
 class Listener:

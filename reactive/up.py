@@ -63,8 +63,6 @@ DEFAULT_MOTO_PORT = 5000  # moto's own default, so that other terminals find it 
 # DLQ in about a minute (two visibility timeouts).
 DEMO_MAX_RECEIVES = "2"
 ENV_FILE = "up.env"
-# The listeners' long poll, shorter than production's 20 s: a stop waits for the poll in hand.
-LISTENER_WAIT = 5
 SAMPLE_SECONDS = 1.0
 
 
@@ -377,7 +375,7 @@ def process_specs(options: UpOptions) -> list[ProcessSpec]:
     ]
     for client, port in options.ports().items():
         env = site_env("client", client)
-        listener = listener_spec(client, wait=LISTENER_WAIT)
+        listener = listener_spec(client)
         specs += [
             web_spec(f"{client}-web", "client_site", host, port, env, logs),
             celery_spec(f"{client}-worker", "client_site", "worker", env, var),
