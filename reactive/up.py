@@ -59,8 +59,8 @@ CREDENTIAL_VARIABLES = (
 )
 HEALTH_TIMEOUT = 1.0
 DEFAULT_MOTO_PORT = 5000  # moto's own default, so that other terminals find it (var/up.env says where)
-# Dead after 2 receives (not 5) unless REACTIVE_MAX_RECEIVES says otherwise: the tour's poison reaches the
-# DLQ in about a minute (two visibility timeouts).
+# With the embedded moto, dead after 2 receives (not 5) unless REACTIVE_MAX_RECEIVES says otherwise: the
+# tour's poison reaches the DLQ in about a minute (two visibility timeouts).
 DEMO_MAX_RECEIVES = "2"
 ENV_FILE = "up.env"
 SAMPLE_SECONDS = 1.0
@@ -476,7 +476,6 @@ class Up:
             REACTIVE_CLIENTS=",".join(options.clients),
             REACTIVE_CLIENT_URLS=",".join(f"{c}=http://{options.host}:{p}" for c, p in ports.items()),
             REACTIVE_PREFIX=settings.prefix(),
-            REACTIVE_MAX_RECEIVES=os.environ.get("REACTIVE_MAX_RECEIVES") or DEMO_MAX_RECEIVES,
             PYTHONUNBUFFERED="1",
         )
         self._start_aws(stack)
@@ -496,9 +495,9 @@ class Up:
             self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
         if self.moto_port and not created:
             self._resync()
-        stack.callback(self._write_env_file(), missing_ok=True)
+        stack.callback(self._write_env_file().unlink, missing_ok=True)
 
-    def _write_env_file(self) -> Any:
+    def _write_env_file(self) -> Path:
         """var/up.env: `source var/up.env` in another terminal, and `reactive` commands talk to this run."""
         names = ["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "REDIS_URL", "REACTIVE_VAR_DIR", "REACTIVE_PREFIX"]
         names += ["REACTIVE_CLIENTS", "REACTIVE_CLIENT_URLS", "REACTIVE_MAX_RECEIVES"]
@@ -511,7 +510,7 @@ class Up:
         lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
         path.write_text("\n".join(lines) + "\n")
         self.emit("phase", f"environment for other terminals: source {path}", env_file=str(path))
-        return path.unlink
+        return path
 
     def _resync(self) -> None:
         """A restart: the embedded moto's queues are new, so whatever was in flight when it stopped is gone.
@@ -538,6 +537,8 @@ class Up:
         )
         self.aws_endpoint = endpoint
         self._export(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=settings.aws_region(), **MOTO_CREDENTIALS)
+        # Only on our own moto: against a real account, `provision` would rewrite the queues' redrive policy.
+        self._export(REACTIVE_MAX_RECEIVES=os.environ.get("REACTIVE_MAX_RECEIVES") or DEMO_MAX_RECEIVES)
         self.emit("phase", f"AWS: moto's server in this process at {endpoint}", endpoint=endpoint)
 
     def _start_redis(self, stack: contextlib.ExitStack) -> None:
