@@ -1,0 +1,63 @@
+"""The supervisor under `reactive up` and `reactive listen --client a --client b`: a child that dies is
+restarted with growing delays and reported; a stop ends every child, its own children included."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from reactive.supervisor import Child, ProcessSpec, Supervisor
+
+DIES = [sys.executable, "-c", "import sys; print('dying'); sys.exit(3)"]
+# A child that starts a grandchild in its own process group, as uvicorn and celery start workers.
+FAMILY = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+          "'import time; time.sleep(60)']); time.sleep(60)"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _keep_pytest_signal_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_dying_child_is_restarted_with_backoff_and_a_stop_leaves_nothing(tmp_path: Path) -> None:
+    changes: list[tuple[str, str, int]] = []
+
+    def record(child: Child) -> None:
+        changes.append((child.spec.name, child.state, child.restarts))
+
+    supervisor = Supervisor(
+        [ProcessSpec("dies", DIES, log_path=tmp_path / "dies.log"), ProcessSpec("family", FAMILY)],
+        on_change=record,
+    )
+    dies, family = supervisor.children
+    deadline = time.monotonic() + 30
+    restarted_at: list[float] = []
+    descendants: list[psutil.Process] = []
+
+    def tick() -> None:
+        if dies.state == "running" and dies.restarts > len(restarted_at):
+            restarted_at.append(time.monotonic())
+        if family.pid and not descendants:
+            descendants.extend(psutil.Process(family.pid).children(recursive=True))
+        if len(restarted_at) >= 3 or time.monotonic() > deadline:
+            supervisor.stop()
+
+    assert supervisor.run(tick=tick) == 0
+    assert len(restarted_at) >= 3, f"restarted {len(restarted_at)} times in 30 s"
+    first, second = restarted_at[1] - restarted_at[0], restarted_at[2] - restarted_at[1]
+    assert second > first, f"no backoff: {first:.2f} s then {second:.2f} s"
+    assert ("dies", "backoff", 0) in changes and ("dies", "running", 1) in changes
+    assert (tmp_path / "dies.log").read_text().count("dying") >= 3, "the log is appended across restarts"
+    assert family.state == "stopped" and descendants, "the grandchild was never seen"
+    assert family.process is not None and family.process.returncode is not None, "the child was not reaped"
+    alive = [p.pid for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"the stop left the child's own children running: {alive}"
