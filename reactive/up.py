@@ -446,8 +446,8 @@ class Up:
         previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with contextlib.ExitStack() as stack:
-                self.prepare(stack)
-                self.supervisor = Supervisor(process_specs(self.options), on_change=self._child_changed)
+                specs = self.prepare(stack)
+                self.supervisor = Supervisor(specs, on_change=self._child_changed)
                 monitor = threading.Thread(target=self._monitor, name="reactive-up-monitor", daemon=True)
                 monitor.start()
                 stack.callback(monitor.join, 5)
@@ -460,7 +460,8 @@ class Up:
         self.emit("stopped", "stopped: nothing left running")
         return 0
 
-    def prepare(self, stack: contextlib.ExitStack) -> None:
+    def prepare(self, stack: contextlib.ExitStack) -> list[ProcessSpec]:
+        """Everything before the processes: AWS, Redis, databases, queues, demo data. The process table."""
         options = self.options
         ports = options.ports()
         busy = [p for p in (options.master_port, *ports.values()) if not port_free(p, options.host)]
@@ -478,6 +479,9 @@ class Up:
             REACTIVE_PREFIX=settings.prefix(),
             PYTHONUNBUFFERED="1",
         )
+        specs = process_specs(
+            options
+        )  # a configuration mistake (a shared DATABASE_URL) fails before anything
         self._start_aws(stack)
         self._start_redis(stack)
         self.emit(
@@ -496,6 +500,7 @@ class Up:
         if self.moto_port and not created:
             self._resync()
         stack.callback(self._write_env_file().unlink, missing_ok=True)
+        return specs
 
     def _write_env_file(self) -> Path:
         """var/up.env: `source var/up.env` in another terminal, and `reactive` commands talk to this run."""
