@@ -11,6 +11,8 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
+from client_site.web.broadcast import broadcast
+from client_site.web.consumers import clock_frame
 from reactive import clock, groups
 from reactive.replica import ReplicaState
 from tests.support.realtime import run, session_cookie
@@ -159,7 +161,7 @@ def test_disconnect_leaves_the_group(alice: Any) -> None:
     cookie = session_cookie(alice)
     left: list[tuple[str, str]] = []
 
-    async def scenario() -> None:
+    async def scenario() -> int:
         layer = get_channel_layer()
         original = layer.group_discard
 
@@ -173,9 +175,38 @@ def test_disconnect_leaves_the_group(alice: Any) -> None:
             assert (await ws.connect(timeout=5))[0]
             await ws.receive_json_from(timeout=5)
             await ws.disconnect()
+        return len(broadcast(groups.CLOCK, clock_frame).sockets)
 
-    run(scenario)
-    assert [group for group, _ in left] == [groups.user_group(alice.pk), groups.CLOCK]
+    assert run(scenario) == 0  # the clock socket left this process's fan-out
+    assert [group for group, _ in left] == [groups.user_group(alice.pk)]
+
+
+def test_clock_sockets_of_a_process_share_one_group_membership(alice: Any) -> None:
+    cookie = session_cookie(alice)
+    joined: list[str] = []
+
+    async def scenario() -> list[dict[str, Any]]:
+        layer = get_channel_layer()
+        original = layer.group_add
+
+        async def add(group: str, channel: str) -> None:
+            joined.append(group)
+            await original(group, channel)
+
+        layer.group_add = add
+        sockets = [communicator("/time/tic/", cookie) for _ in range(3)]
+        for ws in sockets:
+            assert (await ws.connect(timeout=5))[0]
+            await ws.receive_json_from(timeout=5)
+        tick = await clock.atick()
+        received = await asyncio.gather(*(ws.receive_json_from(timeout=5) for ws in sockets))
+        for ws in sockets:
+            await ws.disconnect()
+        assert all(message == clock.message(tick) for message in received)
+        return list(received)
+
+    assert len(run(scenario)) == 3
+    assert joined.count(groups.CLOCK) == 1
 
 
 def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from client_site.web.broadcast import SERVER_SEND, LocalBroadcast, broadcast
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
 
@@ -53,26 +54,31 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
 
-class ClockConsumer(AsyncJsonWebsocketConsumer):
-    """``/time/tic/``: signed-in users only; the current time at once, then every tick."""
+def clock_frame(message: dict[str, Any]) -> dict[str, Any]:
+    return {"type": groups.CLOCK_TICK, "time": message["time"], "iso": message["iso"]}
 
-    joined = False
+
+class ClockConsumer(AsyncJsonWebsocketConsumer):
+    """``/time/tic/``: signed-in users only; the current time at once, then every tick.
+
+    The process is in the clock group once for all its clock sockets (see broadcast.py): a tick is one
+    layer message per process, not one per socket.
+    """
+
+    fanout: LocalBroadcast | None = None
 
     async def connect(self) -> None:
         if _authenticated_user(self.scope) is None:
             await self.close()
             return
-        await self.channel_layer.group_add(groups.CLOCK, self.channel_name)
-        self.joined = True
         await self.accept()
+        self.fanout = broadcast(groups.CLOCK, clock_frame)
+        await self.fanout.join(self, self.scope.get(SERVER_SEND, self.base_send))
         await self.send_json(clock.message(await clock.acurrent()))
 
-    async def clock_tick(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": groups.CLOCK_TICK, "time": event["time"], "iso": event["iso"]})
-
     async def disconnect(self, code: int) -> None:
-        if self.joined:
-            await self.channel_layer.group_discard(groups.CLOCK, self.channel_name)
+        if self.fanout is not None:
+            self.fanout.leave(self)
 
 
 class RefuseConsumer(AsyncJsonWebsocketConsumer):

@@ -46,3 +46,14 @@ def session_cookie(user: Any) -> str:
     client = Client()
     client.force_login(user)
     return str(client.cookies[settings.SESSION_COOKIE_NAME].value)
+
+
+async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """The async twin of services.eventually: poll ``check`` on the running loop until a deadline."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.02)  # poll interval under a deadline

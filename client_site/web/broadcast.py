@@ -1,0 +1,138 @@
+"""One channel-layer membership per process for a broadcast group, fanned out to the process's sockets.
+
+The clock goes to every socket. With one group member per socket, each tick costs the channel layer N
+receives and Channels N dispatches (a task, a queue hop and a JSON encoding per socket): at a few thousand
+sockets a process spends more than the tick interval on it. Here the process joins the group once, encodes
+each message once and writes it to its sockets in one pass. The group is still the layer's: a tick sent to
+"clock" from any process (Celery beat, `reactive beat`) reaches every web process, and `reactive tail clock`
+sees exactly what the sockets get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("reactive.web")
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Encode = Callable[[dict[str, Any]], dict[str, Any]]
+SEND_TIMEOUT_SECONDS = 1.0  # a socket that cannot take a small frame this long is dropped from the fan-out
+RETRY_SECONDS = (0.5, 1, 2, 5)
+REJOIN_SECONDS = 3600
+
+
+class LocalBroadcast:
+    """Sockets of this process (and event loop) that receive every message of one group."""
+
+    def __init__(self, group: str, encode: Encode) -> None:
+        self.group = group
+        self.encode = encode
+        self.sockets: dict[object, Send] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.joined = asyncio.Event()
+
+    async def join(self, key: object, send: Send) -> None:
+        """Add a socket; returns once the process is in the group (so no message is missed after this)."""
+        self.sockets[key] = send
+        if self.task is None or self.task.done():
+            self.joined.clear()
+            self.task = asyncio.get_running_loop().create_task(self._follow(), name=f"broadcast {self.group}")
+        await self.joined.wait()
+
+    def leave(self, key: object) -> None:
+        self.sockets.pop(key, None)
+
+    async def _follow(self) -> None:
+        from channels.layers import get_channel_layer
+
+        failures = 0
+        while True:
+            layer = get_channel_layer()
+            channel = None
+            try:
+                channel = await layer.new_channel()
+                await layer.group_add(self.group, channel)
+                self.joined.set()
+                failures = 0
+                refresh = asyncio.get_running_loop().create_task(self._stay_in_group(layer, channel))
+                try:
+                    while True:
+                        await self.deliver(await layer.receive(channel))
+                finally:
+                    refresh.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: keep the sockets, rejoin when it is back
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                log.warning(
+                    "broadcast %s: %s: %s; rejoining in %s s", self.group, type(exc).__name__, exc, delay
+                )
+                self.joined.set()  # never hold a connecting page hostage to Redis
+                await asyncio.sleep(delay)
+
+    async def _stay_in_group(self, layer: Any, channel: str) -> None:
+        # RedisChannelLayer forgets group members after group_expiry (a day by default); sockets come and
+        # go, but this membership lives as long as the process.
+        while True:
+            await asyncio.sleep(REJOIN_SECONDS)
+            await layer.group_add(self.group, channel)
+
+    async def deliver(self, message: dict[str, Any]) -> int:
+        """Write one message to every socket; returns how many took it.
+
+        A send only waits when the socket's buffer is full (a client that stopped reading long ago): one
+        deadline for the whole pass keeps such a socket from holding the others back, without paying for
+        a timer per socket.
+        """
+        frame = {"type": "websocket.send", "text": json.dumps(self.encode(message))}
+        targets = list(self.sockets.items())
+        delivered = index = 0
+        while index < len(targets):
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    while index < len(targets):
+                        key, send = targets[index]
+                        index += 1
+                        try:
+                            await send(frame)
+                            delivered += 1
+                        except Exception:  # closed under us: its consumer cleans up on disconnect
+                            self.leave(key)
+            except TimeoutError:  # targets[index - 1] is stuck: drop it from the fan-out, go on
+                self.leave(targets[index - 1][0])
+                log.info("broadcast %s: dropped a socket that stopped reading", self.group)
+        return delivered
+
+
+SERVER_SEND = "reactive.server_send"
+
+
+def with_server_send(app: Any) -> Any:
+    """Keep the server's own ``send`` in the scope, for the fan-out's frames.
+
+    Channels' session middleware wraps ``send`` to save sessions on accept; on every other frame it only
+    costs a few lazy-object lookups, which add up over thousands of sockets per tick.
+    """
+
+    async def middleware(scope: dict[str, Any], receive: Any, send: Send) -> Any:
+        return await app({**scope, SERVER_SEND: send}, receive, send)
+
+    return middleware
+
+
+_broadcasts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LocalBroadcast]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def broadcast(group: str, encode: Encode) -> LocalBroadcast:
+    """The broadcast of ``group`` for the running event loop (servers run one; tests run many)."""
+    by_group = _broadcasts.setdefault(asyncio.get_running_loop(), {})
+    if group not in by_group:
+        by_group[group] = LocalBroadcast(group, encode)
+    return by_group[group]
