@@ -147,12 +147,14 @@ class Listener:
             else:
                 report.stale += 1
                 log.debug("skipped %s %s v%s: not newer", outcome.event.action, outcome.event.key, outcome.event.version)
+        # Notify as soon as the transaction has committed, before the ack: browsers do not wait for the
+        # DeleteMessageBatch round trip (a redelivery after a crash here is stale and notifies nobody).
+        self._notify(o for _, o in outcomes)
         if done:
             result = self.transport.delete(self.queue, done)
             report.acked = len(result.succeeded)
             for reason in result.failed.values():
                 log.warning("could not delete a processed message (it will be redelivered, harmlessly): %s", reason)
-        self._notify(o for _, o in outcomes)
         return report
 
     def _notify(self, outcomes: Iterable[Outcome]) -> None:

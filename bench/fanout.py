@@ -1,0 +1,382 @@
+"""Clock fan-out: N authenticated websockets on ONE uvicorn worker, per channel layer.
+
+Per layer (RedisChannelLayer is the baseline; RedisPubSubChannelLayer is given as a ratio to it) one
+uvicorn process serves client_site; two client processes open websockets to /time/tic/ with a session
+cookie in steps (200, 1,000, 5,000) while `reactive beat --interval 0.5` ticks. Per step, after the
+connections settle: the delivery lag of every tick to every socket during a measuring window (receive
+time in the client minus the tick's "iso", stamped by the beat just before its Redis SET and group_send),
+p50/p99, the share of deliveries that arrived, the server's resident memory per socket ((RSS at N - RSS
+with one socket) / N) and the CPU the server and the clients used. A last variant runs the baseline
+layer with permessage-deflate off (uvicorn --ws-per-message-deflate false), which browsers otherwise
+negotiate.
+
+Bounded: BENCH_BUDGET seconds (default 240) in all; a step not reached in time is reported so.
+Run: .venv/bin/python bench/fanout.py [--sizes 200,1000,5000] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, free_port, machine, markdown_table, percentile, write_section
+
+VENV_BIN = Path(sys.executable).parent
+LAYER_NAMES = {"redis": "RedisChannelLayer", "pubsub": "RedisPubSubChannelLayer"}
+CLIENT_PROCESSES = 2
+HANDSHAKES_IN_FLIGHT = 64
+WINDOW_SECONDS = 5.0
+# Before measuring a step: steady state, not the ramp-up (handshakes, session lookups, the garbage
+# collections that thousands of new objects trigger).
+SETTLE_SECONDS = 2.0
+SETTLE_SECONDS_PER_1000 = 1.5
+CONNECTS_PER_SECOND = 100  # what this machine manages (session + user lookups per handshake), for the budget
+
+
+@dataclass(frozen=True)
+class Variant:
+    layer: str
+    deflate: bool = True
+
+    @property
+    def label(self) -> str:
+        return LAYER_NAMES[self.layer] + ("" if self.deflate else ", deflate off")
+
+    def uvicorn_args(self) -> list[str]:
+        return [] if self.deflate else ["--ws-per-message-deflate", "false"]
+
+
+@dataclass
+class Step:
+    size: int
+    reached: int = 0
+    lags: list[float] = field(default_factory=list)
+    expected: int = 0
+    rss_kib: int = 0
+    connect_seconds: float = 0.0
+    server_cpu: float = 0.0  # share of one core, while measuring
+    clients_cpu: float = 0.0
+
+    @property
+    def delivered(self) -> float:
+        return len(self.lags) / self.expected if self.expected else 0.0
+
+    @property
+    def kib_per_socket(self) -> float:
+        return self.rss_kib / max(1, self.reached)
+
+
+# -- the client side: a process holding its share of the sockets ------------------------------------------
+
+
+async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> None:
+    """Commands on stdin: "grow N", "measure SECONDS", "quit"; one JSON line answers each."""
+    import websockets
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    headers = {"Origin": origin, "Cookie": f"sessionid={cookie}"}
+    compression = "deflate" if deflate else None
+    gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
+    sockets: list[Any] = []
+    failures = 0
+    arrivals: list[tuple[float, str]] = []
+    measuring = False
+
+    async def read(ws: Any) -> None:
+        # Only note arrivals; decoding waits for the end of the window, so that the clients' own work
+        # stays small next to the server's on a shared machine.
+        try:
+            async for frame in ws:
+                if measuring:
+                    arrivals.append((time.time(), frame))
+        except websockets.ConnectionClosed:
+            pass
+
+    async def open_one() -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                ws = await websockets.connect(
+                    url, additional_headers=headers, open_timeout=60, max_queue=64, compression=compression
+                )
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                failures += 1
+                return
+        sockets.append(ws)
+        asyncio.get_running_loop().create_task(read(ws))
+
+    def lags_since(start: float) -> dict[str, Any]:
+        lags, ticks = [], set()
+        for arrived, frame in arrivals:
+            iso = json.loads(frame)["iso"]
+            sent = datetime.fromisoformat(iso).timestamp()
+            if sent >= start:  # ticks made inside the window, wherever they arrive before it closes
+                lags.append((arrived - sent) * 1000)
+                ticks.add(iso)
+        return {"lags": lags, "ticks": sorted(ticks), "open": len(sockets)}
+
+    stdin = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    while True:
+        command = (await stdin.readline()).decode().split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "grow":
+            await asyncio.gather(*(open_one() for _ in range(int(command[1]))))
+            answer: dict[str, Any] = {"open": len(sockets), "failed": failures}
+        else:
+            arrivals.clear()
+            start, measuring = time.time(), True
+            await asyncio.sleep(float(command[1]))
+            measuring = False
+            answer = lags_since(start)
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    for ws in sockets:
+        await ws.close()
+
+
+class Clients:
+    """The client processes, driven over their stdin/stdout."""
+
+    def __init__(self, url: str, cookie: str, origin: str, deflate: bool) -> None:
+        argv = [sys.executable, __file__, "--client-worker", url, cookie, origin, "1" if deflate else "0"]
+        self.processes = [
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            for _ in range(CLIENT_PROCESSES)
+        ]
+
+    def ask(self, commands: list[str]) -> list[dict[str, Any]]:
+        for process, command in zip(self.processes, commands, strict=True):
+            assert process.stdin is not None
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+        answers = []
+        for process in self.processes:
+            assert process.stdout is not None
+            answers.append(json.loads(process.stdout.readline()))
+        return answers
+
+    def grow(self, count: int) -> int:
+        shares = [count // CLIENT_PROCESSES + (i < count % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
+        return sum(answer["open"] for answer in self.ask([f"grow {n}" for n in shares]))
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(process.pid) for process in self.processes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            try:
+                assert process.stdin is not None
+                process.stdin.write("quit\n")
+                process.stdin.flush()
+                process.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                process.kill()
+
+
+# -- the server side and the run --------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def site_env(workdir: Path, prefix: str, layer: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "client_site.settings",
+        "REACTIVE_CLIENT": "alpha",
+        "DATABASE_URL": f"sqlite:///{workdir / 'alpha.sqlite3'}",
+        "REACTIVE_VAR_DIR": str(workdir),
+        "REACTIVE_PREFIX": prefix,
+        "REACTIVE_CHANNEL_LAYER": layer,
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "bench-secret",
+        "REACTIVE_SSO_KEY": "bench-sso",
+        "REACTIVE_SERVE_STATIC": "0",
+        "REACTIVE_LOG_LEVEL": "ERROR",
+    }
+
+
+SESSION_CODE = """
+import django
+django.setup()
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+user = get_user_model().objects.create(username="bench", first_name="Bench")
+client = Client()
+client.force_login(user)
+print(client.cookies[settings.SESSION_COOKIE_NAME].value)
+"""
+
+
+def prepare(env: dict[str, str]) -> str:
+    """Migrate the client database, create the user, return its session key."""
+    migrate = [sys.executable, "-m", "django", "migrate", "--noinput"]
+    subprocess.run(migrate, env=env, cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_CODE], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def measure(step: Step, server: subprocess.Popen[bytes], clients: Clients, baseline_rss: int) -> None:
+    server_before, clients_before = cpu_seconds(server.pid), clients.cpu_seconds()
+    reports = clients.ask([f"measure {WINDOW_SECONDS}"] * CLIENT_PROCESSES)
+    step.server_cpu = (cpu_seconds(server.pid) - server_before) / WINDOW_SECONDS
+    step.clients_cpu = (clients.cpu_seconds() - clients_before) / WINDOW_SECONDS
+    step.rss_kib = rss_kib(server.pid) - baseline_rss
+    step.expected = len({tick for report in reports for tick in report["ticks"]}) * step.reached
+    step.lags = [lag for report in reports for lag in report["lags"]]
+
+
+def run_variant(
+    variant: Variant, sizes: list[int], workdir: Path, cookie: str, deadline: float
+) -> list[Step]:
+    env = site_env(workdir, f"bench{uuid.uuid4().hex[:8]}", variant.layer)
+    port = free_port()
+    uvicorn = [str(VENV_BIN / "uvicorn"), "client_site.asgi:application", "--port", str(port)]
+    server = subprocess.Popen(
+        [*uvicorn, "--no-access-log", "--log-level", "critical", *variant.uvicorn_args()], env=env, cwd=ROOT
+    )
+    beat, clients, steps = None, None, []
+    try:
+        wait_port(port)
+        base = f"127.0.0.1:{port}"
+        clients = Clients(f"ws://{base}/time/tic/", cookie, f"http://{base}", variant.deflate)
+        opened = clients.grow(1)  # imports, the first database and Redis use: not per-socket memory
+        baseline_rss = rss_kib(server.pid)
+        beat_argv = [str(VENV_BIN / "reactive"), "beat", "--interval", "0.5"]
+        beat = subprocess.Popen(beat_argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        for size in sizes:
+            step = Step(size)
+            steps.append(step)
+            settle = SETTLE_SECONDS + SETTLE_SECONDS_PER_1000 * size / 1000
+            if time.monotonic() + (size - opened) / CONNECTS_PER_SECOND + settle + WINDOW_SECONDS > deadline:
+                break  # reported as not reached
+            started = time.monotonic()
+            opened = step.reached = clients.grow(size - opened)
+            step.connect_seconds = time.monotonic() - started
+            time.sleep(settle)  # the server keeps ticking meanwhile
+            measure(step, server, clients, baseline_rss)
+            print(
+                f"{variant.label:>36} {step.reached:>5} sockets: lag p50 {percentile(step.lags, 50):6.1f} ms "
+                f"p99 {percentile(step.lags, 99):7.1f} ms, delivered {step.delivered:6.1%}, "
+                f"{step.kib_per_socket:5.1f} KiB/socket, CPU server {step.server_cpu:4.0%} "
+                f"clients {step.clients_cpu:4.0%}, connect {step.connect_seconds:.1f} s",
+                flush=True,
+            )
+            if step.reached < size:
+                break
+    finally:
+        if clients is not None:
+            clients.close()
+        for process in (beat, server):
+            if process is not None:
+                process.terminate()
+                process.wait(30)
+    return steps
+
+
+def report(results: dict[Variant, list[Step]], budget: float) -> str:
+    baseline = {step.size: step for step in results[Variant("redis")]}
+    rows = []
+    for variant, steps in results.items():
+        for step in steps:
+            if not step.lags:
+                rows.append([f"{step.size:,}", variant.label, "not reached", "", "", "", "", "", ""])
+                continue
+            base = baseline.get(step.size)
+            ratio = "baseline"
+            if variant != Variant("redis") and base is not None and base.lags:
+                p99_ratio = percentile(step.lags, 99) / percentile(base.lags, 99)
+                ratio = f"{p99_ratio:.2f}x p99, {step.kib_per_socket / base.kib_per_socket:.2f}x memory"
+            rows.append([
+                f"{step.reached:,}", variant.label, f"{percentile(step.lags, 50):.1f}",
+                f"{percentile(step.lags, 99):.1f}", f"{step.delivered:.1%}", f"{step.kib_per_socket:.1f}",
+                f"{step.server_cpu:.0%}", f"{step.connect_seconds:.1f}", ratio,
+            ])  # fmt: skip
+    headers = ["sockets", "layer", "lag p50 ms", "lag p99 ms", "delivered", "KiB/socket", "server CPU"]
+    headers += ["connect s", "vs RedisChannelLayer"]
+    return (
+        "## Clock fan-out (bench/fanout.py)\n\n"
+        f"One uvicorn worker serving client_site; {CLIENT_PROCESSES} client processes (websockets, uvloop) "
+        f"on the same machine; `reactive beat --interval 0.5`; {WINDOW_SECONDS:g} s measuring window per "
+        f"step after the connections settle; budget {budget:g} s; {machine()}. Lag = receive time in the "
+        "client - the tick's `iso` (stamped by the beat before its Redis SET and group_send). Server CPU is "
+        "the share of one core during the window.\n\n" + markdown_table(headers, rows)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Clock fan-out to N websockets on one uvicorn worker.")
+    parser.add_argument("--sizes", default="200,1000,5000")
+    parser.add_argument("--budget", type=float, default=float(os.environ.get("BENCH_BUDGET", "240")))
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--client-worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_worker:
+        import uvloop
+
+        url, cookie, origin, deflate = args.client_worker
+        uvloop.run(client_worker(url, cookie, origin, deflate == "1"))
+        return
+    sizes = [int(size) for size in args.sizes.split(",")]
+    variants = {
+        Variant("redis"): sizes,
+        Variant("pubsub"): sizes,
+        Variant("redis", deflate=False): sizes[-1:],
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="reactive-fanout-"))
+    cookie = prepare(site_env(workdir, "bench", "redis"))
+    deadline = time.monotonic() + args.budget
+    results: dict[Variant, list[Step]] = {}
+    for index, (variant, variant_sizes) in enumerate(variants.items()):
+        # Each variant gets the budget left in proportion to the sockets it opens.
+        weights = [max(later) for later in list(variants.values())[index:]]
+        share = (deadline - time.monotonic()) * weights[0] / sum(weights)
+        results[variant] = run_variant(variant, variant_sizes, workdir, cookie, time.monotonic() + share)
+    body = report(results, args.budget)
+    print("\n" + body)
+    if not args.no_write:
+        write_section("fanout", body)
+
+
+if __name__ == "__main__":
+    main()
