@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import typer
 
@@ -42,14 +43,14 @@ def beat(
     common.err_console.print(f"stopped after {sent} ticks")
 
 
-async def _loop(interval: float, printed: object) -> int:
+async def _loop(interval: float, printed: Callable[[dict[str, str]], None]) -> int:
     from reactive import clock
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    return await clock.run(interval, stop, on_tick=printed)  # type: ignore[arg-type]
+    return await clock.run(interval, stop, on_tick=printed)
 
 
 def register(app: typer.Typer) -> None:
