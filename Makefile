@@ -44,6 +44,8 @@ format: install
 bench: install
 	$(PY) bench/save_path.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/fanout.py
+	$(PY) bench/e2e_latency.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
