@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -45,6 +47,26 @@ def test_one_stuck_or_closed_socket_does_not_hold_back_the_others(monkeypatch: p
     assert run(scenario) == (3, 3)
     for socket in (sockets[0], sockets[2], sockets[4]):
         assert socket.frames == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
+
+
+def test_a_long_pass_over_healthy_sockets_drops_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A busy process: every send completes, but the whole pass takes far longer than the send timeout.
+    monkeypatch.setattr(fanout, "SEND_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(fanout, "YIELD_EVERY", 3)
+    sockets = [Socket() for _ in range(12)]
+
+    async def slow_but_healthy(socket: Socket, frame: dict[str, Any]) -> None:
+        time.sleep(0.02)  # CPU-bound work that never yields, as a real send does
+        await socket.send(frame)
+
+    async def scenario() -> int:
+        group = fanout.LocalBroadcast("clock", identity)
+        for socket in sockets:
+            group.sockets[socket] = functools.partial(slow_but_healthy, socket)
+        return await group.deliver(FRAME)
+
+    assert run(scenario) == 12
+    assert all(len(socket.frames) == 1 for socket in sockets)
 
 
 class FlakyLayer:

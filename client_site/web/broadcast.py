@@ -23,6 +23,7 @@ Encode = Callable[[dict[str, Any]], dict[str, Any]]
 SEND_TIMEOUT_SECONDS = 1.0  # a socket that cannot take a small frame this long is dropped from the fan-out
 RETRY_SECONDS = (0.5, 1, 2, 5)
 REJOIN_SECONDS = 3600
+YIELD_EVERY = 500  # sends in a row before the fan-out lets the event loop run other tasks
 
 
 class LocalBroadcast:
@@ -52,7 +53,6 @@ class LocalBroadcast:
         failures = 0
         while True:
             layer = get_channel_layer()
-            channel = None
             try:
                 channel = await layer.new_channel()
                 await layer.group_add(self.group, channel)
@@ -85,27 +85,37 @@ class LocalBroadcast:
     async def deliver(self, message: dict[str, Any]) -> int:
         """Write one message to every socket; returns how many took it.
 
-        A send only waits when the socket's buffer is full (a client that stopped reading long ago): one
-        deadline for the whole pass keeps such a socket from holding the others back, without paying for
-        a timer per socket.
+        A healthy socket's send completes without suspending; it only waits when the socket's buffer is
+        full (a client that stopped reading long ago). So one deadline, moved on every YIELD_EVERY sends,
+        can only ever interrupt such a waiting send: that socket leaves the fan-out, the others go on,
+        and no timer is paid per socket.
         """
         frame = {"type": "websocket.send", "text": json.dumps(self.encode(message))}
         targets = list(self.sockets.items())
+        loop = asyncio.get_running_loop()
         delivered = index = 0
+        waiting: object | None = None
         while index < len(targets):
             try:
-                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS) as deadline:
                     while index < len(targets):
+                        if index % YIELD_EVERY == 0:
+                            deadline.reschedule(loop.time() + SEND_TIMEOUT_SECONDS)
+                            await asyncio.sleep(0)  # let handshakes and other messages in between
                         key, send = targets[index]
                         index += 1
+                        waiting = key
                         try:
                             await send(frame)
                             delivered += 1
                         except Exception:  # closed under us: its consumer cleans up on disconnect
                             self.leave(key)
-            except TimeoutError:  # targets[index - 1] is stuck: drop it from the fan-out, go on
-                self.leave(targets[index - 1][0])
-                log.info("broadcast %s: dropped a socket that stopped reading", self.group)
+                        waiting = None
+            except TimeoutError:
+                if waiting is not None:
+                    self.leave(waiting)
+                    waiting = None
+                    log.info("broadcast %s: dropped a socket that stopped reading", self.group)
         return delivered
 
 
