@@ -52,6 +52,12 @@ print(client.cookies[settings.SESSION_COOKIE_NAME].value)
 """
 
 
+def load_note() -> str:
+    """The machine is shared: say how busy it was, so that figures are read with that in mind."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) when the run ended"
+
+
 class Frames:
     """A websocket to /ws/<username> in a thread of its own; frames queue up with their arrival time."""
 
@@ -260,8 +266,8 @@ def report(whole: list[float], sync: list[float], notify: list[float], hop: list
         f"One change at a time, {len(whole)} changes: master save commit -> outbox relay (Celery worker) -> "
         "SNS -> SQS (moto's server) -> `reactive listen` (20 s long poll) -> commit on alpha -> Redis "
         "channel layer -> uvicorn -> websocket frame in the bench process. Every component is its own "
-        f"process; {machine()}. The replica write is ReplicaState.updated_at, set inside the listener's "
-        "transaction (wall clock, same machine).\n\n"
+        f"process; {machine()}; {load_note()}. The replica write is ReplicaState.updated_at, set inside "
+        "the listener's transaction (wall clock, same machine).\n\n"
         f"{table}\n\nTargets: p50 at most 30 ms, p99 at most 150 ms (whole path).",
     )
 
