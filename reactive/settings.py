@@ -117,8 +117,8 @@ CHANNEL_LAYER_BACKENDS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
 }
 # Chosen by bench/fanout.py (docs/benchmarks.md, "fanout"): with the clock fanned out once per process
-# (client_site/web/broadcast.py) both layers carry one message per process per tick; RedisChannelLayer had
-# the lower p99 at 5,000 sockets, and it keeps a message for a consumer that is briefly busy (pub/sub drops it).
+# (client_site/web/broadcast.py) both layers carry one message per process per tick; RedisChannelLayer
+# had the lower p99 at 5,000 sockets, and it keeps a message for a briefly busy consumer (pub/sub drops it).
 DEFAULT_CHANNEL_LAYER = "redis"
 
 
