@@ -31,7 +31,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ.get("BENCH_MOTO_LOG", os.devnull), "w"),  # noqa: SIM115
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -41,7 +41,10 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.1)
     url = f"http://127.0.0.1:{port}"
     os.environ.update(
-        AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench"
+        AWS_ENDPOINT_URL=url,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
     )
     return process, url
 
@@ -57,7 +60,11 @@ def configure_django(databases: Sequence[str]) -> Path:
         dbs[alias] = {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(workdir / f"{alias}.sqlite3"),
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20},
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
         }
     settings.configure(
         DEBUG=False,
@@ -97,11 +104,19 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def write_section(name: str, body: str) -> None:
     """Replace this benchmark's section of docs/benchmarks.md, keeping the others."""
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\nFigures from `make bench`; each section is written by its script.\n"
+    text = (
+        REPORT.read_text()
+        if REPORT.exists()
+        else "# Benchmarks\n\nFigures from `make bench`; each section is written by its script.\n"
+    )
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     section = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
     REPORT.write_text(text)
 
 

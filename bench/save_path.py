@@ -32,7 +32,11 @@ def main() -> None:
         # The prototype's way: read the stored row back to find out what changed.
         if instance.pk:
             old = sender.objects.get(pk=instance.pk)
-            instance._changed = [f for f in ("username", "first_name", "last_name", "email") if getattr(old, f) != getattr(instance, f)]
+            instance._changed = [
+                f
+                for f in ("username", "first_name", "last_name", "email")
+                if getattr(old, f) != getattr(instance, f)
+            ]
 
     modes: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
         "plain save": (lambda: None, lambda: None),
@@ -62,13 +66,14 @@ def main() -> None:
             probe.first_name = f"Q{counter}"
             with CaptureQueriesContext(connection) as captured:
                 probe.save()
-            queries[name] = len([q for q in captured.captured_queries if q["sql"].split()[0] not in ("BEGIN", "COMMIT")])
+            queries[name] = len(
+                [q for q in captured.captured_queries if q["sql"].split()[0] not in ("BEGIN", "COMMIT")]
+            )
             disable()
 
     base = median(timings["plain save"])
     rows = [
-        [name, f"{median(t):.0f}", f"{median(t) / base:.2f}x", queries[name]]
-        for name, t in timings.items()
+        [name, f"{median(t):.0f}", f"{median(t) / base:.2f}x", queries[name]] for name, t in timings.items()
     ]
     headers = ["mode", "µs per save (median of 5 rounds)", "vs plain save", "queries per save"]
     table = markdown_table(headers, rows)

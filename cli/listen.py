@@ -8,7 +8,9 @@ from reactive import settings
 
 def listen(
     client: list[str] = typer.Option(..., "--client", "-c", help="Client name; repeat to run several."),
-    once: bool = typer.Option(False, "--once", help="Drain what is visible now; exit at the first empty receive."),
+    once: bool = typer.Option(
+        False, "--once", help="Drain what is visible now; exit at the first empty receive."
+    ),
     batch: int = typer.Option(10, "--batch", min=1, max=10, help="Messages per receive (SQS allows 10)."),
     wait: float = typer.Option(20, "--wait", min=0, max=20, help="Long-poll seconds."),
 ) -> None:

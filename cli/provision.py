@@ -11,9 +11,13 @@ STYLE = {"ok": "green", "create": "yellow", "update": "cyan"}
 
 
 def provision(
-    client: list[str] = typer.Option(None, "--client", "-c", help="Client name (repeat); default REACTIVE_CLIENTS."),
+    client: list[str] = typer.Option(
+        None, "--client", "-c", help="Client name (repeat); default REACTIVE_CLIENTS."
+    ),
     fifo: bool = typer.Option(False, "--fifo", help="Create the FIFO variants (.fifo topic and queues)."),
-    max_receives: int = typer.Option(5, "--max-receives", min=1, max=1000, help="Receives before a message is dead."),
+    max_receives: int = typer.Option(
+        5, "--max-receives", min=1, max=1000, help="Receives before a message is dead."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

@@ -59,7 +59,15 @@ STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"
 LOGIN_URL = "/login/"
 LOGGING = reactive_settings.logging_config()
 
-REACTIVE_REPLICA_FIELDS = ["username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined"]
+REACTIVE_REPLICA_FIELDS = [
+    "username",
+    "first_name",
+    "last_name",
+    "email",
+    "is_active",
+    "is_staff",
+    "date_joined",
+]
 
 CHANNEL_LAYERS = reactive_settings.channel_layers(REACTIVE_CLIENT)
 

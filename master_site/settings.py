@@ -58,7 +58,15 @@ LOGIN_URL = "/admin/login/"
 LOGGING = reactive_settings.logging_config()
 
 # What is synced: the tracked fields of auth.User, for users the predicate accepts (non-staff by default).
-REACTIVE_TRACKED_FIELDS = ["username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined"]
+REACTIVE_TRACKED_FIELDS = [
+    "username",
+    "first_name",
+    "last_name",
+    "email",
+    "is_active",
+    "is_staff",
+    "date_joined",
+]
 REACTIVE_SYNC_PREDICATE = "reactive.capture.non_staff"
 REACTIVE_CAPTURE = True
 # Where each client site answers, for the login links of the master's "open" page.

@@ -50,7 +50,7 @@ class Tracking:  # noqa: B903
 
     @functools.cached_property
     def attnames(self) -> dict[str, str]:
-        return {name: self.model._meta.get_field(name).attname for name in self.fields}  # type: ignore[union-attr]
+        return {name: self.model._meta.get_field(name).attname for name in self.fields}
 
 
 _registry: dict[type[models.Model], Tracking] = {}
@@ -77,8 +77,10 @@ def track(
     if model not in _registry:
         post_init.connect(_on_init, sender=model, weak=False, dispatch_uid=f"reactive-init-{tracking.label}")
         post_save.connect(_on_save, sender=model, weak=False, dispatch_uid=f"reactive-save-{tracking.label}")
-        post_delete.connect(_on_delete, sender=model, weak=False, dispatch_uid=f"reactive-delete-{tracking.label}")
-        model.save_base = _atomic(model.save_base)  # type: ignore[method-assign]
+        post_delete.connect(
+            _on_delete, sender=model, weak=False, dispatch_uid=f"reactive-delete-{tracking.label}"
+        )
+        model.save_base = _atomic(model.save_base)
     _registry[model] = tracking
     return tracking
 
@@ -89,7 +91,7 @@ def untrack(model: type[models.Model]) -> None:
         return
     for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
         signal.disconnect(sender=model, dispatch_uid=f"reactive-{name}-{tracking.label}")
-    model.save_base = model.save_base.__wrapped__  # type: ignore[attr-defined,method-assign]
+    model.save_base = model.save_base.__wrapped__
 
 
 def tracking_for(model: type[models.Model]) -> Tracking | None:

@@ -164,7 +164,7 @@ def _load_object(text: Any, what: str) -> dict[str, Any]:
         raise MessageError(f"{what} is not a string")
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise MessageError(f"{what} is not JSON ({exc.msg} at {exc.pos})") from exc
     if not isinstance(value, dict):
         raise MessageError(f"{what} is JSON but not an object")

@@ -31,5 +31,7 @@ def check_redis() -> str | None:
 
 
 def check_services() -> dict[str, Any]:
-    failures = {name: error for name, error in (("database", check_database()), ("redis", check_redis())) if error}
+    failures = {
+        name: error for name, error in (("database", check_database()), ("redis", check_redis())) if error
+    }
     return {"ok": not failures, "failed": failures}

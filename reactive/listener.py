@@ -146,7 +146,12 @@ class Listener:
                 report.applied += 1
             else:
                 report.stale += 1
-                log.debug("skipped %s %s v%s: not newer", outcome.event.action, outcome.event.key, outcome.event.version)
+                log.debug(
+                    "skipped %s %s v%s: not newer",
+                    outcome.event.action,
+                    outcome.event.key,
+                    outcome.event.version,
+                )
         # Notify as soon as the transaction has committed, before the ack: browsers do not wait for the
         # DeleteMessageBatch round trip (a redelivery after a crash here is stale and notifies nobody).
         self._notify(o for _, o in outcomes)
@@ -154,18 +159,25 @@ class Listener:
             result = self.transport.delete(self.queue, done)
             report.acked = len(result.succeeded)
             for reason in result.failed.values():
-                log.warning("could not delete a processed message (it will be redelivered, harmlessly): %s", reason)
+                log.warning(
+                    "could not delete a processed message (it will be redelivered, harmlessly): %s", reason
+                )
         return report
 
     def _notify(self, outcomes: Iterable[Outcome]) -> None:
-        changes = [(o.local_pk, o.profile) for o in outcomes if o.status == "applied" and o.local_pk and o.profile]
+        changes = [
+            (o.local_pk, o.profile) for o in outcomes if o.status == "applied" and o.local_pk and o.profile
+        ]
         if changes:
             self.notify(changes)
 
 
 def _log_bad(message: ReceivedMessage, reason: str) -> None:
     log.warning(
-        "bad message %s (receive %d, left for the DLQ): %s", message.message_id, message.receive_count, reason[:300]
+        "bad message %s (receive %d, left for the DLQ): %s",
+        message.message_id,
+        message.receive_count,
+        reason[:300],
     )
 
 

@@ -46,7 +46,9 @@ class OutboxEvent(models.Model):
     class Meta:
         app_label = "reactive"
         indexes = [
-            models.Index(fields=["next_attempt_at"], condition=Q(sent_at__isnull=True), name="reactive_outbox_due"),
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(sent_at__isnull=True), name="reactive_outbox_due"
+            ),
             models.Index(fields=["sent_at"], name="reactive_outbox_sent"),
         ]
 
@@ -56,7 +58,7 @@ class OutboxEvent(models.Model):
     def to_event(self) -> Event:
         return Event(
             model=self.model,
-            action=self.action,  # type: ignore[arg-type]
+            action=self.action,
             key=self.key,
             version=self.id,
             data=self.data,
@@ -74,7 +76,14 @@ class RelayResult:
 
 
 def record(
-    model: str, action: str, key: str, data: dict[str, Any], changed: Sequence[str], *, using: str, target: str = TOPIC
+    model: str,
+    action: str,
+    key: str,
+    data: dict[str, Any],
+    changed: Sequence[str],
+    *,
+    using: str,
+    target: str = TOPIC,
 ) -> OutboxEvent:
     """Write one outbox row in the caller's transaction and relay it once that transaction commits."""
     now = timezone.now()
@@ -173,7 +182,9 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
         result.failed += len(failed)
         result.errors.update({str(r.id): reason for r, reason in failed})
     if result.failed:
-        log.warning("relay: %d sent, %d failed (will retry): %s", result.sent, result.failed, _first(result.errors))
+        log.warning(
+            "relay: %d sent, %d failed (will retry): %s", result.sent, result.failed, _first(result.errors)
+        )
     return result
 
 
@@ -189,7 +200,9 @@ def _claim(limit: int, using: str) -> list[OutboxEvent]:
             .order_by("id")[:limit]
         )
         if rows:
-            OutboxEvent.objects.using(using).filter(id__in=[r.id for r in rows]).update(next_attempt_at=now + lease)
+            OutboxEvent.objects.using(using).filter(id__in=[r.id for r in rows]).update(
+                next_attempt_at=now + lease
+            )
     return rows
 
 
@@ -210,7 +223,9 @@ def _publish(
             continue
         ok_ids = set(outcome.succeeded)
         ok += [row for row in batch if str(row.id) in ok_ids]
-        failed += [(r, outcome.failed.get(str(r.id), "not acknowledged")) for r in batch if str(r.id) not in ok_ids]
+        failed += [
+            (r, outcome.failed.get(str(r.id), "not acknowledged")) for r in batch if str(r.id) not in ok_ids
+        ]
     return ok, failed
 
 

@@ -66,7 +66,9 @@ class Provisioner:
         for client in self.options.clients:
             settings.validate_client(client)
             dlq_arn = self._queue(plan, "dlq", self.names.dlq(client), self._dlq_attributes(), dry_run)
-            queue_attrs = self._queue_attributes(dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client)))
+            queue_attrs = self._queue_attributes(
+                dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client))
+            )
             queue_arn = self._queue(plan, "queue", self.names.queue(client), queue_attrs, dry_run)
             self._subscription(plan, topic_arn, queue_arn, client, dry_run)
         return plan
@@ -78,7 +80,9 @@ class Provisioner:
         if exists:
             plan.steps.append(Step("topic", self.names.topic, "ok", "exists", arn))
             return arn
-        plan.steps.append(Step("topic", self.names.topic, "create", "FIFO topic" if self.options.fifo else "", arn))
+        plan.steps.append(
+            Step("topic", self.names.topic, "create", "FIFO topic" if self.options.fifo else "", arn)
+        )
         if not dry_run:
             attrs = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if self.options.fifo else {}
             with aws_errors(f"create topic {self.names.topic}"):
@@ -142,7 +146,10 @@ class Provisioner:
     # -- subscription ---------------------------------------------------------------------------
     def _subscription(self, plan: Plan, topic_arn: str, queue_arn: str, client: str, dry_run: bool) -> None:
         label = f"{self.names.topic} -> {self.names.queue(client)}"
-        wanted = {"RawMessageDelivery": "true", "FilterPolicy": json.dumps({"model": list(self.options.filter_models)})}
+        wanted = {
+            "RawMessageDelivery": "true",
+            "FilterPolicy": json.dumps({"model": list(self.options.filter_models)}),
+        }
         existing = self._find_subscription(topic_arn, queue_arn)
         if existing is None:
             plan.steps.append(Step("subscription", label, "create", "raw delivery, filter on model"))
@@ -162,7 +169,9 @@ class Provisioner:
         if not differing:
             plan.steps.append(Step("subscription", label, "ok", "raw delivery", existing))
             return
-        plan.steps.append(Step("subscription", label, "update", "sets " + ", ".join(sorted(differing)), existing))
+        plan.steps.append(
+            Step("subscription", label, "update", "sets " + ", ".join(sorted(differing)), existing)
+        )
         if not dry_run:
             for name, value in differing.items():
                 with aws_errors(f"set {name} on {existing}"):

@@ -107,7 +107,9 @@ def _apply(event: Event, using: str) -> Outcome:
     return Outcome(event, "applied", profile=profile, local_pk=removed_pk)
 
 
-def _delete_local(model: type[models.Model], state: ReplicaState | None, event: Event, using: str) -> str | None:
+def _delete_local(
+    model: type[models.Model], state: ReplicaState | None, event: Event, using: str
+) -> str | None:
     manager = model._default_manager.using(using)
     rows = manager.none()
     if state is not None and state.local_pk:

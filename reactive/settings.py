@@ -91,7 +91,9 @@ def clients() -> list[str]:
 def current_client() -> str:
     value = env_or_setting("REACTIVE_CLIENT")
     if not value:
-        raise ConfigError("REACTIVE_CLIENT is not set: which client is this process? (e.g. REACTIVE_CLIENT=alpha)")
+        raise ConfigError(
+            "REACTIVE_CLIENT is not set: which client is this process? (e.g. REACTIVE_CLIENT=alpha)"
+        )
     return validate_client(str(value))
 
 
@@ -230,7 +232,10 @@ def client_urls() -> dict[str, str]:
         pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
         return {name.strip(): url.strip().rstrip("/") for name, url in pairs}
     names = clients()
-    return {name: f"http://127.0.0.1:{port}" for name, port in zip(names, default_client_ports(len(names)), strict=True)}
+    return {
+        name: f"http://127.0.0.1:{port}"
+        for name, port in zip(names, default_client_ports(len(names)), strict=True)
+    }
 
 
 def default_client_ports(count: int) -> list[int]:

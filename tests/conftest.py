@@ -79,7 +79,9 @@ def memory(monkeypatch: pytest.MonkeyPatch, prefix: str):  # type: ignore[no-unt
     transport = MemoryTransport()
     for client in ("alpha", "beta"):
         transport.create_queue(f"{prefix}-{client}-dlq")
-        transport.create_queue(f"{prefix}-{client}", dlq=f"{prefix}-{client}-dlq", max_receives=2, visibility_timeout=0.2)
+        transport.create_queue(
+            f"{prefix}-{client}", dlq=f"{prefix}-{client}-dlq", max_receives=2, visibility_timeout=0.2
+        )
         transport.subscribe(f"{prefix}-{client}")
     return transport
 

@@ -73,10 +73,9 @@ def test_no_event_carries_the_password_hash_or_last_login() -> None:
 
 
 def test_rolled_back_transaction_emits_nothing(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
-    with django_capture_on_commit_callbacks() as callbacks, pytest.raises(RuntimeError):
-        with transaction.atomic():
-            User.objects.create_user("frank", first_name="Frank")
-            raise RuntimeError("boom")
+    with django_capture_on_commit_callbacks() as callbacks, pytest.raises(RuntimeError), transaction.atomic():
+        User.objects.create_user("frank", first_name="Frank")
+        raise RuntimeError("boom")
     assert OutboxEvent.objects.count() == 0
     assert callbacks == []
 

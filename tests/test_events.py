@@ -10,7 +10,13 @@ from reactive.events import Event, decode, encode
 
 
 def sample(**overrides: object) -> Event:
-    values: dict = {"model": "auth.user", "action": "update", "key": "7", "version": 42, "data": {"first_name": "A"}}
+    values: dict = {
+        "model": "auth.user",
+        "action": "update",
+        "key": "7",
+        "version": 42,
+        "data": {"first_name": "A"},
+    }
     values.update(overrides)
     return Event(**values, changed=("first_name",))
 
@@ -35,15 +41,28 @@ def test_encode_matches_the_v1_wire_format() -> None:
 def test_decode_round_trips_raw_and_sns_envelope() -> None:
     event = sample()
     assert decode(encode(event)) == event
-    envelope = {"Type": "Notification", "MessageId": "m1", "Message": encode(event), "Timestamp": "2026-01-01T00:00:00Z"}
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m1",
+        "Message": encode(event),
+        "Timestamp": "2026-01-01T00:00:00Z",
+    }
     assert decode(json.dumps(envelope)) == event
 
 
 def test_legacy_envelope_is_keyed_by_username_and_ordered_by_sent_timestamp() -> None:
-    inner = {"user": {"username": "alice", "first_name": "Alice", "password": "x", "last_login": "y"}, "action": 1}
+    inner = {
+        "user": {"username": "alice", "first_name": "Alice", "password": "x", "last_login": "y"},
+        "action": 1,
+    }
     envelope = {"Type": "Notification", "MessageId": "m1", "Message": json.dumps(inner)}
     event = decode(json.dumps(envelope), sent_timestamp=1_700_000_000_123)
-    assert (event.action, event.key, event.key_field, event.version) == ("update", "alice", "username", 1_700_000_000_123)
+    assert (event.action, event.key, event.key_field, event.version) == (
+        "update",
+        "alice",
+        "username",
+        1_700_000_000_123,
+    )
     assert event.data == {"username": "alice", "first_name": "Alice"}
 
 
@@ -53,10 +72,19 @@ def test_legacy_envelope_is_keyed_by_username_and_ordered_by_sent_timestamp() ->
         ("not json at all", "not JSON"),
         ("[1, 2]", "not an object"),
         ('{"schema": 99}', "unsupported schema"),
-        ('{"schema": 1, "action": "explode", "model": "auth.user", "key": "1", "version": 1}', "unknown action"),
+        (
+            '{"schema": 1, "action": "explode", "model": "auth.user", "key": "1", "version": 1}',
+            "unknown action",
+        ),
         ('{"schema": 1, "action": "update", "model": "auth.user", "key": "", "version": 1}', "bad key"),
-        ('{"schema": 1, "action": "update", "model": "auth.user", "key": "1", "version": "2"}', "bad version"),
-        ('{"Type": "Notification", "Message": "{\\"user\\": {\\"username\\": \\"a\\"}, \\"action\\": 7}"}', "legacy"),
+        (
+            '{"schema": 1, "action": "update", "model": "auth.user", "key": "1", "version": "2"}',
+            "bad version",
+        ),
+        (
+            '{"Type": "Notification", "Message": "{\\"user\\": {\\"username\\": \\"a\\"}, \\"action\\": 7}"}',
+            "legacy",
+        ),
         ("x" * 300_000, "larger than"),
     ],
 )

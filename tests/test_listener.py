@@ -36,7 +36,10 @@ def make_listener(memory, notify=None) -> Listener:  # type: ignore[no-untyped-d
 def test_a_batch_applies_acks_and_notifies_after_commit(memory) -> None:  # type: ignore[no-untyped-def]
     recorder = Recorder()
     listener = make_listener(memory, recorder)
-    bodies = [event_body("insert", "1", 1, username="alice", first_name="Alice"), event_body("update", "1", 2, first_name="Al")]
+    bodies = [
+        event_body("insert", "1", 1, username="alice", first_name="Alice"),
+        event_body("update", "1", 2, first_name="Al"),
+    ]
     memory.publish([message(b, i) for i, b in enumerate(bodies)])
     totals = listener.run(once=True)
     assert (totals.received, totals.applied, totals.acked, totals.failed) == (2, 2, 2, 0)

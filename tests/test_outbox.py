@@ -74,7 +74,9 @@ def test_partial_batch_failures_only_retry_the_failed_entries() -> None:
 
 def test_claimed_rows_are_not_relayed_twice_during_the_lease(memory) -> None:  # type: ignore[no-untyped-def]
     make_users(2)
-    OutboxEvent.objects.update(next_attempt_at=timezone.now() + timedelta(seconds=60))  # as a claim leaves them
+    OutboxEvent.objects.update(
+        next_attempt_at=timezone.now() + timedelta(seconds=60)
+    )  # as a claim leaves them
     assert relay_pending(memory).sent == 0
     OutboxEvent.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))  # the lease ran out
     assert relay_pending(memory).sent == 2

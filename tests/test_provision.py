@@ -21,12 +21,17 @@ def test_provision_creates_everything_then_changes_nothing(aws_env: dict[str, st
     url = sqs.get_queue_url(QueueName=f"{prefix}-alpha")["QueueUrl"]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     redrive = json.loads(attrs["RedrivePolicy"])
-    assert redrive["deadLetterTargetArn"].endswith(f"{prefix}-alpha-dlq") and int(redrive["maxReceiveCount"]) == 3
+    assert (
+        redrive["deadLetterTargetArn"].endswith(f"{prefix}-alpha-dlq")
+        and int(redrive["maxReceiveCount"]) == 3
+    )
     statement = json.loads(attrs["Policy"])["Statement"][0]
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f":{prefix}-users")
 
     sns = boto3.client("sns")
-    topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f":{prefix}-users"))
+    topic = next(
+        t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f":{prefix}-users")
+    )
     subs = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
     assert sorted(s["Endpoint"].rsplit(":", 1)[1] for s in subs) == [f"{prefix}-alpha", f"{prefix}-beta"]
     for sub in subs:
@@ -66,7 +71,9 @@ def test_fifo_publish_reaches_the_queue_in_key_order(aws_env: dict[str, str]) ->
     transport = SqsTransport(f"{aws_env['REACTIVE_PREFIX']}-users.fifo")
     events = [Event(model="auth.user", action="update", key="1", version=v, data={}) for v in (1, 2, 3)]
     messages = [
-        OutgoingMessage(str(e.version), encode(e), e.message_attributes(), group_id=e.key, dedup_id=e.dedup_id)
+        OutgoingMessage(
+            str(e.version), encode(e), e.message_attributes(), group_id=e.key, dedup_id=e.dedup_id
+        )
         for e in events
     ]
     assert len(transport.publish(messages).succeeded) == 3

@@ -64,7 +64,9 @@ def test_identity_is_the_master_key_so_renames_propagate() -> None:
 def test_a_username_held_by_another_key_fails_until_that_rename_arrives() -> None:
     apply(ev("insert", "1", 10, username="bob"))
     apply(ev("insert", "2", 11, username="tmp"))
-    outcome = apply(ev("update", "2", 13, username="bob"))  # master renamed 1 away first (v12), not applied yet
+    outcome = apply(
+        ev("update", "2", 13, username="bob")
+    )  # master renamed 1 away first (v12), not applied yet
     assert outcome.status == "failed" and "held by key 1" in outcome.error
     apply(ev("update", "1", 12, username="robert"))
     assert apply(ev("update", "2", 13, username="bob")).status == "applied"
@@ -91,7 +93,9 @@ def test_untracked_fields_in_data_are_ignored() -> None:
 
 def test_legacy_messages_apply_by_username_in_sent_order() -> None:
     def legacy(action: int, stamp: int, **user: object) -> Event:
-        return decode(json.dumps({"user": {"username": "leo", **user}, "action": action}), sent_timestamp=stamp)
+        return decode(
+            json.dumps({"user": {"username": "leo", **user}, "action": action}), sent_timestamp=stamp
+        )
 
     assert apply(legacy(0, 1000, first_name="Leo")).status == "applied"
     assert apply(legacy(1, 3000, first_name="Leon")).status == "applied"

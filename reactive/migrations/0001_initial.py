@@ -5,48 +5,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='OutboxEvent',
+            name="OutboxEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('model', models.CharField(max_length=100)),
-                ('action', models.CharField(max_length=10)),
-                ('key', models.CharField(max_length=255)),
-                ('data', models.JSONField(default=dict)),
-                ('changed', models.JSONField(default=list)),
-                ('event_id', models.UUIDField(editable=False, unique=True)),
-                ('occurred_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('target', models.CharField(blank=True, default='', max_length=60)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_error', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("model", models.CharField(max_length=100)),
+                ("action", models.CharField(max_length=10)),
+                ("key", models.CharField(max_length=255)),
+                ("data", models.JSONField(default=dict)),
+                ("changed", models.JSONField(default=list)),
+                ("event_id", models.UUIDField(editable=False, unique=True)),
+                ("occurred_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("target", models.CharField(blank=True, default="", max_length=60)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_error", models.TextField(blank=True, default="")),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('sent_at__isnull', True)), fields=['next_attempt_at'], name='reactive_outbox_due'), models.Index(fields=['sent_at'], name='reactive_outbox_sent')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("sent_at__isnull", True)),
+                        fields=["next_attempt_at"],
+                        name="reactive_outbox_due",
+                    ),
+                    models.Index(fields=["sent_at"], name="reactive_outbox_sent"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ReplicaState',
+            name="ReplicaState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model', models.CharField(max_length=100)),
-                ('key', models.CharField(max_length=255)),
-                ('version', models.BigIntegerField()),
-                ('deleted', models.BooleanField(default=False)),
-                ('local_pk', models.CharField(blank=True, max_length=64, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("model", models.CharField(max_length=100)),
+                ("key", models.CharField(max_length=255)),
+                ("version", models.BigIntegerField()),
+                ("deleted", models.BooleanField(default=False)),
+                ("local_pk", models.CharField(blank=True, max_length=64, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['model', 'local_pk'], name='reactive_replica_local')],
-                'constraints': [models.UniqueConstraint(fields=('model', 'key'), name='reactive_replica_model_key')],
+                "indexes": [models.Index(fields=["model", "local_pk"], name="reactive_replica_local")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("model", "key"), name="reactive_replica_model_key")
+                ],
             },
         ),
     ]

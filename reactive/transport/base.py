@@ -69,7 +69,12 @@ class Transport(Protocol):
         ...
 
     def receive(
-        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int | None = None
+        self,
+        queue: str,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 20,
+        visibility_timeout: int | None = None,
     ) -> list[ReceivedMessage]: ...
 
     def delete(self, queue: str, receipts: Sequence[str]) -> BatchResult: ...

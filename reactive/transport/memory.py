@@ -81,7 +81,12 @@ class MemoryTransport:
         return BatchResult(succeeded=tuple(m.id for m in messages))
 
     def receive(
-        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int | None = None
+        self,
+        queue: str,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 20,
+        visibility_timeout: int | None = None,
     ) -> list[ReceivedMessage]:
         self.calls.append("receive")
         deadline = time.monotonic() + wait_seconds
@@ -147,7 +152,10 @@ class MemoryTransport:
                     message_id=m.message_id,
                     body=m.body,
                     receipt=m.receipt,
-                    attributes={"SentTimestamp": str(m.sent_ms), "ApproximateReceiveCount": str(m.receive_count)},
+                    attributes={
+                        "SentTimestamp": str(m.sent_ms),
+                        "ApproximateReceiveCount": str(m.receive_count),
+                    },
                     message_attributes=dict(m.attributes),
                 )
             )

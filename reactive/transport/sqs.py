@@ -54,7 +54,9 @@ def aws_errors(what: str) -> Iterator[None]:
         if code in NOT_FOUND:
             raise ResourceNotFound(f"{what}: does not exist ({message}); run `reactive provision`?") from exc
         if code in BAD_CREDENTIALS:
-            raise CredentialsError(f"AWS refused the credentials while trying to {what}: {code}: {message}") from exc
+            raise CredentialsError(
+                f"AWS refused the credentials while trying to {what}: {code}: {message}"
+            ) from exc
         raise TransportError(f"{what}: {code}: {message}") from exc
     except bexc.BotoCoreError as exc:
         raise TransportError(f"{what}: {exc}") from exc
@@ -62,7 +64,10 @@ def aws_errors(what: str) -> Iterator[None]:
 
 def make_client(service: str) -> Any:
     return boto3.session.Session().client(
-        service, region_name=settings.aws_region(), endpoint_url=settings.aws_endpoint_url(), config=BOTO_CONFIG
+        service,
+        region_name=settings.aws_region(),
+        endpoint_url=settings.aws_endpoint_url(),
+        config=BOTO_CONFIG,
     )
 
 
@@ -106,7 +111,9 @@ class SqsTransport:
             with aws_errors(f"publish to topic {self.topic_name}"):
                 response = self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
             succeeded += [e["Id"] for e in response.get("Successful", [])]
-            failed.update({e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])})
+            failed.update(
+                {e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])}
+            )
         return BatchResult(tuple(succeeded), failed)
 
     def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
@@ -118,12 +125,19 @@ class SqsTransport:
             with aws_errors(f"send to queue {queue}"):
                 response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
             succeeded += [e["Id"] for e in response.get("Successful", [])]
-            failed.update({e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])})
+            failed.update(
+                {e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])}
+            )
         return BatchResult(tuple(succeeded), failed)
 
     # -- receiving ------------------------------------------------------------------------------
     def receive(
-        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int | None = None
+        self,
+        queue: str,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 20,
+        visibility_timeout: int | None = None,
     ) -> list[ReceivedMessage]:
         kwargs: dict[str, Any] = {
             "QueueUrl": self.queue_url(queue),
@@ -147,13 +161,17 @@ class SqsTransport:
             with aws_errors(f"delete messages from queue {queue}"):
                 response = self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
             succeeded += [chunk[int(e["Id"])] for e in response.get("Successful", [])]
-            failed.update({chunk[int(e["Id"])]: e.get("Message", e.get("Code", "")) for e in response.get("Failed", [])})
+            failed.update(
+                {chunk[int(e["Id"])]: e.get("Message", e.get("Code", "")) for e in response.get("Failed", [])}
+            )
         return BatchResult(tuple(succeeded), failed)
 
     def release(self, queue: str, receipts: Sequence[str]) -> None:
         url = self.queue_url(queue)
         for chunk in chunks(list(receipts)):
-            entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(chunk)]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(chunk)
+            ]
             with aws_errors(f"release messages in queue {queue}"):
                 self.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
 
@@ -164,7 +182,9 @@ class SqsTransport:
             "ApproximateNumberOfMessagesDelayed",
         ]
         with aws_errors(f"read the depth of queue {queue}"):
-            attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url(queue), AttributeNames=names)["Attributes"]
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url(queue), AttributeNames=names)[
+                "Attributes"
+            ]
         return QueueDepth(*(int(attrs.get(n, 0)) for n in names))
 
     def purge(self, queue: str) -> None:
@@ -173,7 +193,11 @@ class SqsTransport:
 
     # -- entries --------------------------------------------------------------------------------
     def _sns_entry(self, m: OutgoingMessage) -> dict[str, Any]:
-        entry: dict[str, Any] = {"Id": m.id, "Message": m.body, "MessageAttributes": _attributes(m.attributes)}
+        entry: dict[str, Any] = {
+            "Id": m.id,
+            "Message": m.body,
+            "MessageAttributes": _attributes(m.attributes),
+        }
         if self.fifo:
             entry["MessageGroupId"] = m.group_id or "default"
             entry["MessageDeduplicationId"] = m.dedup_id or m.id

@@ -69,7 +69,9 @@ def test_changes_reach_both_clients_and_secrets_reach_neither(system: Deployment
     )
     want = [*want[:1], ["dave", "David", "dave@example.com"], *want[1:]]
     for client in deployment.clients:
-        eventually(lambda c=client: replica(deployment, c) == want, timeout=60, what=f"{client} gets dave back")
+        eventually(
+            lambda c=client: replica(deployment, c) == want, timeout=60, what=f"{client} gets dave back"
+        )
     for client in deployment.clients:
         unusable = deployment.python(
             client,

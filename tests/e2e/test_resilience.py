@@ -42,7 +42,9 @@ def publish_inserts(prefix: str, count: int, start: int = 1) -> None:
     transport = SqsTransport(f"{prefix}-users")
     messages = []
     for n in range(start, start + count):
-        event = Event(model="auth.user", action="insert", key=str(n), version=n, data={"username": f"user{n}"})
+        event = Event(
+            model="auth.user", action="insert", key=str(n), version=n, data={"username": f"user{n}"}
+        )
         messages.append(OutgoingMessage(str(n), encode(event), event.message_attributes()))
     transport.publish(messages)
 
@@ -50,7 +52,11 @@ def publish_inserts(prefix: str, count: int, start: int = 1) -> None:
 def test_sns_outage_at_save_time_loses_nothing(deployment: Deployment) -> None:
     endpoint = deployment.base_env["AWS_ENDPOINT_URL"]
     proxy = Proxy(target_port=urlparse(endpoint).port or 80, port=free_port())
-    retry = {"REACTIVE_RELAY_BACKOFF": "0.5", "REACTIVE_RELAY_BACKOFF_MAX": "2", "REACTIVE_SWEEP_INTERVAL": "1"}
+    retry = {
+        "REACTIVE_RELAY_BACKOFF": "0.5",
+        "REACTIVE_RELAY_BACKOFF_MAX": "2",
+        "REACTIVE_SWEEP_INTERVAL": "1",
+    }
     master_aws = {"AWS_ENDPOINT_URL": proxy.url, **retry}
     deployment.start_worker(**master_aws)
     schedule = str(deployment.workdir / "beat-schedule")
@@ -73,13 +79,17 @@ def test_sns_outage_at_save_time_loses_nothing(deployment: Deployment) -> None:
     from reactive.outbox import OutboxEvent
     print(OutboxEvent.objects.filter(sent_at__isnull=True, attempts__gte=1).count())
     """
-    eventually(lambda: deployment.python("master", pending).strip() == "50", timeout=60, what="relay attempts fail")
+    eventually(
+        lambda: deployment.python("master", pending).strip() == "50", timeout=60, what="relay attempts fail"
+    )
     assert count_users(deployment, "alpha") == 0
 
     proxy.up()
     try:
         for client in deployment.clients:
-            eventually(lambda c=client: count_users(deployment, c) == 50, timeout=90, what=f"{client} gets all 50")
+            eventually(
+                lambda c=client: count_users(deployment, c) == 50, timeout=90, what=f"{client} gets all 50"
+            )
         unsent = "from reactive.outbox import OutboxEvent\nprint(OutboxEvent.objects.filter(sent_at__isnull=True).count())"
         assert deployment.python("master", unsent).strip() == "0"
     finally:
@@ -101,7 +111,9 @@ def test_a_listener_killed_mid_batch_loses_nothing(deployment: Deployment) -> No
     partial = count_users(deployment, "alpha")
     assert partial < 300, "the listener finished before it was killed; the test proved nothing"
     deployment.start_listener("alpha", "--wait", "1")
-    eventually(lambda: count_users(deployment, "alpha") == 300, timeout=120, what="a restarted listener converges")
+    eventually(
+        lambda: count_users(deployment, "alpha") == 300, timeout=120, what="a restarted listener converges"
+    )
     eventually(lambda: depth(f"{prefix}-alpha") == 0, timeout=30, what="every message acked")
 
 
@@ -116,7 +128,10 @@ def test_poison_goes_to_the_dlq_and_the_listener_lives_on(deployment: Deployment
         '{"schema": 1, "action": "explode", "model": "auth.user", "key": "1", "version": 1}',
         "y" * 200_000,
     ]
-    good = [encode(Event(model="auth.user", action="insert", key=str(k), version=k, data={"username": f"g{k}"})) for k in (1, 2)]
+    good = [
+        encode(Event(model="auth.user", action="insert", key=str(k), version=k, data={"username": f"g{k}"}))
+        for k in (1, 2)
+    ]
     for body in [poison[0], good[0], poison[1], poison[2], poison[3], good[1]]:
         sqs.send_message(QueueUrl=url, MessageBody=body)
     listener = deployment.start_listener("alpha", "--wait", "1")

@@ -34,7 +34,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def eventually(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+def eventually(
+    check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> T:
     """Poll ``check`` until it returns a truthy value (or stops raising AssertionError) before the deadline."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -94,7 +96,19 @@ def redis_service() -> Iterator[str]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="reactive-redis-")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

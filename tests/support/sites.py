@@ -36,7 +36,11 @@ class Deployment:
         if site == "master":
             env.update(DJANGO_SETTINGS_MODULE="master_site.settings", DATABASE_URL=self.url("master"))
         else:
-            env.update(DJANGO_SETTINGS_MODULE="client_site.settings", REACTIVE_CLIENT=site, DATABASE_URL=self.url(site))
+            env.update(
+                DJANGO_SETTINGS_MODULE="client_site.settings",
+                REACTIVE_CLIENT=site,
+                DATABASE_URL=self.url(site),
+            )
         env.update(extra)
         return env
 
@@ -67,7 +71,12 @@ class Deployment:
     def start(self, site: str, argv: list[str], log_name: str, **extra: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(
-            argv, env=self.env(site, **extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=self.env(site, **extra),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes.append(process)
         return process
@@ -77,7 +86,9 @@ class Deployment:
         return self.start("master", argv, "worker", **extra)
 
     def start_listener(self, client: str, *args: str) -> subprocess.Popen[bytes]:
-        return self.start(client, [str(VENV_BIN / "reactive"), "listen", "--client", client, *args], f"listen-{client}")
+        return self.start(
+            client, [str(VENV_BIN / "reactive"), "listen", "--client", client, *args], f"listen-{client}"
+        )
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
