@@ -126,6 +126,9 @@ class Supervisor:
                 _signal_group(child, signal.SIGKILL)
                 child.process.wait()
             child.last_exit = child.process.returncode
+            # The child is gone; whatever of its group outlived it (an orphaned grandchild that was
+            # still handling its SIGTERM) is ended now, so that a stop leaves nothing running.
+            _signal_group(child, signal.SIGKILL)
         for child in self.children:
             if child.state != "exited":
                 child.state = "stopped"

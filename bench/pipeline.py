@@ -1,0 +1,301 @@
+"""Events per second from master saves to both replicas, AWS requests per event, commit-to-commit latency.
+
+Same moto server, same run: reactive (outbox + PublishBatch relay + batched listener, DeleteMessageBatch)
+against the original prototype's way (one SNS Publish per event, messages applied and deleted one by one).
+AWS requests are counted with botocore's event hooks. Producers keep at most WINDOW events in flight, because
+moto's receive slows down as a queue's backlog grows.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from common import configure_django, machine, markdown_table, percentile, start_moto, write_section
+
+EVENTS = int(os.environ.get("BENCH_EVENTS", "600"))
+WINDOW = int(os.environ.get("BENCH_WINDOW", "40"))
+USERS = 100
+MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "90"))
+CLIENTS = ("alpha", "beta")
+
+
+class Probe:
+    """Counts AWS requests (botocore before-send) and records commit times on both sides."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.saved: dict[str, float] = {}
+        self.applied: dict[tuple[str, str], float] = {}
+        self.lock = threading.Lock()
+        self.progress = threading.Condition(self.lock)
+
+    def client(self, service: str) -> Any:
+        from reactive.transport.sqs import make_client
+
+        client = make_client(service)
+        client.meta.events.register("before-send", self._count)
+        return client
+
+    def _count(self, **kwargs: Any) -> None:
+        with self.lock:
+            self.requests[str(kwargs.get("event_name", "")).rsplit(".", 1)[-1]] += 1
+
+    def on_applied(self, client: str) -> Callable[[Any], None]:
+        def record(changes: Any) -> None:
+            now = time.perf_counter()
+            with self.progress:
+                for _, profile in changes:
+                    self.applied[(client, profile["first_name"])] = now
+                self.progress.notify_all()
+
+        return record
+
+    def in_flight(self) -> int:
+        done = sum(1 for marker in self.saved if all((c, marker) in self.applied for c in CLIENTS))
+        return len(self.saved) - done
+
+    def completed(self) -> int:
+        return len(self.saved) - self.in_flight()
+
+    def wait_window(self, limit: int, timeout: float = 60) -> None:
+        with self.progress:
+            self.progress.wait_for(lambda: self.in_flight() < limit, timeout)
+
+    def latencies_ms(self) -> list[float]:
+        return [
+            (self.applied[(c, m)] - t) * 1000
+            for m, t in self.saved.items()
+            for c in CLIENTS
+            if (c, m) in self.applied
+        ]
+
+
+def provision(prefix: str) -> None:
+    os.environ["REACTIVE_PREFIX"] = prefix
+    from reactive.provision import Options, Provisioner
+
+    Provisioner(Options(clients=list(CLIENTS))).run()
+
+
+def run_reactive(users: list[Any]) -> tuple[Probe, float]:
+    from reactive import capture, outbox
+    from reactive.listener import Listener
+    from reactive.transport.sqs import SqsTransport
+
+    provision(f"bench-r{uuid.uuid4().hex[:6]}")
+    probe = Probe()
+    names = __import__("reactive.settings", fromlist=["names"]).names()
+    wake = threading.Event()
+    stop = threading.Event()
+    outbox._request_relay = wake.set  # what the Celery task does, in a thread of this process
+
+    def relay() -> None:
+        transport = SqsTransport(names.topic, probe.client("sns"), probe.client("sqs"))
+        while not stop.is_set():
+            if wake.wait(0.2):
+                wake.clear()
+                while outbox.relay_pending(transport).sent:
+                    pass
+
+    listeners = []
+    for client in CLIENTS:
+        transport = SqsTransport(names.topic, probe.client("sns"), probe.client("sqs"))
+        listeners.append(Listener(client, transport, wait=2, using=client, notify=probe.on_applied(client)))
+    threads = [threading.Thread(target=relay)] + [threading.Thread(target=lst.run) for lst in listeners]
+    capture.track(type(users[0]), predicate=capture.non_staff, databases=["default"])
+    for thread in threads:
+        thread.start()
+    try:
+        elapsed = produce(users, probe)
+    finally:
+        stop.set()
+        for lst in listeners:
+            lst.stop()
+        for thread in threads:
+            thread.join()
+        capture.untrack(type(users[0]))
+    return probe, elapsed
+
+
+def run_baseline(users: list[Any]) -> tuple[Probe, float]:
+    """The prototype: post_save publishes one message per event; listeners apply and delete one by one."""
+    from django.db import transaction
+    from django.db.models.signals import post_save
+
+    from reactive.events import Event, decode, encode
+    from reactive.replica import apply
+    from reactive.settings import names as current_names
+
+    provision(f"bench-b{uuid.uuid4().hex[:6]}")
+    names = current_names()
+    probe = Probe()
+    stop = threading.Event()
+    outgoing: queue.Queue[str] = queue.Queue()
+    version = iter(range(1, 10**9))
+
+    def on_save(sender: Any, instance: Any, **kwargs: Any) -> None:
+        data = {"username": instance.username, "first_name": instance.first_name}
+        event = Event(
+            model="auth.user", action="update", key=str(instance.pk), version=next(version), data=data
+        )
+        outgoing.put(encode(event))  # the prototype's Celery task, one per save
+
+    def publisher() -> None:
+        sns = probe.client("sns")
+        sqs = probe.client("sqs")
+        from reactive.transport.sqs import SqsTransport
+
+        arn = SqsTransport(names.topic, sns, sqs).topic_arn
+        while not stop.is_set():
+            try:
+                body = outgoing.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            sns.publish(
+                TopicArn=arn,
+                Message=body,
+                MessageAttributes={
+                    "model": {"DataType": "String", "StringValue": "auth.user"},
+                },
+            )
+
+    def listener(client: str) -> None:
+        sqs = probe.client("sqs")
+        url = sqs.get_queue_url(QueueName=names.queue(client))["QueueUrl"]
+        record = probe.on_applied(client)
+        while not stop.is_set():
+            for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            ):
+                with transaction.atomic(using=client):
+                    outcome = apply(decode(message["Body"]), client)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                if outcome.profile:
+                    record([(outcome.local_pk, outcome.profile)])
+
+    post_save.connect(on_save, sender=type(users[0]), dispatch_uid="baseline")
+    threads = [threading.Thread(target=publisher)] + [
+        threading.Thread(target=listener, args=(c,)) for c in CLIENTS
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        elapsed = produce(users, probe)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        post_save.disconnect(sender=type(users[0]), dispatch_uid="baseline")
+    return probe, elapsed
+
+
+def reset_replicas() -> None:
+    from django.contrib.auth import get_user_model
+
+    from reactive.replica import ReplicaState
+
+    for client in CLIENTS:
+        ReplicaState.objects.using(client).all().delete()
+        get_user_model().objects.using(client).all().delete()
+
+
+def produce(users: list[Any], probe: Probe) -> float:
+    """Save EVENTS changes (first names) round-robin over the users; time until both replicas have them.
+
+    A mode that stalls (moto drops a request now and then under load; botocore then waits out its read
+    timeout) is cut off after MAX_SECONDS: its rate counts only the events that reached both replicas.
+    """
+    start = time.perf_counter()
+    for i in range(EVENTS):
+        probe.wait_window(WINDOW, timeout=10)
+        if time.perf_counter() - start > MAX_SECONDS:
+            break
+        user = users[i % len(users)]
+        marker = f"m{i}-{uuid.uuid4().hex[:4]}"
+        user.first_name = marker
+        user.save()
+        with probe.lock:
+            probe.saved[marker] = time.perf_counter()
+    probe.wait_window(1, timeout=max(5.0, MAX_SECONDS - (time.perf_counter() - start)))
+    elapsed = time.perf_counter() - start
+    print(
+        f"  {len(probe.saved)} saved, {probe.in_flight()} not on both replicas, {elapsed:.1f} s",
+        file=sys.stderr,
+    )
+    return elapsed
+
+
+def main() -> None:
+    os.environ["REACTIVE_RELAY"] = "off"
+    moto, _ = start_moto()
+    try:
+        configure_django(["default", *CLIENTS])
+        from django.contrib.auth import get_user_model
+
+        User = get_user_model()
+        users = [User.objects.create_user(f"u{i}", first_name="start") for i in range(USERS)]
+        print("baseline (prototype) ...", file=sys.stderr)
+        results = {"baseline (prototype)": run_baseline(users)}
+        reset_replicas()  # the modes number versions differently: each starts from empty replicas
+        print("reactive ...", file=sys.stderr)
+        results["reactive"] = run_reactive(users)
+    finally:
+        moto.terminate()
+    report(results)
+
+
+def report(results: dict[str, tuple[Probe, float]]) -> None:
+    rows = []
+    base_probe, base_elapsed = results["baseline (prototype)"]
+    base_rate = base_probe.completed() / base_elapsed
+    for name, (probe, elapsed) in results.items():
+        done = probe.completed()
+        rate = done / elapsed
+        lat = probe.latencies_ms()
+        requests = sum(probe.requests.values())
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(probe.requests.items()))
+        rows.append(
+            [
+                name,
+                f"{done}/{len(probe.saved)}",
+                f"{rate:.0f}",
+                f"{rate / base_rate:.2f}x",
+                f"{requests / max(1, done):.2f}",
+                f"{percentile(lat, 50):.1f}",
+                f"{percentile(lat, 99):.1f}",
+                detail,
+            ]
+        )
+    headers = [
+        "mode",
+        "events on both",
+        "events/s",
+        "vs baseline",
+        "AWS requests/event",
+        "p50 ms",
+        "p99 ms",
+        "requests",
+    ]
+    table = markdown_table(headers, rows)
+    print(table)
+    write_section(
+        "pipeline",
+        f"## Pipeline (bench/pipeline.py)\n\nUp to {EVENTS} user changes saved on the master (at most {MAX_SECONDS:.0f} s "
+        f"a mode), each applied on two replicas (alpha, beta), at most {WINDOW} in flight; one moto server process, "
+        f"SQLite files, {machine()}. Latency is save commit to replica commit, for every event on both clients. "
+        "AWS requests are counted with botocore's before-send hook, retries included.\n\n"
+        f"{table}\n\nTargets: at least 4x the baseline's events/s, at most 0.5 AWS requests per event, "
+        "p50 at most 20 ms and p99 at most 100 ms.",
+    )
+
+
+if __name__ == "__main__":
+    main()
