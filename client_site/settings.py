@@ -59,15 +59,7 @@ STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"
 LOGIN_URL = "/login/"
 LOGGING = reactive_settings.logging_config()
 
-REACTIVE_REPLICA_FIELDS = [
-    "username",
-    "first_name",
-    "last_name",
-    "email",
-    "is_active",
-    "is_staff",
-    "date_joined",
-]
+# The fields a replica accepts from events: REACTIVE_REPLICA_FIELDS, default reactive.capture.DEFAULT_USER_FIELDS.
 
 CHANNEL_LAYERS = reactive_settings.channel_layers(REACTIVE_CLIENT)
 

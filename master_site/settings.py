@@ -57,16 +57,8 @@ STATIC_ROOT = reactive_settings.var_dir() / "static-master"
 LOGIN_URL = "/admin/login/"
 LOGGING = reactive_settings.logging_config()
 
-# What is synced: the tracked fields of auth.User, for users the predicate accepts (non-staff by default).
-REACTIVE_TRACKED_FIELDS = [
-    "username",
-    "first_name",
-    "last_name",
-    "email",
-    "is_active",
-    "is_staff",
-    "date_joined",
-]
+# What is synced: the tracked fields of auth.User (REACTIVE_TRACKED_FIELDS, default
+# reactive.capture.DEFAULT_USER_FIELDS; never password or last_login), for users the predicate accepts.
 REACTIVE_SYNC_PREDICATE = "reactive.capture.non_staff"
 REACTIVE_CAPTURE = True
 # Where each client site answers, for the login links of the master's "open" page.

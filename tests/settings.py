@@ -16,17 +16,7 @@ ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 REACTIVE_CLIENT = "alpha"
 REACTIVE_SSO_KEY = "tests-sso-key-0123456789abcdef"
 REACTIVE_CAPTURE = False
-REACTIVE_TRACKED_FIELDS = [
-    "username",
-    "first_name",
-    "last_name",
-    "email",
-    "is_active",
-    "is_staff",
-    "date_joined",
-]
 REACTIVE_SYNC_PREDICATE = "reactive.capture.non_staff"
-REACTIVE_REPLICA_FIELDS = REACTIVE_TRACKED_FIELDS
 REACTIVE_CLIENT_URLS = {"alpha": "http://alpha.example", "beta": "http://beta.example"}
 
 INSTALLED_APPS = [

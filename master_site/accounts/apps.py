@@ -19,6 +19,6 @@ class AccountsConfig(AppConfig):
         if getattr(settings, "REACTIVE_CAPTURE", True):
             capture.track(
                 get_user_model(),
-                fields=settings.REACTIVE_TRACKED_FIELDS,
+                fields=getattr(settings, "REACTIVE_TRACKED_FIELDS", None),
                 predicate=import_string(settings.REACTIVE_SYNC_PREDICATE),
             )
