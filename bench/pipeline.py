@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common import configure_django, machine, markdown_table, percentile, start_moto, write_section
@@ -111,16 +111,9 @@ def run_reactive(users: list[Any]) -> tuple[Probe, float]:
         listeners.append(Listener(client, transport, wait=2, using=client, notify=probe.on_applied(client)))
     threads = [threading.Thread(target=relay)] + [threading.Thread(target=lst.run) for lst in listeners]
     capture.track(type(users[0]), predicate=capture.non_staff, databases=["default"])
-    for thread in threads:
-        thread.start()
     try:
-        elapsed = produce(users, probe)
+        elapsed = drive(threads, users, probe, stop, stopping=[lst.stop for lst in listeners])
     finally:
-        stop.set()
-        for lst in listeners:
-            lst.stop()
-        for thread in threads:
-            thread.join()
         capture.untrack(type(users[0]))
     return probe, elapsed
 
@@ -187,16 +180,31 @@ def run_baseline(users: list[Any]) -> tuple[Probe, float]:
     threads = [threading.Thread(target=publisher)] + [
         threading.Thread(target=listener, args=(c,)) for c in CLIENTS
     ]
+    try:
+        elapsed = drive(threads, users, probe, stop)
+    finally:
+        post_save.disconnect(sender=type(users[0]), dispatch_uid="baseline")
+    return probe, elapsed
+
+
+def drive(
+    threads: list[threading.Thread],
+    users: list[Any],
+    probe: Probe,
+    stop: threading.Event,
+    stopping: Sequence[Callable[[], None]] = (),
+) -> float:
+    """Start one mode's threads, produce the changes, then stop and join the threads."""
     for thread in threads:
         thread.start()
     try:
-        elapsed = produce(users, probe)
+        return produce(users, probe)
     finally:
         stop.set()
+        for request_stop in stopping:
+            request_stop()
         for thread in threads:
             thread.join()
-        post_save.disconnect(sender=type(users[0]), dispatch_uid="baseline")
-    return probe, elapsed
 
 
 def reset_replicas() -> None:

@@ -164,18 +164,16 @@ def test_sign_in_by_master_link_then_the_name_changes_live_as_text(system: Syste
     other.close()
 
 
+def sign_in_as_alice(system: System, context: Any) -> None:
+    """A session cookie for alice on alpha, without going through a login link."""
+    cookie = session_cookie(system.deployment, "alpha", "alice")
+    context.add_cookies([{"name": "sessionid", "value": cookie, "url": system.alpha.url}])
+
+
 def test_an_older_update_never_replaces_a_newer_one(system: System, context: Any) -> None:
     from playwright.sync_api import expect
 
-    context.add_cookies(
-        [
-            {
-                "name": "sessionid",
-                "value": session_cookie(system.deployment, "alpha", "alice"),
-                "url": system.alpha.url,
-            }
-        ]
-    )
+    sign_in_as_alice(system, context)
     page = context.new_page()
     page.goto(system.alpha.url + "/")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -190,15 +188,7 @@ def test_an_older_update_never_replaces_a_newer_one(system: System, context: Any
 def test_the_clock_advances_and_recovers_after_a_server_restart(system: System, context: Any) -> None:
     from playwright.sync_api import expect
 
-    context.add_cookies(
-        [
-            {
-                "name": "sessionid",
-                "value": session_cookie(system.deployment, "alpha", "alice"),
-                "url": system.alpha.url,
-            }
-        ]
-    )
+    sign_in_as_alice(system, context)
     page = context.new_page()
     page.goto(system.alpha.url + "/clock/")
     clock, state = page.locator("#clock"), page.locator("#connection")
