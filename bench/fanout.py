@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, free_port, machine, markdown_table, percentile, write_section
+from common import ROOT, cpu_seconds, free_port, machine, markdown_table, percentile, write_section
 
 VENV_BIN = Path(sys.executable).parent
 LAYER_NAMES = {"redis": "RedisChannelLayer", "pubsub": "RedisPubSubChannelLayer"}
@@ -208,11 +208,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def site_env(workdir: Path, prefix: str, layer: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ moto's receive slows down as a queue's backlog grows.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sys
@@ -18,20 +19,30 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common import configure_django, machine, markdown_table, percentile, start_moto, write_section
+from common import (
+    configure_django,
+    cpu_seconds,
+    machine,
+    markdown_table,
+    percentile,
+    start_moto,
+    write_section,
+)
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "600"))
-WINDOW = int(os.environ.get("BENCH_WINDOW", "40"))
+WINDOW = int(os.environ.get("BENCH_WINDOW", "20"))
+SETUP_REQUESTS = {"GetQueueUrl", "GetQueueAttributes"}  # once per process, not per event: listed apart
 USERS = 100
 MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "45"))
 CLIENTS = ("alpha", "beta")
 
 
 class Probe:
-    """Counts AWS requests (botocore before-send) and records commit times on both sides."""
+    """Counts AWS requests (botocore before-send) and moto's CPU, and records commit times on both sides."""
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
+        self.moto_cpu = 0.0  # seconds the moto server spent while this mode ran
         self.saved: dict[str, float] = {}
         self.applied: dict[tuple[str, str], float] = {}
         self.lock = threading.Lock()
@@ -68,6 +79,9 @@ class Probe:
     def wait_window(self, limit: int, timeout: float = 60) -> None:
         with self.progress:
             self.progress.wait_for(lambda: self.in_flight() < limit, timeout)
+
+    def per_event_requests(self) -> int:
+        return sum(n for name, n in self.requests.items() if name not in SETUP_REQUESTS)
 
     def latencies_ms(self) -> list[float]:
         return [
@@ -245,14 +259,21 @@ def produce(users: list[Any], probe: Probe) -> float:
 
 PHASES = {  # name: (events, window)
     "throughput": (EVENTS, WINDOW),
+    "deep queues": (EVENTS, 2 * WINDOW),
     "latency": (int(os.environ.get("BENCH_LATENCY_EVENTS", "100")), 1),
 }
+
+
+# A quicker run for profiling: BENCH_PHASES=throughput BENCH_MODES=reactive (the table then lacks the ratio).
+SELECTED_PHASES = os.environ.get("BENCH_PHASES", ",".join(PHASES)).split(",")
+SELECTED_MODES = os.environ.get("BENCH_MODES", "baseline,reactive").split(",")
 
 
 def main() -> None:
     global EVENTS, WINDOW
     os.environ["REACTIVE_RELAY"] = "off"
     moto, _ = start_moto()
+    moto_cpu = functools.partial(cpu_seconds, moto.pid)
     tables = []
     try:
         configure_django(["default", *CLIENTS])
@@ -261,11 +282,17 @@ def main() -> None:
         User = get_user_model()
         users = [User.objects.create_user(f"u{i}", first_name="start") for i in range(USERS)]
         for phase, (EVENTS, WINDOW) in PHASES.items():
+            if phase not in SELECTED_PHASES:
+                continue
             results = {}
             for name, run in (("baseline (prototype)", run_baseline), ("reactive", run_reactive)):
+                if name.split()[0] not in SELECTED_MODES:
+                    continue
                 print(f"{phase}: {name} ...", file=sys.stderr)
                 reset_replicas()  # the modes number versions differently: each starts from empty replicas
+                before = moto_cpu()
                 results[name] = run(users)
+                results[name][0].moto_cpu = moto_cpu() - before
             tables.append((phase, EVENTS, WINDOW, table_of(results)))
     finally:
         moto.terminate()
@@ -274,13 +301,12 @@ def main() -> None:
 
 def table_of(results: dict[str, tuple[Probe, float]]) -> str:
     rows = []
-    base_probe, base_elapsed = results["baseline (prototype)"]
-    base_rate = base_probe.completed() / base_elapsed
+    base = results.get("baseline (prototype)")
+    base_rate = base[0].completed() / base[1] if base else 0.0
     for name, (probe, elapsed) in results.items():
         done = probe.completed()
         rate = done / elapsed
         lat = probe.latencies_ms()
-        requests = sum(probe.requests.values())
         detail = ", ".join(f"{k} {v}" for k, v in sorted(probe.requests.items()))
         rows.append(
             [
@@ -288,7 +314,8 @@ def table_of(results: dict[str, tuple[Probe, float]]) -> str:
                 f"{done}/{len(probe.saved)}",
                 f"{rate:.1f}",
                 f"{rate / base_rate:.2f}x" if base_rate else "n/a",
-                f"{requests / max(1, done):.2f}",
+                f"{probe.per_event_requests() / max(1, done):.3f}",
+                f"{probe.moto_cpu * 1000 / max(1, done):.1f}",
                 f"{percentile(lat, 50):.1f}",
                 f"{percentile(lat, 99):.1f}",
                 detail,
@@ -300,6 +327,7 @@ def table_of(results: dict[str, tuple[Probe, float]]) -> str:
         "events/s",
         "vs baseline",
         "AWS requests/event",
+        "moto CPU ms/event",
         "p50 ms",
         "p99 ms",
         "requests",
@@ -313,16 +341,29 @@ def report(tables: list[tuple[str, int, int, str]]) -> None:
         print(f"{phase}: {events} events, at most {window} in flight\n{table}\n")
         parts.append(f"### {phase}: up to {events} events, at most {window} in flight\n\n{table}")
     body = "\n\n".join(parts)
+    if len(tables) < len(PHASES) or len(SELECTED_MODES) < 2:
+        return  # a partial run is for looking, not for the report
     write_section(
         "pipeline",
         "## Pipeline (bench/pipeline.py)\n\n"
         "User changes saved on the master, each applied on two replicas (alpha, beta); one moto server process, "
-        f"SQLite files, {machine()}; at most {MAX_SECONDS:.0f} s a mode. The throughput phase keeps a window of "
-        "events in flight (moto's receive slows as backlogs grow); the latency phase saves one change at a time, "
-        "so its figures are commit to commit without queueing. Latency is save commit to replica commit, for every "
-        "event on both clients. AWS requests are counted with botocore's before-send hook, retries included.\n\n"
+        f"SQLite files, {machine()}; at most {MAX_SECONDS:.0f} s a mode. The throughput phases keep a window of "
+        f"events in flight: {WINDOW} (two PublishBatches' worth), then {2 * WINDOW} to show what deeper queues "
+        "cost on moto. The latency phase saves one change at a time, so its figures are commit to commit "
+        "without queueing. Latency is save commit to replica commit, for every event on both clients. AWS "
+        "requests per event count the calls that move events (publish, receive, delete; retries included, "
+        "through botocore's before-send hook); the once-per-process lookups (GetQueueUrl, "
+        "GetQueueAttributes) are only in the last column. Moto CPU is what the moto server process used "
+        "during the mode, per event.\n\n"
         f"{body}\n\nTargets: at least 4x the baseline's events/s, at most 0.5 AWS requests per event, "
-        "p50 at most 20 ms and p99 at most 100 ms.",
+        "p50 at most 20 ms and p99 at most 100 ms."
+        "\n\nWhy the figures stop where they do: moto's server is the bottleneck (one process, one core under "
+        "its GIL). Every request pays a fixed dispatch cost (it lists its own package directory to route "
+        "each request), and every message sent or received computes all of its queue's attributes, "
+        "scanning every message in the queue, several times: a receive costs more the deeper the queue. "
+        "Both modes pay the per-message part alike, which bounds the ratio; batching saves the per-request "
+        "part. With two clients, full batches everywhere give exactly 0.5 requests per event (0.1 "
+        "PublishBatch, 0.2 ReceiveMessage, 0.2 DeleteMessageBatch): any batch short of 10 is above it.",
     )
 
 

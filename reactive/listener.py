@@ -20,7 +20,7 @@ from django.db import DatabaseError, transaction
 from reactive import groups, settings
 from reactive.errors import MessageError, ReactiveError, ResourceNotFound, ServiceUnavailable
 from reactive.events import Event, decode
-from reactive.replica import Outcome, apply
+from reactive.replica import Outcome, apply_batch
 from reactive.transport.base import ReceivedMessage, Transport
 
 log = logging.getLogger("reactive.listener")
@@ -117,7 +117,10 @@ class Listener:
             if self.stopping:
                 raise _PollInterrupted
             messages = self.transport.receive(
-                self.queue, max_messages=self.batch, wait_seconds=self.wait if wait is None else wait
+                self.queue,
+                max_messages=self.batch,
+                wait_seconds=self.wait if wait is None else wait,
+                lean=True,
             )
         finally:
             self._polling = False
@@ -134,7 +137,8 @@ class Listener:
                 _log_bad(message, str(exc))
         decoded.sort(key=lambda pair: pair[1].version)  # older first, so that fewer events are stale
         with transaction.atomic(using=self.using):
-            outcomes = [(message, apply(event, self.using)) for message, event in decoded]
+            applied = apply_batch([event for _, event in decoded], self.using)
+        outcomes = [(message, outcome) for (message, _), outcome in zip(decoded, applied, strict=True)]
         done: list[str] = []
         for message, outcome in outcomes:
             if outcome.status == "failed":

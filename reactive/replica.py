@@ -8,13 +8,14 @@ late insert or update with a lower version cannot bring the row back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, models, transaction
+from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
 from reactive.errors import ApplyError, ReactiveError
@@ -73,38 +74,122 @@ def replicated_fields() -> tuple[str, ...]:
 
 def apply(event: Event, using: str = "default") -> Outcome:
     """Apply one event in a savepoint of the caller's transaction; never raises for a bad event."""
+    return apply_batch([event], using)[0]
+
+
+def apply_batch(events: Sequence[Event], using: str = "default") -> list[Outcome]:
+    """Apply events in order, each in its own savepoint of the caller's transaction.
+
+    The state rows of the batch's keys and their local rows are read once, up front (locked, in key
+    order, where the database locks rows); each event then costs its own writes only. A bad event rolls
+    back its savepoint and nothing else. Never raises for a bad event; a database in trouble raises.
+    """
+    known = _Known(events, using)
+    return [_apply_one(event, known) for event in events]
+
+
+def _apply_one(event: Event, known: _Known) -> Outcome:
     try:
-        with transaction.atomic(using=using):
-            return _apply(event, using)
-    except ReactiveError as exc:
-        return Outcome(event, "failed", str(exc))
-    except (IntegrityError, ValueError, TypeError) as exc:
-        return Outcome(event, "failed", f"{type(exc).__name__}: {exc}")
-    except DatabaseError as exc:
-        # The whole database is in trouble, not this event: let the batch fail and be retried.
-        raise exc
+        with transaction.atomic(using=known.using):
+            return _apply(event, known)
+    except (ReactiveError, IntegrityError, ValueError, TypeError) as exc:
+        known.forget(event)  # its savepoint is gone: what this event did to the cache is not true
+        reason = str(exc) if isinstance(exc, ReactiveError) else f"{type(exc).__name__}: {exc}"
+        return Outcome(event, "failed", reason)
+    except DatabaseError:
+        raise  # the whole database is in trouble, not this event: the batch fails and is retried
 
 
-def _apply(event: Event, using: str) -> Outcome:
+class _Known:
+    """What one batch has read: state rows by (model, key) and local rows by (model, pk)."""
+
+    def __init__(self, events: Sequence[Event], using: str) -> None:
+        self.using = using
+        self.states: dict[tuple[str, str], ReplicaState] = {}
+        self.rows: dict[tuple[str, str], models.Model] = {}
+        keys: dict[str, set[str]] = {}
+        for event in events:
+            keys.setdefault(event.model, set()).add(state_key(event))
+        for label, model_keys in keys.items():
+            self._read(label, sorted(model_keys))
+
+    def _read(self, label: str, keys: list[str]) -> None:
+        found = (
+            ReplicaState.objects.using(self.using)
+            .select_for_update()
+            .filter(model=label, key__in=keys)
+            .order_by("key")  # one lock order for every listener: no deadlock between two of them
+        )
+        self.states.update({(label, state.key): state for state in found})
+        pks = [s.local_pk for s in self.states.values() if s.model == label and s.local_pk and not s.deleted]
+        try:
+            model = resolve_model(label)
+        except ApplyError:
+            return  # each of its events fails on its own
+        for pk, row in model._default_manager.using(self.using).in_bulk(pks).items():
+            self.rows[(label, str(pk))] = row
+
+    def state(self, event: Event) -> ReplicaState | None:
+        return self.states.get((event.model, state_key(event)))
+
+    def row(self, model: type[models.Model], label: str, pk: str) -> models.Model | None:
+        if (label, pk) not in self.rows:
+            row = model._default_manager.using(self.using).filter(pk=pk).first()
+            if row is None:
+                return None
+            self.rows[(label, pk)] = row
+        return self.rows[(label, pk)]
+
+    def remember(self, event: Event, state: ReplicaState, row: models.Model | None) -> None:
+        self.states[(event.model, state.key)] = state
+        if row is not None:
+            self.rows[(event.model, str(row.pk))] = row
+
+    def forget(self, event: Event) -> None:
+        """Read this event's key again: a failed event may have changed cached objects it then rolled back."""
+        key = (event.model, state_key(event))
+        state = self.states.pop(key, None)
+        if state is not None and state.local_pk:
+            self.rows.pop((event.model, state.local_pk), None)
+        again = ReplicaState.objects.using(self.using).filter(model=event.model, key=key[1]).first()
+        if again is not None:
+            self.states[key] = again
+
+
+def _apply(event: Event, known: _Known) -> Outcome:
     model = resolve_model(event.model)
-    states = ReplicaState.objects.using(using).select_for_update()
-    state = states.filter(model=event.model, key=state_key(event)).first()
+    state = known.state(event)
     if state is not None and event.version <= state.version:
         return Outcome(event, "stale")
     if event.action == "delete":
-        removed_pk = _delete_local(model, state, event, using)
+        removed_pk = _delete_local(model, state, event, known.using)
         profile: dict[str, Any] = {"key": event.key, "version": event.version, "deleted": True}
-        local_pk = None
+        local_pk = row = None
     else:
-        instance = _upsert(model, state, event, using)
-        profile = profile_of(instance, event.key, event.version)
-        local_pk = removed_pk = str(instance.pk)
-    ReplicaState.objects.using(using).update_or_create(
-        model=event.model,
-        key=state_key(event),
-        defaults={"version": event.version, "deleted": event.action == "delete", "local_pk": local_pk},
-    )
+        row = _upsert(model, state, event, known)
+        profile = profile_of(row, event.key, event.version)
+        local_pk = removed_pk = str(row.pk)
+    state = _write_state(state, event, local_pk, known.using)
+    known.remember(event, state, row)
     return Outcome(event, "applied", profile=profile, local_pk=removed_pk)
+
+
+def _write_state(state: ReplicaState | None, event: Event, local_pk: str | None, using: str) -> ReplicaState:
+    deleted = event.action == "delete"
+    if state is None:
+        return ReplicaState.objects.using(using).create(
+            model=event.model, key=state_key(event), version=event.version, deleted=deleted, local_pk=local_pk
+        )
+    changes = {
+        "version": event.version,
+        "deleted": deleted,
+        "local_pk": local_pk,
+        "updated_at": timezone.now(),
+    }
+    ReplicaState.objects.using(using).filter(pk=state.pk).update(**changes)
+    for name, value in changes.items():
+        setattr(state, name, value)
+    return state
 
 
 def _delete_local(
@@ -121,16 +206,20 @@ def _delete_local(
     return None if local_pk is None else str(local_pk)
 
 
-def _upsert(model: type[models.Model], state: ReplicaState | None, event: Event, using: str) -> models.Model:
+def _upsert(
+    model: type[models.Model], state: ReplicaState | None, event: Event, known: _Known
+) -> models.Model:
+    using = known.using
     manager = model._default_manager.using(using)
     values = _clean(event.data)
     instance = None
     if state is not None and state.local_pk and not state.deleted:
-        instance = manager.filter(pk=state.local_pk).first()
+        instance = known.row(model, event.model, state.local_pk)
     if instance is None and event.key_field == "username":
         instance = manager.filter(username=event.key).first()
     username = values.get("username") or (event.key if event.key_field == "username" else None)
-    if username:
+    # Usernames are unique: a row that already has this username cannot collide with another one.
+    if username and getattr(instance, "username", None) != username:
         holder = manager.filter(username=username).exclude(pk=getattr(instance, "pk", None)).first()
         if holder is not None:
             instance = _adopt_or_refuse(holder, instance, event, using)
@@ -140,6 +229,8 @@ def _upsert(model: type[models.Model], state: ReplicaState | None, event: Event,
         instance = model(username=username)
         if hasattr(instance, "set_unusable_password"):
             instance.set_unusable_password()
+    elif all(getattr(instance, name) == value for name, value in values.items()):
+        return instance  # a replay of what the row already holds: no write
     for name, value in values.items():
         setattr(instance, name, value)
     instance.save(using=using)

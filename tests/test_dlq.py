@@ -222,3 +222,15 @@ def test_diagnose_says_why_the_replica_refuses_and_changes_nothing(
     again = {x.event.key: x for x in dlq.diagnose(dlq.inspect(sqs, alpha)) if x.event}
     assert "applies now" in again["5"].why
     assert not get_user_model().objects.filter(first_name="Caroline").exists()
+
+
+def test_the_listener_asks_for_less_than_the_dlq_tools(sqs: SqsTransport, prefix: str) -> None:
+    """A lean receive (the listener's) leaves out message attributes but keeps what the listener reads;
+    the DLQ tools still get everything, so that a replay keeps the attributes."""
+    queue = f"{prefix}-alpha"
+    put(sqs, queue, "lean", ATTRIBUTES)
+    (lean,) = sqs.receive(queue, wait_seconds=0, visibility_timeout=0, lean=True)
+    assert lean.body == "lean" and lean.message_attributes == {}
+    assert lean.receive_count == 1 and lean.sent_timestamp is not None
+    (full,) = sqs.receive(queue, wait_seconds=0)
+    assert full.message_attributes and full.receive_count == 2

@@ -107,3 +107,39 @@ def test_backlog_reports_the_oldest_pending_row() -> None:
     )
     report = backlog()
     assert report.pending == 2 and report.oldest_age_seconds is not None and report.oldest_age_seconds >= 299
+
+
+def test_under_load_the_relay_waits_briefly_for_a_full_batch(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    """Rows arriving faster than the relay publishes: it waits (no longer than the linger) and sends one
+    fuller PublishBatch instead of several thin ones. The wait is when more changes come in."""
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(3)
+    waits: list[float] = []
+
+    def wait_while_more_arrive(seconds: float) -> None:
+        waits.append(seconds)
+        for i in range(3, 8):
+            User.objects.create_user(f"u{i}")
+
+    monkeypatch.setattr(outbox.time, "sleep", wait_while_more_arrive)
+    assert relay_pending(memory).sent == 8
+    assert memory.calls.count("publish") == 1
+    assert len(waits) == 1 and 0 < waits[0] <= 0.05
+
+
+def test_a_lone_change_is_published_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    monkeypatch.setattr(outbox.time, "sleep", lambda seconds: pytest.fail("a quiet system never waits"))
+    make_users(1)
+    assert relay_pending(memory).sent == 1
+    make_users_from(1, 11)  # a full batch goes at once too
+    assert relay_pending(memory).sent == 10
+
+
+def make_users_from(start: int, stop: int) -> None:
+    for i in range(start, stop):
+        User.objects.create_user(f"u{i}")

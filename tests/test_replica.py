@@ -103,3 +103,50 @@ def test_legacy_messages_apply_by_username_in_sent_order() -> None:
     assert names() == [("leo", "Leon")]
     assert apply(legacy(2, 4000)).status == "applied"
     assert names() == []
+
+
+def test_a_batch_reads_its_keys_once_and_then_writes_only() -> None:
+    """Ten updates cost two reads for the batch and four statements each (savepoint, user, state, release)."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from reactive.replica import apply_batch
+
+    with transaction.atomic():
+        apply_batch([ev("insert", str(k), 10, username=f"u{k}") for k in range(10)])
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        outcomes = apply_batch([ev("update", str(k), 11, first_name=f"F{k}") for k in range(10)])
+    assert [o.status for o in outcomes] == ["applied"] * 10
+    assert len(queries) <= 2 + 4 * 10 + 2  # the reads, the events, the transaction itself
+    assert names() == [(f"u{k}", f"F{k}") for k in range(10)]
+
+
+def test_a_replayed_event_that_changes_nothing_writes_no_user_row() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    apply(ev("insert", "1", 10, username="alice", first_name="Alice"))
+    with CaptureQueriesContext(connection) as queries:
+        assert apply(ev("update", "1", 11, username="alice", first_name="Alice")).status == "applied"
+    assert not [q for q in queries if "auth_user" in q["sql"] and q["sql"].startswith("UPDATE")]
+    assert ReplicaState.objects.get(key="1").version == 11
+
+
+def test_a_failed_event_in_a_batch_leaves_the_next_one_of_its_key_a_true_picture() -> None:
+    """The failed event's savepoint rolls back what it did; the batch must not keep its view of it."""
+    from django.db import transaction
+
+    from reactive.replica import apply_batch
+
+    apply(ev("insert", "1", 10, username="bob"))
+    apply(ev("insert", "2", 11, username="tmp", first_name="Tim"))
+    with transaction.atomic():
+        outcomes = apply_batch(
+            [
+                ev("update", "2", 12, username="bob", first_name="Changed"),  # bob is key 1's: refused
+                ev("update", "2", 13, username="tmp2"),
+            ]
+        )
+    assert [o.status for o in outcomes] == ["failed", "applied"]
+    assert User.objects.get(username="tmp2").first_name == "Tim"  # not the failed event's "Changed"
+    assert ReplicaState.objects.get(key="2").version == 13

@@ -75,7 +75,11 @@ class Transport(Protocol):
         max_messages: int = 10,
         wait_seconds: float = 20,
         visibility_timeout: int | None = None,
-    ) -> list[ReceivedMessage]: ...
+        lean: bool = False,
+    ) -> list[ReceivedMessage]:
+        """Up to ``max_messages``; ``lean`` asks only for what the listener reads (the body, SentTimestamp,
+        ApproximateReceiveCount), not the message attributes that the DLQ tools show and replay."""
+        ...
 
     def delete(self, queue: str, receipts: Sequence[str]) -> BatchResult: ...
 

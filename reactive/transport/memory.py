@@ -87,6 +87,7 @@ class MemoryTransport:
         max_messages: int = 10,
         wait_seconds: float = 20,
         visibility_timeout: int | None = None,
+        lean: bool = False,
     ) -> list[ReceivedMessage]:
         self.calls.append("receive")
         deadline = time.monotonic() + wait_seconds

@@ -33,6 +33,7 @@ BAD_CREDENTIALS = {
     "InvalidAccessKeyId",
 }
 # Long polls last up to 20 s, so the read timeout must be longer; connection problems fail fast.
+LEAN_ATTRIBUTES = ("SentTimestamp", "ApproximateReceiveCount")  # what the listener reads besides the body
 BOTO_CONFIG = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
 
 
@@ -138,14 +139,16 @@ class SqsTransport:
         max_messages: int = 10,
         wait_seconds: float = 20,
         visibility_timeout: int | None = None,
+        lean: bool = False,
     ) -> list[ReceivedMessage]:
         kwargs: dict[str, Any] = {
             "QueueUrl": self.queue_url(queue),
             "MaxNumberOfMessages": max(1, min(10, max_messages)),
             "WaitTimeSeconds": int(max(0, min(20, wait_seconds))),
-            "MessageSystemAttributeNames": ["All"],
-            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": list(LEAN_ATTRIBUTES) if lean else ["All"],
         }
+        if not lean:  # the DLQ tools show and replay message attributes; the listener reads the body
+            kwargs["MessageAttributeNames"] = ["All"]
         if visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = visibility_timeout
         with aws_errors(f"receive from queue {queue}"):
