@@ -32,6 +32,8 @@ from typing import Any
 
 from common import ROOT, free_port, machine, markdown_table, percentile, start_moto, write_section
 
+from reactive.up import WS_OPTIONS
+
 CHANGES = int(os.environ.get("BENCH_CHANGES", "200"))
 WARM_UP = 5
 VENV_BIN = Path(sys.executable).parent
@@ -164,7 +166,7 @@ def main() -> None:
         )
         start([str(VENV_BIN / "reactive"), "listen", "--client", "alpha"], alpha_env)
         uvicorn = [str(VENV_BIN / "uvicorn"), "client_site.asgi:application", "--port", str(port)]
-        start([*uvicorn, "--log-level", "warning", "--no-access-log"], alpha_env)
+        start([*uvicorn, "--log-level", "warning", "--no-access-log", *WS_OPTIONS], alpha_env)
         results = measure(master_env, alpha_env, workdir, port)
     finally:
         for process in reversed(processes):

@@ -6,11 +6,11 @@ cookie in steps (200, 1,000, 5,000) while `reactive beat --interval 0.5` ticks. 
 connections settle: the delivery lag of every tick to every socket during a measuring window (receive
 time in the client minus the tick's "iso", stamped by the beat just before its Redis SET and group_send),
 p50/p99, the share of deliveries that arrived, the server's resident memory per socket ((RSS at N - RSS
-with one socket) / N) and the CPU the server and the clients used. A last variant runs the baseline
-layer with permessage-deflate off (uvicorn --ws-per-message-deflate false), which browsers otherwise
-negotiate.
+with one socket) / N) and the CPU the server and the clients used. The server runs as the client site
+is served (permessage-deflate off, reactive.up.WS_OPTIONS); a last variant runs the baseline layer with
+uvicorn's default, deflate on, which browsers then negotiate.
 
-Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the deflate-off variant
+Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the deflate-on variant
 runs only in what is left. A step not reached in time is reported so.
 Run: .venv/bin/python bench/fanout.py [--sizes 200,1000,5000] [--no-write]
 """
@@ -35,6 +35,8 @@ from typing import Any
 
 from common import ROOT, cpu_seconds, free_port, machine, markdown_table, percentile, write_section
 
+from reactive.up import WS_OPTIONS
+
 VENV_BIN = Path(sys.executable).parent
 LAYER_NAMES = {"redis": "RedisChannelLayer", "pubsub": "RedisPubSubChannelLayer"}
 CLIENT_PROCESSES = 2
@@ -57,14 +59,14 @@ def load_note() -> str:
 @dataclass(frozen=True)
 class Variant:
     layer: str
-    deflate: bool = True
+    deflate: bool = False  # as the client site is served (reactive.up.WS_OPTIONS)
 
     @property
     def label(self) -> str:
-        return LAYER_NAMES[self.layer] + ("" if self.deflate else ", deflate off")
+        return LAYER_NAMES[self.layer] + (", deflate on" if self.deflate else "")
 
     def uvicorn_args(self) -> list[str]:
-        return [] if self.deflate else ["--ws-per-message-deflate", "false"]
+        return [] if self.deflate else list(WS_OPTIONS)
 
 
 @dataclass
@@ -325,7 +327,7 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
     for variant, steps in results.items():
         for step in steps:
             if not step.lags:
-                rows.append([f"{step.size:,}", variant.label, "not reached", "", "", "", "", "", ""])
+                rows.append([f"{step.size:,}", variant.label, "not reached", "", "", "", "", "", "", ""])
                 continue
             base = baseline.get(step.size)
             ratio = "baseline"
@@ -335,9 +337,9 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
             rows.append([
                 f"{step.reached:,}", variant.label, f"{percentile(step.lags, 50):.1f}",
                 f"{percentile(step.lags, 99):.1f}", f"{step.delivered:.1%}", f"{step.kib_per_socket:.1f}",
-                f"{step.server_cpu:.0%}", f"{step.connect_seconds:.1f}", ratio,
+                f"{step.server_cpu:.0%}", f"{step.clients_cpu:.0%}", f"{step.connect_seconds:.1f}", ratio,
             ])  # fmt: skip
-    headers = ["sockets", "layer", "lag p50 ms", "lag p99 ms", "delivered", "KiB/socket", "server CPU"]
+    headers = ["sockets", "layer", "lag p50 ms", "lag p99 ms", "delivered", "KiB/socket", "server CPU", "clients CPU"]
     headers += ["connect s", "vs RedisChannelLayer"]
     return (
         "## Clock fan-out (bench/fanout.py)\n\n"
@@ -346,7 +348,8 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
         f"step after the connections settle; budget {budget:g} s; {machine()}; {load_note()}. Lag = receive "
         "time in the "
         "client - the tick's `iso` (stamped by the beat before its Redis SET and group_send). Server CPU is "
-        "the share of one core during the window.\n\n"
+        "the share of one core during the window (clients: both processes together); the machine's two cores "
+        "carry the server, the clients, Redis and the beat.\n\n"
         + markdown_table(headers, rows)
         + "\n\n"
         + verdict(results)
@@ -390,11 +393,11 @@ def main() -> None:
     cookie = prepare(site_env(workdir, "bench", "redis"))
     deadline = time.monotonic() + args.budget
     results: dict[Variant, list[Step]] = {}
-    # The two layers share the budget; the deflate-off variant runs only in what is left.
+    # The two layers share the budget; the deflate-on variant (uvicorn's default) runs only in what is left.
     for share, variant in ((0.5, Variant("redis")), (1.0, Variant("pubsub"))):
         until = time.monotonic() + (deadline - time.monotonic()) * share
         results[variant] = run_variant(variant, sizes, workdir, cookie, until)
-    optional = Variant("redis", deflate=False)
+    optional = Variant("redis", deflate=True)
     results[optional] = [s for s in run_variant(optional, sizes[-1:], workdir, cookie, deadline) if s.lags]
     body = report(results, args.budget)
     print("\n" + body)

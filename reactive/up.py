@@ -333,6 +333,11 @@ def login_link(username: str, client: str) -> str | None:
 
 
 # -- processes --------------------------------------------------------------------------------------------
+# Frames here are a few dozen bytes: per-message deflate would halve nothing but cost every socket its own
+# compressor (about 45 KiB) and a third of the CPU of a clock fan-out (docs/benchmarks.md).
+WS_OPTIONS = ("--ws-per-message-deflate", "false")
+
+
 def web_spec(
     name: str, module: str, host: str, port: int, env: Mapping[str, str], log_dir: Path
 ) -> ProcessSpec:
@@ -349,6 +354,7 @@ def web_spec(
         "off",  # Django's ASGI handler has no lifespan support; saying so keeps the log clean
         "--timeout-graceful-shutdown",
         "3",  # open websockets must not hold a stop for long
+        *WS_OPTIONS,
     ]
     return ProcessSpec(name=name, argv=argv, env=env, port=port, log_path=log_dir / f"{name}.log")
 

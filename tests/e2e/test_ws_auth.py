@@ -67,6 +67,8 @@ def test_only_the_right_user_and_origin_get_in_and_changes_follow(deployment: De
     async def live_change() -> list[dict[str, Any]]:
         headers = {"Origin": good, "Cookie": f"sessionid={cookie}"}
         async with websockets.connect(ws + "/ws/alice", additional_headers=headers) as socket:
+            # Served as in production: no per-message deflate, even when the client offers it.
+            assert socket.response.headers.get("Sec-WebSocket-Extensions") is None
             received = [json.loads(await asyncio.wait_for(socket.recv(), 5))]
             await asyncio.to_thread(set_first_name, deployment, "alice", "Alicia")
             received.append(json.loads(await asyncio.wait_for(socket.recv(), 60)))

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from reactive.up import WS_OPTIONS
 from tests.support.services import eventually, free_port
 from tests.support.sites import VENV_BIN, Deployment
 
@@ -38,6 +39,7 @@ class Served:
             "--port",
             str(self.port),
             "--no-access-log",
+            *WS_OPTIONS,
         ]
         self.process = self.system.start(self.site, argv, f"uvicorn-{self.site}", **extra)
         eventually(
