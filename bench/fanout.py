@@ -339,7 +339,16 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
                 f"{percentile(step.lags, 99):.1f}", f"{step.delivered:.1%}", f"{step.kib_per_socket:.1f}",
                 f"{step.server_cpu:.0%}", f"{step.clients_cpu:.0%}", f"{step.connect_seconds:.1f}", ratio,
             ])  # fmt: skip
-    headers = ["sockets", "layer", "lag p50 ms", "lag p99 ms", "delivered", "KiB/socket", "server CPU", "clients CPU"]
+    headers = [
+        "sockets",
+        "layer",
+        "lag p50 ms",
+        "lag p99 ms",
+        "delivered",
+        "KiB/socket",
+        "server CPU",
+        "clients CPU",
+    ]
     headers += ["connect s", "vs RedisChannelLayer"]
     return (
         "## Clock fan-out (bench/fanout.py)\n\n"

@@ -6,14 +6,16 @@ A user's personal group is named after the local primary key, not the username: 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from asgiref.sync import async_to_sync
-
 log = logging.getLogger("reactive.groups")
+SEND_TIMEOUT_SECONDS = 5.0  # a layer that hangs must not hold the listener: the notification is dropped
 CLOCK = "clock"
 USER_CHANGED = "user.changed"
 CLOCK_TICK = "clock.tick"
@@ -38,11 +40,43 @@ async def send(group: str, message: Mapping[str, Any]) -> None:
     await layer().group_send(group, dict(message))
 
 
+class _Loop:
+    """One event loop in a daemon thread, for the group sends of a synchronous process (the listener).
+
+    async_to_sync would run every send on a loop of its own, and channels-redis keeps its connections per
+    loop: each notification would open a new Redis connection. This loop keeps them open.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="reactive-groups", daemon=True).start()
+
+    def run(self, coroutine: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(SEND_TIMEOUT_SECONDS)
+        finally:
+            future.cancel()  # after a timeout: stop waiting on the layer (a no-op once done)
+
+
+_loop: _Loop | None = None
+_loop_lock = threading.Lock()
+
+
+def _sending_loop() -> _Loop:
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.pid != os.getpid():  # a forked child (Celery's prefork) has no such thread
+            _loop = _Loop()
+        return _loop
+
+
 def send_sync(group: str, message: Mapping[str, Any]) -> bool:
     """Send and report success; a channel layer that is down is logged, never raised (sync never blocks on it)."""
     try:
-        async_to_sync(send)(group, message)
-    except Exception as exc:  # channels-redis raises redis/OS errors of many kinds
+        _sending_loop().run(send(group, message))
+    except Exception as exc:  # channels-redis raises redis/OS errors of many kinds; a hang times out
         log.warning("could not notify group %s: %s: %s", group, type(exc).__name__, exc)
         return False
     return True

@@ -1,0 +1,53 @@
+"""Group sends from synchronous code (the listener): delivered, on one kept connection, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+
+from reactive import groups
+from tests.support.realtime import run
+
+
+def test_a_sync_send_reaches_the_group(redis_layer: str) -> None:
+    from channels.layers import get_channel_layer
+
+    async def scenario() -> dict[str, Any]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("user.9", channel)
+        assert await sync_to_async(groups.send_sync)("user.9", {"type": "user.changed", "n": 1})
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), 5)
+        await layer.group_discard("user.9", channel)
+        return message
+
+    assert run(scenario) == {"type": "user.changed", "n": 1}
+
+
+def test_sync_sends_keep_their_redis_connection(redis_layer: str, redis_url: str) -> None:
+    """One event loop for all sends: channels-redis keeps its connections per loop, so a loop per send
+    (async_to_sync) would connect to Redis anew for every notification."""
+    server = redis.Redis.from_url(redis_url)
+    assert groups.send_sync("user.1", {"type": "user.changed"})  # the first send connects
+    before = server.info("stats")["total_connections_received"]
+    for n in range(20):
+        assert groups.send_sync("user.1", {"type": "user.changed", "n": n})
+    assert server.info("stats")["total_connections_received"] - before <= 2  # slack for other clients
+
+
+def test_a_hanging_layer_costs_a_warning_not_the_listener(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def hang(group: str, message: Any) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(groups, "send", hang)
+    monkeypatch.setattr(groups, "SEND_TIMEOUT_SECONDS", 0.2)
+    with caplog.at_level(logging.WARNING, logger="reactive.groups"):
+        assert groups.send_sync("user.1", {"type": "user.changed"}) is False
+    assert "could not notify group user.1" in caplog.text
