@@ -42,6 +42,7 @@ LAYER_NAMES = {"redis": "RedisChannelLayer", "pubsub": "RedisPubSubChannelLayer"
 CLIENT_PROCESSES = 2
 HANDSHAKES_IN_FLIGHT = 64
 WINDOW_SECONDS = 6.0
+TICK_SECONDS = 0.5
 GRACE_SECONDS = 2.0  # the last part of the window only collects late deliveries
 # Before measuring a step: steady state, not the ramp-up (handshakes, session lookups, the garbage
 # collections that thousands of new objects trigger).
@@ -289,7 +290,7 @@ def run_variant(
         clients = Clients(f"ws://{base}/time/tic/", cookie, f"http://{base}", variant.deflate)
         opened = clients.grow(1)  # imports, the first database and Redis use: not per-socket memory
         baseline_rss = rss_kib(server.pid)
-        beat_argv = [str(VENV_BIN / "reactive"), "beat", "--interval", "0.5"]
+        beat_argv = [str(VENV_BIN / "reactive"), "beat", "--interval", str(TICK_SECONDS)]
         beat = subprocess.Popen(beat_argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
         for size in sizes:
             step = Step(size)
@@ -380,6 +381,15 @@ def verdict(results: dict[Variant, list[Step]]) -> str:
             f"At {size:,} sockets {LAYER_NAMES[best]} had the lower p99 ({p99['redis']:.0f} ms for "
             f"RedisChannelLayer, {p99['pubsub']:.0f} ms for RedisPubSubChannelLayer); the default "
             f"(REACTIVE_CHANNEL_LAYER unset) is {LAYER_NAMES[DEFAULT_CHANNEL_LAYER]}."
+        )
+    largest = max(reached[Variant("redis")].values(), key=lambda s: s.reached, default=None)
+    if largest is not None:
+        # The server writes every socket in one pass per tick: its CPU per socket bounds the last one's lag.
+        per_socket = largest.server_cpu * TICK_SECONDS / largest.reached * 1e6
+        lines.append(
+            f"At {largest.reached:,} sockets the server spent {per_socket:.0f} µs of CPU per socket per tick "
+            f"(RedisChannelLayer): one pass over them takes {per_socket * largest.reached / 1000:.0f} ms "
+            "of CPU before the last socket has its frame."
         )
     return " ".join(lines)
 

@@ -1,8 +1,14 @@
-"""The receive loop of one client: long-poll a batch, apply it in one transaction, ack after commit, notify.
+"""The receive loop of one client: long-poll a batch, apply it in one transaction, notify, ack after commit.
 
 A message that cannot be decoded or applied is not deleted: it becomes visible again and, after the
 queue's maxReceiveCount, SQS moves it to the DLQ. SIGTERM/SIGINT finish the batch in hand, ack it,
 and return; a signal during the long poll abandons the poll (unacked messages simply reappear).
+
+Acks of committed messages may wait a little (REACTIVE_ACK_LINGER seconds, at most a quarter of the
+queue's visibility timeout) so that one DeleteMessageBatch carries ten of them: a quiet client then
+pays one delete per ten changes instead of one per change, and the delete is off the path from one
+change to the next. They are sent when ten are pending, when the linger is up, and when the listener
+stops. A listener killed before that loses nothing: the messages come back and apply as stale.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -21,11 +28,12 @@ from reactive import groups, settings
 from reactive.errors import MessageError, ReactiveError, ResourceNotFound, ServiceUnavailable
 from reactive.events import Event, decode
 from reactive.replica import Outcome, apply_batch
-from reactive.transport.base import ReceivedMessage, Transport
+from reactive.transport.base import BATCH_LIMIT, ReceivedMessage, Transport
 
 log = logging.getLogger("reactive.listener")
 Notifier = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Any]
 ONCE_WAIT_SECONDS = 1  # --once drains what is visible now; it never waits a full long poll
+ACK_LINGER_SECONDS = 5.0
 
 
 @dataclass
@@ -57,6 +65,7 @@ class Listener:
         wait: float = 20,
         using: str = "default",
         notify: Notifier = groups.notify_profiles,
+        ack_linger: float | None = None,
     ) -> None:
         self.client = settings.validate_client(client)
         self.queue = settings.names().queue(client)
@@ -67,6 +76,12 @@ class Listener:
         self.notify = notify
         self._stop = threading.Event()
         self._polling = False
+        if ack_linger is None:
+            ack_linger = settings.float_setting("REACTIVE_ACK_LINGER", ACK_LINGER_SECONDS)
+        self.ack_linger = ack_linger
+        self._linger = 0.0  # acks wait only inside run(), which knows the queue's visibility timeout
+        self._unacked: list[str] = []
+        self._unacked_since = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -88,26 +103,33 @@ class Listener:
 
     def run(self, *, once: bool = False) -> Totals:
         """Poll until stopped (or, with ``once``, until the first empty receive)."""
-        self.transport.depth(self.queue)  # fail fast, with a clear error, when the queue is missing
+        # Fails fast, with a clear error, when the queue is missing.
+        visibility = self.transport.visibility_timeout(self.queue)
+        self._linger = min(self.ack_linger, visibility / 4)
         totals = Totals()
         failures = 0
-        while not self.stopping:
-            try:
-                report = self.poll(wait=min(self.wait, ONCE_WAIT_SECONDS) if once else self.wait)
-            except _PollInterrupted:
-                break
-            except ResourceNotFound:
-                raise
-            except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
-                self._stop.wait(delay)
-                continue
-            failures = 0
-            totals.add(report)
-            if once and report.received == 0:
-                break
+        try:
+            while not self.stopping:
+                wait = min(self.wait, ONCE_WAIT_SECONDS) if once else self.wait
+                try:
+                    totals.acked += self._ack_if_due()
+                    report = self.poll(wait=self._wait_with_acks_pending(wait))
+                except _PollInterrupted:
+                    break
+                except ResourceNotFound:
+                    raise
+                except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2**failures)
+                    log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
+                    self._stop.wait(delay)
+                    continue
+                failures = 0
+                totals.add(report)
+                if once and report.received == 0:
+                    break
+        finally:
+            totals.acked += self._ack_on_the_way_out()
         return totals
 
     # -- one batch ------------------------------------------------------------------------------
@@ -159,14 +181,52 @@ class Listener:
         # Notify as soon as the transaction has committed, before the ack: browsers do not wait for the
         # DeleteMessageBatch round trip (a redelivery after a crash here is stale and notifies nobody).
         self._notify(o for _, o in outcomes)
-        if done:
-            result = self.transport.delete(self.queue, done)
-            report.acked = len(result.succeeded)
-            for reason in result.failed.values():
-                log.warning(
-                    "could not delete a processed message (it will be redelivered, harmlessly): %s", reason
-                )
+        report.acked = self._ack(done)
         return report
+
+    # -- acks -----------------------------------------------------------------------------------
+    def _ack(self, receipts: Sequence[str]) -> int:
+        """Delete committed messages now, or keep them for a fuller DeleteMessageBatch (see the module doc)."""
+        if not receipts:
+            return 0
+        if not self._unacked:
+            self._unacked_since = time.monotonic()
+        self._unacked += receipts
+        if self._linger < 1:  # too short to wait for across a long poll (whole seconds): ack now
+            return self._ack_all()
+        full = len(self._unacked) // BATCH_LIMIT * BATCH_LIMIT
+        return self._delete(full) if full else 0
+
+    def _linger_left(self) -> float:
+        return self._unacked_since + self._linger - time.monotonic()
+
+    def _ack_if_due(self) -> int:
+        # A long poll waits whole seconds: acks whose linger ends within the next one go now.
+        return self._ack_all() if self._unacked and self._linger_left() < 1 else 0
+
+    def _wait_with_acks_pending(self, wait: float) -> float:
+        return min(wait, int(self._linger_left())) if self._unacked else wait
+
+    def _ack_on_the_way_out(self) -> int:
+        try:
+            return self._ack_all()
+        except ReactiveError as exc:  # committed already: the messages come back and apply as stale
+            log.warning("listener %s: could not delete processed messages on stop: %s", self.client, exc)
+            return 0
+
+    def _ack_all(self) -> int:
+        return self._delete(len(self._unacked))
+
+    def _delete(self, count: int) -> int:
+        receipts, self._unacked = self._unacked[:count], self._unacked[count:]
+        if not receipts:
+            return 0
+        result = self.transport.delete(self.queue, receipts)
+        for reason in result.failed.values():
+            log.warning(
+                "could not delete a processed message (it will be redelivered, harmlessly): %s", reason
+            )
+        return len(result.succeeded)
 
     def _notify(self, outcomes: Iterable[Outcome]) -> None:
         changes = [

@@ -104,3 +104,88 @@ def test_stop_requested_mid_loop_finishes_and_returns(memory) -> None:  # type: 
     memory.publish([message(event_body("insert", "1", 1, username="fay"), 0)])
     listener.stop()
     assert listener.run().received == 0
+
+
+class CountedDeletes:
+    """The in-memory transport with queues that hide a message 30 s (as provisioned), counting deletes."""
+
+    def __init__(self, prefix: str) -> None:
+        from reactive.transport.memory import MemoryTransport
+
+        self.transport = MemoryTransport()
+        self.queue = f"{prefix}-alpha"
+        self.transport.create_queue(self.queue, visibility_timeout=30)
+        self.transport.subscribe(self.queue)
+        self.deletes: list[int] = []
+        delete = self.transport.delete
+
+        def counted(queue: str, receipts):  # type: ignore[no-untyped-def]
+            self.deletes.append(len(receipts))
+            return delete(queue, receipts)
+
+        self.transport.delete = counted  # type: ignore[method-assign]
+
+    def publish(self, count: int, start: int = 0) -> None:
+        bodies = [event_body("insert", str(k), k + 1, username=f"u{k}") for k in range(start, start + count)]
+        for offset in range(0, count, 10):
+            self.transport.publish([message(b, i) for i, b in enumerate(bodies[offset : offset + 10])])
+
+    def left(self) -> int:
+        depth = self.transport.depth(self.queue)
+        return depth.visible + depth.in_flight
+
+
+def test_acks_wait_to_fill_one_delete_batch_and_go_when_the_listener_stops(monkeypatch, prefix) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    queues = CountedDeletes(prefix)
+    queues.publish(4)
+    listener = Listener("alpha", queues.transport, batch=2, wait=0, notify=Recorder(), ack_linger=5)
+    totals = listener.run(once=True)
+    assert (totals.received, totals.applied, totals.acked) == (4, 4, 4)
+    assert queues.deletes == [4]  # two receives of two, one delete (it was one delete per receive)
+    assert queues.left() == 0
+
+
+def test_ten_pending_acks_go_at_once(monkeypatch, prefix) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    queues = CountedDeletes(prefix)
+    queues.publish(12)
+    listener = Listener("alpha", queues.transport, batch=5, wait=0, notify=Recorder(), ack_linger=5)
+    assert listener.run(once=True).acked == 12
+    assert queues.deletes == [10, 2]
+
+
+def test_a_lingering_ack_does_not_wait_for_a_long_poll(monkeypatch, prefix) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    queues = CountedDeletes(prefix)
+    listener = Listener("alpha", queues.transport, wait=20, notify=Recorder(), ack_linger=1.5)
+    queues.publish(1)
+    acked_after: list[float] = []
+    started = time.monotonic()
+
+    def watch() -> None:  # another thread, with no database work: the listener runs in the test's
+        try:
+            while queues.left() and time.monotonic() - started < 10:
+                time.sleep(0.05)
+            acked_after.append(time.monotonic() - started)
+        finally:
+            listener.stop()
+            queues.publish(1, start=1)  # ends the long poll; that message is acked on the way out
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    totals = listener.run()
+    watcher.join()
+    assert acked_after[0] < 5, "the ack waited for the long poll"
+    assert queues.deletes == [1, 1] and totals.acked == 2 and queues.left() == 0
+
+
+def test_acks_never_linger_near_the_visibility_timeout(memory) -> None:  # type: ignore[no-untyped-def]
+    """The usual fixture hides a message 0.2 s: a linger would let it come back, so acks go at once."""
+    listener = Listener("alpha", memory, wait=0, notify=Recorder(), ack_linger=5)
+    listener.run(once=True)  # learns the queue's visibility timeout
+    memory.publish([message(event_body("insert", "1", 1, username="alice"), 0)])
+    assert listener.process(memory.receive(listener.queue, wait_seconds=0)).acked == 1  # not kept for later

@@ -89,6 +89,10 @@ class Transport(Protocol):
 
     def depth(self, queue: str) -> QueueDepth: ...
 
+    def visibility_timeout(self, queue: str) -> float:
+        """Seconds a received message stays hidden; raises ResourceNotFound for a missing queue."""
+        ...
+
     def purge(self, queue: str) -> None: ...
 
 

@@ -122,6 +122,10 @@ class MemoryTransport:
             visible = sum(1 for m in msgs if m.visible_at <= now)
             return QueueDepth(visible=visible, in_flight=len(msgs) - visible)
 
+    def visibility_timeout(self, queue: str) -> float:
+        with self._lock:
+            return self._queue(queue).visibility_timeout
+
     def purge(self, queue: str) -> None:
         with self._lock:
             self._queue(queue).messages.clear()

@@ -190,6 +190,13 @@ class SqsTransport:
             ]
         return QueueDepth(*(int(attrs.get(n, 0)) for n in names))
 
+    def visibility_timeout(self, queue: str) -> float:
+        with aws_errors(f"read the visibility timeout of queue {queue}"):
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url(queue), AttributeNames=["VisibilityTimeout"]
+            )
+        return float(attrs["Attributes"].get("VisibilityTimeout", 30))
+
     def purge(self, queue: str) -> None:
         with aws_errors(f"purge queue {queue}"):
             self.sqs.purge_queue(QueueUrl=self.queue_url(queue))
