@@ -199,9 +199,10 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     """
     rows = _claim(limit, using)
     linger = settings.float_setting("REACTIVE_RELAY_LINGER", 0.05)
-    if linger <= 0 or not 1 < len(rows) < BATCH_LIMIT:
+    if linger <= 0 or not 1 < len(rows) < min(BATCH_LIMIT, limit):
         return rows
-    span = (rows[-1].occurred_at - rows[0].occurred_at).total_seconds()
+    # Rows are in id order; their clocks (several web processes, several hosts) need not agree.
+    span = abs((rows[-1].occurred_at - rows[0].occurred_at).total_seconds())
     time.sleep(min(linger, span / (len(rows) - 1) * (BATCH_LIMIT - len(rows))))
     return rows + _claim(limit - len(rows), using)
 

@@ -7,6 +7,7 @@ late insert or update with a lower version cannot bring the row back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, connections, models, transaction
 from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
@@ -24,6 +25,7 @@ from reactive.events import Event, parse_time
 log = logging.getLogger("reactive.replica")
 Status = Literal["applied", "stale", "failed"]
 BOOLEAN_FIELDS = {"is_active", "is_staff", "is_superuser"}
+_MISSING = object()  # a field this user model does not have
 
 
 class ReplicaState(models.Model):
@@ -84,8 +86,11 @@ def apply_batch(events: Sequence[Event], using: str = "default") -> list[Outcome
     order, where the database locks rows); each event then costs its own writes only. A bad event rolls
     back its savepoint and nothing else. Never raises for a bad event; a database in trouble raises.
     """
-    known = _Known(events, using)
-    return [_apply_one(event, known) for event in events]
+    # The reads lock rows, which needs a transaction: the caller's (the listener's), or one of our own.
+    bare = not connections[using].in_atomic_block
+    with transaction.atomic(using=using) if bare else contextlib.nullcontext():
+        known = _Known(events, using)
+        return [_apply_one(event, known) for event in events]
 
 
 def _apply_one(event: Event, known: _Known) -> Outcome:
@@ -163,6 +168,8 @@ def _apply(event: Event, known: _Known) -> Outcome:
         return Outcome(event, "stale")
     if event.action == "delete":
         removed_pk = _delete_local(model, state, event, known.using)
+        if removed_pk is not None:
+            known.rows.pop((event.model, removed_pk), None)  # another key's state may still point at it
         profile: dict[str, Any] = {"key": event.key, "version": event.version, "deleted": True}
         local_pk = row = None
     else:
@@ -229,7 +236,7 @@ def _upsert(
         instance = model(username=username)
         if hasattr(instance, "set_unusable_password"):
             instance.set_unusable_password()
-    elif all(getattr(instance, name) == value for name, value in values.items()):
+    elif all(getattr(instance, name, _MISSING) == value for name, value in values.items()):
         return instance  # a replay of what the row already holds: no write
     for name, value in values.items():
         setattr(instance, name, value)

@@ -143,3 +143,12 @@ def test_a_lone_change_is_published_at_once(memory, monkeypatch, settings) -> No
 def make_users_from(start: int, stop: int) -> None:
     for i in range(start, stop):
         User.objects.create_user(f"u{i}")
+
+
+def test_rows_whose_clocks_disagree_do_not_break_the_linger(memory, settings) -> None:  # type: ignore[no-untyped-def]
+    """Versions follow ids; occurred_at comes from each web process's clock and may run backwards."""
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(3)
+    rows = list(OutboxEvent.objects.order_by("id"))
+    OutboxEvent.objects.filter(id=rows[-1].id).update(occurred_at=rows[0].occurred_at - timedelta(seconds=1))
+    assert relay_pending(memory).sent == 3

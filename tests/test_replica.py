@@ -150,3 +150,27 @@ def test_a_failed_event_in_a_batch_leaves_the_next_one_of_its_key_a_true_picture
     assert [o.status for o in outcomes] == ["failed", "applied"]
     assert User.objects.get(username="tmp2").first_name == "Tim"  # not the failed event's "Changed"
     assert ReplicaState.objects.get(key="2").version == 13
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_outside_any_transaction_opens_its_own() -> None:
+    """Scripts and the DLQ tools call apply() bare; its reads lock rows, which needs a transaction
+    (PostgreSQL refuses SELECT ... FOR UPDATE in autocommit)."""
+    assert apply(ev("insert", "1", 10, username="alice")).status == "applied"
+    assert apply(ev("update", "1", 11, first_name="Al")).status == "applied"
+    assert names() == [("alice", "Al")]
+
+
+def test_a_legacy_delete_and_a_keyed_update_of_one_user_in_one_batch() -> None:
+    """The legacy delete removes the row by username; the keyed state still pointing at it must not
+    hand the batch a row that no longer exists."""
+    from django.db import transaction
+
+    from reactive.replica import apply_batch
+
+    apply(ev("insert", "17", 10, username="bob", first_name="Bob"))
+    legacy_delete = decode(json.dumps({"user": {"username": "bob"}, "action": 2}), sent_timestamp=5000)
+    with transaction.atomic():
+        outcomes = apply_batch([legacy_delete, ev("update", "17", 11, username="bob", first_name="Bob")])
+    assert [o.status for o in outcomes] == ["applied", "applied"]
+    assert names() == [("bob", "Bob")]  # the row is back, not just reported so
