@@ -93,49 +93,103 @@ class Step:
 # -- the client side: a process holding its share of the sockets ------------------------------------------
 
 
+class Arrivals:
+    """The frames the sockets of one client process received while a measuring window was open."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.frames: list[tuple[float, bytes | bytearray]] = []
+
+
+class TickReader(asyncio.Protocol):
+    """One client socket, kept cheap: websockets' sans-I/O protocol does the handshake, the framing and the
+    pongs (uvicorn pings every 20 s), and each arrival is only noted with its time. The asyncio client would
+    add a queue hop and a task switch per frame, CPU the machine's two cores would take from the server."""
+
+    def __init__(self, url: str, headers: dict[str, str], deflate: bool, arrivals: Arrivals) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+        from websockets.uri import parse_uri
+
+        extensions = enable_client_permessage_deflate(None) if deflate else None
+        self.conn = ClientProtocol(parse_uri(url), extensions=extensions, max_size=2**16)
+        self.request = self.conn.connect()
+        for name, value in headers.items():
+            self.request.headers[name] = value
+        self.arrivals = arrivals
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.conn.send_request(self.request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+
+        arrived = time.time()
+        self.conn.receive_data(data)
+        for event in self.conn.events_received():
+            if isinstance(event, Response):
+                if not self.opened.done():
+                    if self.conn.handshake_exc is None:
+                        self.opened.set_result(None)
+                    else:
+                        self.opened.set_exception(self.conn.handshake_exc)
+            elif event.opcode is Opcode.TEXT and self.arrivals.open:
+                self.arrivals.frames.append((arrived, event.data))
+        self._flush()
+
+    def _flush(self) -> None:
+        for chunk in self.conn.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+
+
 async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> None:
     """Commands on stdin: "grow N", "measure SECONDS", "quit"; one JSON line answers each."""
-    import websockets
+    from websockets.uri import parse_uri
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     headers = {"Origin": origin, "Cookie": f"sessionid={cookie}"}
-    compression = "deflate" if deflate else None
+    target = parse_uri(url)
+    loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
-    sockets: list[Any] = []
+    sockets: list[TickReader] = []
     failures = 0
-    arrivals: list[tuple[float, str]] = []
-    measuring = False
-
-    async def read(ws: Any) -> None:
-        # Only note arrivals; decoding waits for the end of the window, so that the clients' own work
-        # stays small next to the server's on a shared machine.
-        try:
-            async for frame in ws:
-                if measuring:
-                    arrivals.append((time.time(), frame))
-        except websockets.ConnectionClosed:
-            pass
+    arrivals = Arrivals()  # only noted while measuring; decoding waits for the end of the window
 
     async def open_one() -> None:
         nonlocal failures
         async with gate:
             try:
-                ws = await websockets.connect(
-                    url, additional_headers=headers, open_timeout=60, max_queue=64, compression=compression
+                _, reader = await loop.create_connection(
+                    lambda: TickReader(url, headers, deflate, arrivals), target.host, target.port
                 )
-            except (OSError, websockets.WebSocketException, TimeoutError):
+                await asyncio.wait_for(reader.opened, 60)
+            except Exception:  # refused, reset or timed out: counted, the step reports what it reached
                 failures += 1
                 return
-        sockets.append(ws)
-        asyncio.get_running_loop().create_task(read(ws))
+        sockets.append(reader)
 
     def lags_between(start: float, end: float) -> dict[str, Any]:
         # Ticks made in [start, end - GRACE]: each has had GRACE_SECONDS to reach every socket before the
         # window closed, so a missing delivery is a real one, not the edge of the window.
-        lags, ticks = [], set()
-        for arrived, frame in arrivals:
-            iso = json.loads(frame)["iso"]
+        lags, ticks, sent_at = [], set(), {}
+        for arrived, data in arrivals.frames:
+            frame = bytes(data)  # the parser hands out bytearrays
+            if frame not in sent_at:
+                sent_at[frame] = json.loads(frame)["iso"]
+            iso = sent_at[frame]
             sent = datetime.fromisoformat(iso).timestamp()
             if start <= sent <= end - GRACE_SECONDS:
                 lags.append((arrived - sent) * 1000)
@@ -143,7 +197,6 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
         return {"lags": lags, "ticks": sorted(ticks), "open": len(sockets)}
 
     stdin = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     while True:
         command = (await stdin.readline()).decode().split()
@@ -153,15 +206,16 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
             await asyncio.gather(*(open_one() for _ in range(int(command[1]))))
             answer: dict[str, Any] = {"open": len(sockets), "failed": failures}
         else:
-            arrivals.clear()
-            start, measuring = time.time(), True
+            arrivals.frames.clear()
+            start, arrivals.open = time.time(), True
             await asyncio.sleep(float(command[1]))
-            measuring = False
+            arrivals.open = False
             answer = lags_between(start, time.time())
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
-    for ws in sockets:
-        await ws.close()
+    for reader in sockets:
+        reader.conn.send_close()
+        reader._flush()
 
 
 class Clients:

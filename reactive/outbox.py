@@ -189,22 +189,60 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
     return result
 
 
+@dataclass
+class _Burst:
+    """The last claim of several rows: when it was made and how fast its rows had arrived."""
+
+    at: float  # time.monotonic()
+    seconds_per_row: float
+
+
+# Per database alias, in this process. Under load, the row that wakes the relay after a burst is most
+# likely the first of the next one, not a lone change.
+_last_burst: dict[str, _Burst] = {}
+
+
 def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     """Claim due rows; under load, wait a little so that PublishBatch goes out full.
 
-    Two or more rows pending, but fewer than a batch, say that changes are arriving faster than the relay
-    publishes. The relay then waits as long as those rows' own arrival rate says a full batch needs,
-    at most REACTIVE_RELAY_LINGER seconds, and claims again. A lone row goes at once: a quiet system
-    never pays the linger.
+    Changes arrive faster than the relay publishes when two or more rows are pending but fewer than a
+    batch, or when a lone row comes right after such a burst (within four lingers). The relay then waits
+    as long as the arrival rate says a full batch needs, at most REACTIVE_RELAY_LINGER seconds, and
+    claims again. A lone row on a quiet system goes at once; a wait that brings nothing more ends the
+    burst, so the next lone row goes at once too.
     """
     rows = _claim(limit, using)
     linger = settings.float_setting("REACTIVE_RELAY_LINGER", 0.05)
-    if linger <= 0 or not 1 < len(rows) < min(BATCH_LIMIT, limit):
+    if linger <= 0 or not rows or len(rows) >= min(BATCH_LIMIT, limit):
+        _remember_burst(rows, using)
         return rows
+    pace = _seconds_per_row(rows) if len(rows) > 1 else _recent_burst_pace(using, 4 * linger)
+    if pace is None:
+        return rows
+    time.sleep(min(linger, pace * (BATCH_LIMIT - len(rows))))
+    more = _claim(limit - len(rows), using)
+    if more or len(rows) > 1:
+        _remember_burst(rows + more, using)
+    else:
+        _last_burst.pop(using, None)
+    return rows + more
+
+
+def _seconds_per_row(rows: Sequence[OutboxEvent]) -> float:
     # Rows are in id order; their clocks (several web processes, several hosts) need not agree.
-    span = abs((rows[-1].occurred_at - rows[0].occurred_at).total_seconds())
-    time.sleep(min(linger, span / (len(rows) - 1) * (BATCH_LIMIT - len(rows))))
-    return rows + _claim(limit - len(rows), using)
+    return abs((rows[-1].occurred_at - rows[0].occurred_at).total_seconds()) / (len(rows) - 1)
+
+
+def _remember_burst(rows: Sequence[OutboxEvent], using: str) -> None:
+    if len(rows) > 1:
+        _last_burst[using] = _Burst(time.monotonic(), _seconds_per_row(rows))
+
+
+def _recent_burst_pace(using: str, within: float) -> float | None:
+    burst = _last_burst.get(using)
+    if burst is None or time.monotonic() - burst.at > within:
+        return None
+    return burst.seconds_per_row
 
 
 def _claim(limit: int, using: str) -> list[OutboxEvent]:

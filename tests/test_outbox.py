@@ -31,6 +31,13 @@ class HalfTransport:
         return BatchResult(tuple(ok), {m.id: "InternalError" for i, m in enumerate(messages) if i % 2})
 
 
+@pytest.fixture(autouse=True)
+def no_burst_in_memory() -> None:
+    from reactive import outbox
+
+    outbox._last_burst.clear()  # a burst relayed by an earlier test is not this test's load
+
+
 def make_users(n: int) -> None:
     for i in range(n):
         User.objects.create_user(f"u{i}", first_name=f"U{i}")
@@ -143,6 +150,52 @@ def test_a_lone_change_is_published_at_once(memory, monkeypatch, settings) -> No
 def make_users_from(start: int, stop: int) -> None:
     for i in range(start, stop):
         User.objects.create_user(f"u{i}")
+
+
+def test_a_lone_row_right_after_a_burst_waits_for_the_next_ones(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    """Under load the row that wakes the relay is the first of the next burst: it waits for its company."""
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(10)
+    assert relay_pending(memory).sent == 10  # a full batch: a burst, published at once
+    waits: list[float] = []
+
+    def wait_while_more_arrive(seconds: float) -> None:
+        waits.append(seconds)
+        make_users_from(11, 20)
+
+    monkeypatch.setattr(outbox.time, "sleep", wait_while_more_arrive)
+    make_users_from(10, 11)
+    assert relay_pending(memory).sent == 10
+    assert memory.calls.count("publish") == 2
+    assert len(waits) == 1 and 0 <= waits[0] <= 0.05
+
+
+def test_a_lone_row_long_after_a_burst_goes_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(3)
+    relay_pending(memory)
+    outbox._last_burst["default"].at -= 0.5  # four lingers are 0.2 s
+    monkeypatch.setattr(outbox.time, "sleep", lambda seconds: pytest.fail("the burst is over"))
+    make_users_from(3, 4)
+    assert relay_pending(memory).sent == 1
+
+
+def test_a_wait_that_brings_nothing_ends_the_burst(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(10)
+    relay_pending(memory)
+    waits: list[float] = []
+    monkeypatch.setattr(outbox.time, "sleep", waits.append)
+    make_users_from(10, 11)
+    assert relay_pending(memory).sent == 1 and len(waits) == 1  # waited, nobody came
+    make_users_from(11, 12)
+    assert relay_pending(memory).sent == 1 and len(waits) == 1  # quiet again: at once
 
 
 def test_rows_whose_clocks_disagree_do_not_break_the_linger(memory, settings) -> None:  # type: ignore[no-untyped-def]
