@@ -182,18 +182,24 @@ def test_disconnect_leaves_the_group(alice: Any) -> None:
 
 
 def test_clock_sockets_of_a_process_share_one_group_membership(alice: Any) -> None:
+    """One layer channel and one membership for the process; a clock socket has no channel of its own."""
     cookie = session_cookie(alice)
     joined: list[str] = []
+    channels: list[str] = []
 
     async def scenario() -> list[dict[str, Any]]:
         layer = get_channel_layer()
-        original = layer.group_add
+        original, original_new_channel = layer.group_add, layer.new_channel
 
         async def add(group: str, channel: str) -> None:
             joined.append(group)
             await original(group, channel)
 
-        layer.group_add = add
+        async def new_channel(*args: Any, **kwargs: Any) -> str:
+            channels.append(await original_new_channel(*args, **kwargs))
+            return channels[-1]
+
+        layer.group_add, layer.new_channel = add, new_channel
         sockets = [communicator("/time/tic/", cookie) for _ in range(3)]
         for ws in sockets:
             assert (await ws.connect(timeout=5))[0]
@@ -207,6 +213,7 @@ def test_clock_sockets_of_a_process_share_one_group_membership(alice: Any) -> No
 
     assert len(run(scenario)) == 3
     assert joined.count(groups.CLOCK) == 1
+    assert len(channels) == 1
 
 
 def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:

@@ -65,6 +65,10 @@ class ClockConsumer(AsyncJsonWebsocketConsumer):
     layer message per process, not one per socket.
     """
 
+    # No channel of its own: the process's broadcast is the clock group's member (an alias Channels does
+    # not know gives no layer). Thousands of clock sockets then cost the layer nothing: no per-socket
+    # channel, receive task or pub/sub subscription.
+    channel_layer_alias = "reactive.no-layer"
     fanout: LocalBroadcast | None = None
 
     async def connect(self) -> None:
