@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$TEST_POSTGRES_URL" ]; then \
 		echo "again on SQLite: the in-process tests"; \
-		TEST_POSTGRES_URL= $(PY) -m pytest -m "not e2e and not browser" $(PYTEST_ARGS); \
+		TEST_POSTGRES_URL= $(PY) -m pytest -m "not e2e and not browser and not postgres" $(PYTEST_ARGS); \
 	fi
 
 test-fast: install

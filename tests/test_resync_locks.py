@@ -1,0 +1,69 @@
+"""A sync chunk and a live save of the same user, really at once on PostgreSQL: the row lock orders them.
+
+The sync reads a user and writes its state as an outbox row whose id is the version. A live save that
+committed between that read and that write would get the lower version while carrying the newer state,
+and the replica would keep the sync's older copy. The chunk's SELECT ... FOR UPDATE makes the save wait
+for the chunk's commit, so the newer state always has the higher version. SQLite serializes writers, so
+this is PostgreSQL's test (the SQLite pass of `make test` leaves the `postgres` mark out).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, connections
+
+from reactive import capture
+from reactive.outbox import OutboxEvent
+from reactive.resync import write_chunk
+from tests.support import services
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("captured"),
+]
+User = get_user_model()
+
+
+@pytest.fixture(autouse=True)
+def on_postgres() -> None:
+    if connection.vendor != "postgresql":
+        services.missing("PostgreSQL", "TEST_POSTGRES_URL is not set")
+
+
+def test_a_save_during_a_sync_chunk_gets_the_higher_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = User.objects.create_user("alice", first_name="Before")
+    spec = next(t for t in capture.tracked_models() if t.model is User)
+    live_save = threading.Thread(target=rename, args=(alice.pk,))
+    read_by_the_sync = capture.snapshot
+
+    def snapshot_while_a_save_runs(instance: Any, tracking: capture.Tracking) -> dict[str, Any]:
+        if not live_save.is_alive() and live_save.ident is None:
+            live_save.start()
+            live_save.join(1.0)  # without the row lock the save commits here, before the chunk writes
+        return read_by_the_sync(instance, tracking)
+
+    monkeypatch.setattr(capture, "snapshot", snapshot_while_a_save_runs)
+    write_chunk(spec, "alpha", [alice.pk], prune=False)
+    live_save.join(10)
+    assert not live_save.is_alive()
+
+    rows = list(OutboxEvent.objects.filter(key=str(alice.pk)).order_by("id"))
+    assert [(r.target, r.data.get("first_name")) for r in rows] == [
+        ("", "Before"),  # alice's creation
+        ("alpha", "Before"),  # the sync's copy, read before the rename committed
+        ("", "After"),  # the rename, after the chunk: the highest version carries the newest state
+    ]
+
+
+def rename(pk: int) -> None:
+    try:
+        user = User.objects.get(pk=pk)
+        user.first_name = "After"
+        user.save()
+    finally:
+        connections.close_all()
