@@ -20,8 +20,8 @@ demo: install
 
 # The suite ensures its own services: moto's server on a free port, Redis at REDIS_URL or a redis-server
 # it starts itself (tests/support/services.py); Chromium comes from Debian (.ci/run installs it).
-# With TEST_POSTGRES_URL (CI sets it) the in-process tests and one end-to-end run use PostgreSQL; the
-# in-process tests then run once more on SQLite, so both engines are covered.
+# With TEST_POSTGRES_URL (CI sets it) the in-process tests and the end-to-end runs written for it use
+# PostgreSQL; the in-process tests then run once more on SQLite (less those of PostgreSQL's own locks).
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$TEST_POSTGRES_URL" ]; then \

@@ -149,6 +149,14 @@ class TickReader(asyncio.Protocol):
             else:
                 self.transport.close()
 
+    def close(self) -> None:
+        from websockets.protocol import State
+
+        if self.conn.state is State.OPEN:
+            self.conn.send_close()
+            self._flush()
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
@@ -156,6 +164,7 @@ class TickReader(asyncio.Protocol):
 
 async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> None:
     """Commands on stdin: "grow N", "measure SECONDS", "quit"; one JSON line answers each."""
+    from websockets.exceptions import InvalidHandshake
     from websockets.uri import parse_uri
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -171,13 +180,14 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
     async def open_one() -> None:
         nonlocal failures
         async with gate:
+            reader = TickReader(url, headers, deflate, arrivals)
             try:
-                _, reader = await loop.create_connection(
-                    lambda: TickReader(url, headers, deflate, arrivals), target.host, target.port
-                )
+                await loop.create_connection(lambda: reader, target.host, target.port)
                 await asyncio.wait_for(reader.opened, 60)
-            except Exception:  # refused, reset or timed out: counted, the step reports what it reached
+            except (OSError, TimeoutError, InvalidHandshake):  # counted: the step reports what it reached
                 failures += 1
+                if reader.transport is not None:
+                    reader.transport.close()  # a late handshake must not add uncounted frames
                 return
         sockets.append(reader)
 
@@ -214,8 +224,7 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
     for reader in sockets:
-        reader.conn.send_close()
-        reader._flush()
+        reader.close()
 
 
 class Clients:

@@ -372,8 +372,9 @@ def report(tables: list[tuple[str, int, int, str]]) -> None:
         "each request), and every message sent or received computes all of its queue's attributes, "
         "scanning every message in the queue, several times: a receive costs more the deeper the queue. "
         "Both modes pay the per-message part alike, which bounds the ratio; batching saves the per-request "
-        "part. Once moto is nearly always busy, events/s can only grow as its CPU per event falls: the ratio "
-        "of the two modes' moto CPU per event is the most the throughput ratio can reach. With two "
+        "part. Once moto is nearly always busy, events/s can only grow as its CPU per event falls: the "
+        "throughput ratio is then about the inverse ratio of moto CPU per event, times the ratio of how busy "
+        "moto was in each mode. With two "
         "clients, full batches everywhere give exactly 0.5 requests per event (0.1 PublishBatch, 0.2 "
         "ReceiveMessage, 0.2 DeleteMessageBatch): any batch short of 10 is above it.",
     )

@@ -182,6 +182,7 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
         result.sent += len(ok)
         result.failed += len(failed)
         result.errors.update({str(r.id): reason for r, reason in failed})
+    _remember_burst(rows, using)
     if result.failed:
         log.warning(
             "relay: %d sent, %d failed (will retry): %s", result.sent, result.failed, _first(result.errors)
@@ -191,58 +192,64 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
 
 @dataclass
 class _Burst:
-    """The last claim of several rows: when it was made and how fast its rows had arrived."""
+    """The last relay of several fresh rows: when it ended and how fast those rows had arrived."""
 
     at: float  # time.monotonic()
     seconds_per_row: float
 
 
 # Per database alias, in this process. Under load, the row that wakes the relay after a burst is most
-# likely the first of the next one, not a lone change.
+# likely the first of the next one, not a lone change. (With several relay processes, another one may
+# take the rows this one waits for: the wait then brings nothing and costs at most the linger.)
 _last_burst: dict[str, _Burst] = {}
+_pause = time.sleep  # tests replace this one, not the process-wide time.sleep
 
 
 def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     """Claim due rows; under load, wait a little so that PublishBatch goes out full.
 
-    Changes arrive faster than the relay publishes when two or more rows are pending but fewer than a
-    batch, or when a lone row comes right after such a burst (within four lingers). The relay then waits
-    as long as the arrival rate says a full batch needs, at most REACTIVE_RELAY_LINGER seconds, and
-    claims again. A lone row on a quiet system goes at once; a wait that brings nothing more ends the
-    burst, so the next lone row goes at once too.
+    Changes arrive faster than the relay publishes when two or more fresh rows are pending but fewer
+    than a batch, or when a lone row comes right after such a burst (within four lingers of its
+    publishing). The relay then waits as long as the arrival rate says a full batch needs, at most
+    REACTIVE_RELAY_LINGER seconds, and claims again. A lone row on a quiet system goes at once; a wait
+    that brings nothing more ends the burst, so the next lone row goes at once too. Retried rows (their
+    time of arrival says nothing about the current pace) never make the relay wait.
     """
     rows = _claim(limit, using)
     linger = settings.float_setting("REACTIVE_RELAY_LINGER", 0.05)
-    if linger <= 0 or not rows or len(rows) >= min(BATCH_LIMIT, limit):
-        _remember_burst(rows, using)
+    batch = min(BATCH_LIMIT, limit)
+    if linger <= 0 or not rows or len(rows) >= batch:
         return rows
-    pace = _seconds_per_row(rows) if len(rows) > 1 else _recent_burst_pace(using, 4 * linger)
+    seen = _last_burst.get(using)
+    if len(rows) > 1:
+        pace = _seconds_per_row(rows)
+    elif seen is not None and time.monotonic() - seen.at <= 4 * linger:
+        pace = seen.seconds_per_row
+    else:
+        pace = None
     if pace is None:
         return rows
-    time.sleep(min(linger, pace * (BATCH_LIMIT - len(rows))))
+    _pause(min(linger, pace * (batch - len(rows))))
     more = _claim(limit - len(rows), using)
-    if more or len(rows) > 1:
-        _remember_burst(rows + more, using)
-    else:
-        _last_burst.pop(using, None)
+    if not more and len(rows) == 1 and _last_burst.get(using) is seen:
+        _last_burst.pop(using, None)  # nobody came: the burst is over
     return rows + more
 
 
-def _seconds_per_row(rows: Sequence[OutboxEvent]) -> float:
+def _seconds_per_row(rows: Sequence[OutboxEvent]) -> float | None:
+    """The arrival pace of the fresh rows (None when fewer than two): a retried row arrived long ago."""
+    fresh = [row for row in rows if row.attempts == 0]
+    if len(fresh) < 2:
+        return None
     # Rows are in id order; their clocks (several web processes, several hosts) need not agree.
-    return abs((rows[-1].occurred_at - rows[0].occurred_at).total_seconds()) / (len(rows) - 1)
+    return abs((fresh[-1].occurred_at - fresh[0].occurred_at).total_seconds()) / (len(fresh) - 1)
 
 
 def _remember_burst(rows: Sequence[OutboxEvent], using: str) -> None:
-    if len(rows) > 1:
-        _last_burst[using] = _Burst(time.monotonic(), _seconds_per_row(rows))
-
-
-def _recent_burst_pace(using: str, within: float) -> float | None:
-    burst = _last_burst.get(using)
-    if burst is None or time.monotonic() - burst.at > within:
-        return None
-    return burst.seconds_per_row
+    """Called once the rows are published: the next lone row is measured from now."""
+    pace = _seconds_per_row(rows)
+    if pace is not None:
+        _last_burst[using] = _Burst(time.monotonic(), pace)
 
 
 def _claim(limit: int, using: str) -> list[OutboxEvent]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -183,9 +184,12 @@ def max_receives() -> int:
 def float_setting(name: str, default: float) -> float:
     value = env_or_setting(name, default)
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def django_database(site: str, client: str | None = None) -> dict[str, Any]:

@@ -100,6 +100,14 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def no_relay_burst_in_memory() -> None:
+    """A burst relayed by an earlier test is not this test's load (the relay remembers one per process)."""
+    from reactive import outbox
+
+    outbox._last_burst.clear()
+
+
+@pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests choose their own services; a developer's shell must not leak into them.
     for name in ("DATABASE_URL", "REACTIVE_RELAY"):

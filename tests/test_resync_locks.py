@@ -42,9 +42,14 @@ def test_a_save_during_a_sync_chunk_gets_the_higher_version(monkeypatch: pytest.
     read_by_the_sync = capture.snapshot
 
     def snapshot_while_a_save_runs(instance: Any, tracking: capture.Tracking) -> dict[str, Any]:
-        if not live_save.is_alive() and live_save.ident is None:
+        if live_save.ident is None:
             live_save.start()
-            live_save.join(1.0)  # without the row lock the save commits here, before the chunk writes
+            # Without the row lock the save commits now, before the chunk writes; with it, it waits.
+            services.eventually(
+                lambda: not live_save.is_alive() or waiting_on_a_lock(),
+                timeout=10,
+                what="the live save to commit or to wait for the chunk's lock",
+            )
         return read_by_the_sync(instance, tracking)
 
     monkeypatch.setattr(capture, "snapshot", snapshot_while_a_save_runs)
@@ -58,6 +63,15 @@ def test_a_save_during_a_sync_chunk_gets_the_higher_version(monkeypatch: pytest.
         ("alpha", "Before"),  # the sync's copy, read before the rename committed
         ("", "After"),  # the rename, after the chunk: the highest version carries the newest state
     ]
+
+
+def waiting_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # activity is otherwise read once a transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def rename(pk: int) -> None:
