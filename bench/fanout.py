@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,9 @@ GRACE_SECONDS = 2.0  # the last part of the window only collects late deliveries
 # collections that thousands of new objects trigger).
 SETTLE_SECONDS = 2.0
 SETTLE_SECONDS_PER_1000 = 1.5
+# Runs of one layer at 5,000 sockets gave p99s from 133 to 226 ms on the 2-core machine (2026-11-27):
+# layers closer than this are not told apart by one run.
+SAME_WITHIN = 1.5
 CONNECTS_PER_SECOND = 120  # what this machine manages (session + user lookups per handshake), for the budget
 
 
@@ -74,7 +79,8 @@ class Variant:
 class Step:
     size: int
     reached: int = 0
-    lags: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)  # tick -> kernel receive at the client socket
+    read_lags: list[float] = field(default_factory=list)  # tick -> the client process reading it
     expected: int = 0
     rss_kib: int = 0
     connect_seconds: float = 0.0
@@ -93,18 +99,25 @@ class Step:
 # -- the client side: a process holding its share of the sockets ------------------------------------------
 
 
+SO_TIMESTAMPNS = 35  # Linux: the kernel stamps each received packet (CLOCK_REALTIME, like time.time())
+TIMESPEC = struct.Struct("qq")
+
+
 class Arrivals:
-    """The frames the sockets of one client process received while a measuring window was open."""
+    """The frames the sockets of one client process received while a measuring window was open: when the
+    kernel received each, when the client read it, and the frame."""
 
     def __init__(self) -> None:
         self.open = False
-        self.frames: list[tuple[float, bytes | bytearray]] = []
+        self.frames: list[tuple[float, float, bytes | bytearray]] = []
 
 
-class TickReader(asyncio.Protocol):
+class TickReader:
     """One client socket, kept cheap: websockets' sans-I/O protocol does the handshake, the framing and the
-    pongs (uvicorn pings every 20 s), and each arrival is only noted with its time. The asyncio client would
-    add a queue hop and a task switch per frame, CPU the machine's two cores would take from the server."""
+    pongs (uvicorn pings every 20 s) over a plain non-blocking socket, and each frame is noted with two
+    times. Delivery is the kernel's receive stamp (SO_TIMESTAMPNS): the moment the frame reached this
+    socket, whatever the client process was doing. The time the client read it is kept too: on a shared
+    machine the clients' own CPU delays their reads, and that delay is theirs, not the server's."""
 
     def __init__(self, url: str, headers: dict[str, str], deflate: bool, arrivals: Arrivals) -> None:
         from websockets.client import ClientProtocol
@@ -117,19 +130,37 @@ class TickReader(asyncio.Protocol):
         for name, value in headers.items():
             self.request.headers[name] = value
         self.arrivals = arrivals
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: Any = None
+        self.loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.sock = socket.socket()
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    async def open(self, host: str, port: int, timeout: float) -> None:
+        await self.loop.sock_connect(self.sock, (host, port))
         self.conn.send_request(self.request)
         self._flush()
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        await asyncio.wait_for(self.opened, timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def _readable(self) -> None:
         from websockets.frames import Opcode
         from websockets.http11 import Response
 
-        arrived = time.time()
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(65536, 64)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            return self._lost(exc)
+        if not data:
+            return self._lost(None)
+        read = time.time()
+        received = read
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = TIMESPEC.unpack(payload[: TIMESPEC.size])
+                received = seconds + nanoseconds / 1e9
         self.conn.receive_data(data)
         for event in self.conn.events_received():
             if isinstance(event, Response):
@@ -139,27 +170,35 @@ class TickReader(asyncio.Protocol):
                     else:
                         self.opened.set_exception(self.conn.handshake_exc)
             elif event.opcode is Opcode.TEXT and self.arrivals.open:
-                self.arrivals.frames.append((arrived, event.data))
+                self.arrivals.frames.append((received, read, event.data))
         self._flush()
 
     def _flush(self) -> None:
         for chunk in self.conn.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
-            else:
-                self.transport.close()
+            if not chunk:
+                return self.close()
+            try:
+                self.sock.send(chunk)  # a handshake, a pong or a close: far below the socket's buffer
+            except OSError as exc:
+                return self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        self.close()
 
     def close(self) -> None:
         from websockets.protocol import State
 
+        if self.sock.fileno() < 0:
+            return
         if self.conn.state is State.OPEN:
             self.conn.send_close()
-            self._flush()
-        self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+            for chunk in self.conn.data_to_send():
+                with contextlib.suppress(OSError):
+                    self.sock.send(chunk)
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> None:
@@ -182,29 +221,28 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
         async with gate:
             reader = TickReader(url, headers, deflate, arrivals)
             try:
-                await loop.create_connection(lambda: reader, target.host, target.port)
-                await asyncio.wait_for(reader.opened, 60)
+                await reader.open(target.host, target.port, timeout=60)
             except (OSError, TimeoutError, InvalidHandshake):  # counted: the step reports what it reached
                 failures += 1
-                if reader.transport is not None:
-                    reader.transport.close()  # a late handshake must not add uncounted frames
+                reader.close()  # a late handshake must not add uncounted frames
                 return
         sockets.append(reader)
 
     def lags_between(start: float, end: float) -> dict[str, Any]:
         # Ticks made in [start, end - GRACE]: each has had GRACE_SECONDS to reach every socket before the
         # window closed, so a missing delivery is a real one, not the edge of the window.
-        lags, ticks, sent_at = [], set(), {}
-        for arrived, data in arrivals.frames:
+        lags, read_lags, ticks, sent_at = [], [], set(), {}
+        for received, read, data in arrivals.frames:
             frame = bytes(data)  # the parser hands out bytearrays
             if frame not in sent_at:
                 sent_at[frame] = json.loads(frame)["iso"]
             iso = sent_at[frame]
             sent = datetime.fromisoformat(iso).timestamp()
             if start <= sent <= end - GRACE_SECONDS:
-                lags.append((arrived - sent) * 1000)
+                lags.append((received - sent) * 1000)
+                read_lags.append((read - sent) * 1000)
                 ticks.add(iso)
-        return {"lags": lags, "ticks": sorted(ticks), "open": len(sockets)}
+        return {"lags": lags, "read_lags": read_lags, "ticks": sorted(ticks), "open": len(sockets)}
 
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
@@ -335,6 +373,7 @@ def measure(step: Step, server: subprocess.Popen[bytes], clients: Clients, basel
     step.rss_kib = rss_kib(server.pid) - baseline_rss
     step.expected = len({tick for report in reports for tick in report["ticks"]}) * step.reached
     step.lags = [lag for report in reports for lag in report["lags"]]
+    step.read_lags = [lag for report in reports for lag in report["read_lags"]]
 
 
 def run_variant(
@@ -391,7 +430,7 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
     for variant, steps in results.items():
         for step in steps:
             if not step.lags:
-                rows.append([f"{step.size:,}", variant.label, "not reached", "", "", "", "", "", "", ""])
+                rows.append([f"{step.size:,}", variant.label, "not reached", "", "", "", "", "", "", "", ""])
                 continue
             base = baseline.get(step.size)
             ratio = "baseline"
@@ -400,7 +439,8 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
                 ratio = f"{p99_ratio:.2f}x p99, {step.kib_per_socket / base.kib_per_socket:.2f}x memory"
             rows.append([
                 f"{step.reached:,}", variant.label, f"{percentile(step.lags, 50):.1f}",
-                f"{percentile(step.lags, 99):.1f}", f"{step.delivered:.1%}", f"{step.kib_per_socket:.1f}",
+                f"{percentile(step.lags, 99):.1f}", f"{percentile(step.read_lags, 99):.1f}",
+                f"{step.delivered:.1%}", f"{step.kib_per_socket:.1f}",
                 f"{step.server_cpu:.0%}", f"{step.clients_cpu:.0%}", f"{step.connect_seconds:.1f}", ratio,
             ])  # fmt: skip
     headers = [
@@ -408,6 +448,7 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
         "layer",
         "lag p50 ms",
         "lag p99 ms",
+        "p99 as read ms",
         "delivered",
         "KiB/socket",
         "server CPU",
@@ -416,11 +457,13 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
     headers += ["connect s", "vs RedisChannelLayer"]
     return (
         "## Clock fan-out (bench/fanout.py)\n\n"
-        f"One uvicorn worker serving client_site; {CLIENT_PROCESSES} client processes (websockets, uvloop) "
+        f"One uvicorn worker serving client_site; {CLIENT_PROCESSES} client processes (websockets' sans-I/O "
+        "protocol on uvloop) "
         f"on the same machine; `reactive beat --interval 0.5`; {WINDOW_SECONDS:g} s measuring window per "
-        f"step after the connections settle; budget {budget:g} s; {machine()}; {load_note()}. Lag = receive "
-        "time in the "
-        "client - the tick's `iso` (stamped by the beat before its Redis SET and group_send). Server CPU is "
+        f"step after the connections settle; budget {budget:g} s; {machine()}; {load_note()}. Lag = the "
+        "kernel's receive time of the frame at the client socket (SO_TIMESTAMPNS) - the tick's `iso` "
+        '(stamped by the beat before its Redis SET and group_send); "as read" is when the client process '
+        "got to it, which includes the clients' own wait for a core. Server CPU is "
         "the share of one core during the window (clients: both processes together); the machine's two cores "
         "carry the server, the clients, Redis and the beat.\n\n"
         + markdown_table(headers, rows)
@@ -440,10 +483,22 @@ def verdict(results: dict[Variant, list[Step]]) -> str:
         size = max(common_sizes)
         p99 = {v.layer: percentile(reached[v][size].lags, 99) for v in (Variant("redis"), Variant("pubsub"))}
         best = min(p99, key=lambda layer: p99[layer])
+        close = max(p99.values()) / min(p99.values()) < SAME_WITHIN
         lines.append(
             f"At {size:,} sockets {LAYER_NAMES[best]} had the lower p99 ({p99['redis']:.0f} ms for "
-            f"RedisChannelLayer, {p99['pubsub']:.0f} ms for RedisPubSubChannelLayer); the default "
-            f"(REACTIVE_CHANNEL_LAYER unset) is {LAYER_NAMES[DEFAULT_CHANNEL_LAYER]}."
+            f"RedisChannelLayer, {p99['pubsub']:.0f} ms for RedisPubSubChannelLayer)"
+            + (
+                f", within the {SAME_WITHIN:.1f}x that runs of one layer differ by here: each process is in "
+                "the clock group once, so either layer carries one message per process per tick"
+                if close
+                else ""
+            )
+            + f"; the default (REACTIVE_CHANNEL_LAYER unset) is {LAYER_NAMES[DEFAULT_CHANNEL_LAYER]}"
+            + (
+                ", which also keeps a message for a briefly busy consumer where pub/sub drops it."
+                if close
+                else "."
+            )
         )
     largest = max(reached[Variant("redis")].values(), key=lambda s: s.reached, default=None)
     if largest is not None:
@@ -455,7 +510,7 @@ def verdict(results: dict[Variant, list[Step]]) -> str:
             "of CPU before the last socket has its frame. The clients, on the same two cores, spent "
             f"{largest.clients_cpu * TICK_SECONDS / largest.reached * 1e6:.0f} µs per frame, "
             f"{largest.clients_cpu * TICK_SECONDS * 1000:.0f} ms of CPU per tick to read it: on this "
-            "machine the tail of the lag is theirs as much as the server's."
+            'machine they compete with the server for the two cores, and "as read" adds their own wait.'
         )
     return " ".join(lines)
 
