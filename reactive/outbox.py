@@ -210,10 +210,11 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
 
     Changes arrive faster than the relay publishes when two or more fresh rows are pending but fewer
     than a batch, or when a lone row comes right after such a burst (within four lingers of its
-    publishing). The relay then waits as long as the arrival rate says a full batch needs, at most
-    REACTIVE_RELAY_LINGER seconds, and claims again. A lone row on a quiet system goes at once; a wait
-    that brings nothing more ends the burst, so the next lone row goes at once too. Retried rows (their
-    time of arrival says nothing about the current pace) never make the relay wait.
+    publishing). The relay then waits as long as the arrival rate says a full batch needs and claims
+    again, and again while rows keep coming: REACTIVE_RELAY_LINGER seconds at most in all. A wait that
+    brings nothing sends what is there and, after a lone row, ends the burst: the next lone row goes at
+    once, as it does on a quiet system. Retried rows (their time of arrival says nothing about the
+    current pace) never make the relay wait.
     """
     rows = _claim(limit, using)
     linger = settings.float_setting("REACTIVE_RELAY_LINGER", 0.05)
@@ -229,11 +230,20 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
         pace = None
     if pace is None:
         return rows
-    _pause(min(linger, pace * (batch - len(rows))))
-    more = _claim(limit - len(rows), using)
-    if not more and len(rows) == 1 and _last_burst.get(using) is seen:
+    lone, deadline = len(rows) == 1, time.monotonic() + linger
+    while pace is not None and len(rows) < batch:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _pause(min(left, pace * (batch - len(rows))))
+        more = _claim(limit - len(rows), using)
+        if not more:
+            break  # arrivals stopped: what is here goes now
+        rows += more
+        pace = _seconds_per_row(rows)  # still coming: wait again for the rest, at the pace seen
+    if lone and len(rows) == 1 and _last_burst.get(using) is seen:
         _last_burst.pop(using, None)  # nobody came: the burst is over
-    return rows + more
+    return rows
 
 
 def _seconds_per_row(rows: Sequence[OutboxEvent]) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -110,23 +111,43 @@ def test_backlog_reports_the_oldest_pending_row() -> None:
 
 
 def test_under_load_the_relay_waits_briefly_for_a_full_batch(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
-    """Rows arriving faster than the relay publishes: it waits (no longer than the linger) and sends one
-    fuller PublishBatch instead of several thin ones. The wait is when more changes come in."""
+    """Rows arriving faster than the relay publishes: it waits while they keep coming (no longer than the
+    linger) and sends one fuller PublishBatch instead of several thin ones."""
     from reactive import outbox
 
     settings.REACTIVE_RELAY_LINGER = 0.05
     make_users(3)
+    waves = [(3, 6), (6, 8)]  # two waits bring rows, the third brings none: the batch goes
     waits: list[float] = []
 
     def wait_while_more_arrive(seconds: float) -> None:
         waits.append(seconds)
-        for i in range(3, 8):
-            User.objects.create_user(f"u{i}")
+        if waves:
+            make_users_from(*waves.pop(0))
 
     monkeypatch.setattr(outbox, "_pause", wait_while_more_arrive)
     assert relay_pending(memory).sent == 8
     assert memory.calls.count("publish") == 1
-    assert len(waits) == 1 and 0 < waits[0] <= 0.05
+    assert len(waits) == 3 and all(0 < wait <= 0.05 for wait in waits)
+
+
+def test_the_waits_of_one_batch_add_up_to_the_linger_at_most(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.02
+    make_users(2)
+    waits: list[float] = []
+    arrived = iter(range(2, 100))
+
+    def a_row_every_wait(seconds: float) -> None:  # changes keep coming, one at a time
+        waits.append(seconds)
+        time.sleep(seconds)
+        first = next(arrived)
+        make_users_from(first, first + 1)
+
+    monkeypatch.setattr(outbox, "_pause", a_row_every_wait)
+    relay_pending(memory)
+    assert waits and sum(waits) <= 0.02
 
 
 def test_a_lone_change_is_published_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
