@@ -80,7 +80,7 @@ class Probe:
         return len(self.saved) - self.done
 
     def completed(self) -> int:
-        return len(self.saved) - self.in_flight()
+        return self.done
 
     def wait_window(self, limit: int, timeout: float = 60) -> None:
         with self.progress:

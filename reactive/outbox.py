@@ -228,8 +228,6 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
         pace = seen.seconds_per_row
     else:
         pace = None
-    if pace is None:
-        return rows
     lone, deadline = len(rows) == 1, time.monotonic() + linger
     while pace is not None and len(rows) < batch:
         left = deadline - time.monotonic()
@@ -242,7 +240,7 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
         rows += more
         pace = _seconds_per_row(rows)  # still coming: wait again for the rest, at the pace seen
     if lone and len(rows) == 1 and _last_burst.get(using) is seen:
-        _last_burst.pop(using, None)  # nobody came: the burst is over
+        _last_burst.pop(using, None)  # a lone row that brought no company: no burst is going on
     return rows
 
 
