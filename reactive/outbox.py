@@ -224,7 +224,7 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     seen = _last_burst.get(using)
     if len(rows) > 1:
         pace = _seconds_per_row(rows)
-    elif seen is not None and time.monotonic() - seen.at <= 4 * linger:
+    elif rows[0].attempts == 0 and seen is not None and time.monotonic() - seen.at <= 4 * linger:
         pace = seen.seconds_per_row
     else:
         pace = None

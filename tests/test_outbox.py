@@ -234,6 +234,18 @@ def test_retried_rows_never_make_the_relay_wait(memory, monkeypatch, settings) -
     assert relay_pending(memory).sent == 1
 
 
+def test_a_lone_retry_after_a_burst_goes_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 5
+    make_users(10)
+    relay_pending(memory)  # a burst, just now
+    make_users_from(10, 11)
+    OutboxEvent.objects.filter(sent_at__isnull=True).update(attempts=1)
+    monkeypatch.setattr(outbox, "_pause", lambda seconds: pytest.fail("a retry is not the next burst"))
+    assert relay_pending(memory).sent == 1
+
+
 def test_the_linger_must_be_a_finite_number(memory, settings) -> None:  # type: ignore[no-untyped-def]
     from reactive.errors import ConfigError
 
