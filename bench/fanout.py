@@ -7,8 +7,8 @@ connections settle: the delivery lag of every tick to every socket during a meas
 time in the client minus the tick's "iso", stamped by the beat just before its Redis SET and group_send),
 p50/p99, the share of deliveries that arrived, the server's resident memory per socket ((RSS at N - RSS
 with one socket) / N) and the CPU the server and the clients used. The server runs as the client site
-is served (permessage-deflate off, reactive.up.WS_OPTIONS); a last variant runs the baseline layer with
-uvicorn's default, deflate on, which browsers then negotiate.
+is served (reactive.up.WS_OPTIONS: uvicorn's sans-I/O websockets protocol, permessage-deflate off); a
+last variant runs the baseline layer with deflate on (uvicorn's default), which browsers then negotiate.
 
 Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the deflate-on variant
 runs only in what is left. A step not reached in time is reported so.
@@ -72,7 +72,11 @@ class Variant:
         return LAYER_NAMES[self.layer] + (", deflate on" if self.deflate else "")
 
     def uvicorn_args(self) -> list[str]:
-        return [] if self.deflate else list(WS_OPTIONS)
+        """The site's options (reactive.up.WS_OPTIONS); the deflate variant differs in that one only."""
+        deflate = "--ws-per-message-deflate"
+        options = dict(zip(WS_OPTIONS[::2], WS_OPTIONS[1::2], strict=True))
+        options[deflate] = "true" if self.deflate else options[deflate]
+        return [word for pair in options.items() for word in pair]
 
 
 @dataclass
@@ -482,23 +486,24 @@ def verdict(results: dict[Variant, list[Step]]) -> str:
     if common_sizes:
         size = max(common_sizes)
         p99 = {v.layer: percentile(reached[v][size].lags, 99) for v in (Variant("redis"), Variant("pubsub"))}
+        cpu = {
+            v.layer: reached[v][size].server_cpu * TICK_SECONDS / size * 1e6
+            for v in (Variant("redis"), Variant("pubsub"))
+        }
         best = min(p99, key=lambda layer: p99[layer])
         close = max(p99.values()) / min(p99.values()) < SAME_WITHIN
+        same_work = "each process is in the clock group once, so either layer carries one message per process per tick"
         lines.append(
             f"At {size:,} sockets {LAYER_NAMES[best]} had the lower p99 ({p99['redis']:.0f} ms for "
             f"RedisChannelLayer, {p99['pubsub']:.0f} ms for RedisPubSubChannelLayer)"
             + (
-                f", within the {SAME_WITHIN:.1f}x that runs of one layer differ by here: each process is in "
-                "the clock group once, so either layer carries one message per process per tick"
+                f", within the {SAME_WITHIN:.1f}x that runs of one layer differ by here: {same_work}"
                 if close
-                else ""
+                else f", and the server's CPU per socket per tick differed with it ({cpu['redis']:.0f} and "
+                f"{cpu['pubsub']:.0f} µs) although {same_work}: the machine's load during each run, not the layer"
             )
-            + f"; the default (REACTIVE_CHANNEL_LAYER unset) is {LAYER_NAMES[DEFAULT_CHANNEL_LAYER]}"
-            + (
-                ", which also keeps a message for a briefly busy consumer where pub/sub drops it."
-                if close
-                else "."
-            )
+            + f"; the default (REACTIVE_CHANNEL_LAYER unset) is {LAYER_NAMES[DEFAULT_CHANNEL_LAYER]}, which "
+            "also keeps a message for a briefly busy consumer where pub/sub drops it."
         )
     largest = max(reached[Variant("redis")].values(), key=lambda s: s.reached, default=None)
     if largest is not None:

@@ -1,7 +1,8 @@
 """ASGI entry point of a client site (``uvicorn client_site.asgi:application``).
 
 HTTP goes through Django; websockets through Channels behind the Origin check (ALLOWED_HOSTS) and the
-session auth middleware (Django's "sessionid" cookie).
+session auth middleware (Django's "sessionid" cookie). Sockets that have settled leave CPython's full
+collections (client_site/web/heap.py).
 """
 
 import os
@@ -17,6 +18,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from client_site.web.broadcast import with_server_send  # noqa: E402
+from client_site.web.heap import freeze_settled_sockets  # noqa: E402
 from client_site.web.routing import websocket_urlpatterns  # noqa: E402
 from reactive import settings as reactive_settings  # noqa: E402
 
@@ -30,8 +32,10 @@ if reactive_settings.serve_static():
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": with_server_send(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        "websocket": freeze_settled_sockets(
+            with_server_send(
+                AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

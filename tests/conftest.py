@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -105,6 +106,13 @@ def no_relay_burst_in_memory() -> None:
     from reactive import outbox
 
     outbox._last_burst.clear()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_frozen_after() -> Iterator[None]:
+    """Websocket tests run the client site here, which freezes settled objects (client_site/web/heap.py)."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(autouse=True)
