@@ -7,8 +7,8 @@ connections settle: the delivery lag of every tick to every socket during a meas
 time in the client minus the tick's "iso", stamped by the beat just before its Redis SET and group_send),
 p50/p99, the share of deliveries that arrived, the server's resident memory per socket ((RSS at N - RSS
 with one socket) / N) and the CPU the server and the clients used. The server runs as the client site
-is served (reactive.up.WS_OPTIONS: uvicorn's sans-I/O websockets protocol, permessage-deflate off); a
-last variant runs the baseline layer with deflate on (uvicorn's default), which browsers then negotiate.
+is served (reactive.up.WS_OPTIONS: permessage-deflate off); a last variant runs the baseline layer with
+deflate on (uvicorn's default), which browsers then negotiate.
 
 Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the deflate-on variant
 runs only in what is left. A step not reached in time is reported so.

@@ -333,11 +333,9 @@ def login_link(username: str, client: str) -> str | None:
 
 
 # -- processes --------------------------------------------------------------------------------------------
-# uvicorn's sans-I/O websockets protocol writes a frame with no task, lock or drain per socket (the default
-# "websockets" protocol runs three tasks per connection): at 5,000 sockets a clock tick costs about a quarter
-# less CPU. Frames here are a few dozen bytes: per-message deflate would halve nothing but cost every socket
-# its own compressor (about 45 KiB) and nearly double the CPU of a clock fan-out (docs/benchmarks.md).
-WS_OPTIONS = ("--ws", "websockets-sansio", "--ws-per-message-deflate", "false")
+# Frames here are a few dozen bytes: per-message deflate would halve nothing but cost every socket its own
+# compressor (about 45 KiB) and nearly double the CPU of a clock fan-out (docs/benchmarks.md).
+WS_OPTIONS = ("--ws-per-message-deflate", "false")
 
 
 def web_spec(

@@ -118,7 +118,6 @@ def test_every_role_has_a_k8s_workload_that_runs_what_its_name_says() -> None:
         assert command.startswith(wanted), f"{name} runs {command!r}"
         if role == "web" and site != "master":
             assert "--ws-per-message-deflate false" in command, f"{name} compresses every tiny frame"
-            assert "--ws websockets-sansio" in command, f"{name} runs the heavier websockets protocol"
         if site != "master":
             assert k8s_env(deployments[name])["REACTIVE_CLIENT"] == site, (
                 f"{name} is not configured as {site}"
@@ -187,7 +186,6 @@ def test_compose_has_every_service_healthchecks_and_its_settings_from_the_env_ex
             assert "/health" in " ".join(service["healthcheck"]["test"]), f"{name}: no healthcheck on /health"
         if name.endswith("-web") and name != "master-web":
             assert "--ws-per-message-deflate false" in " ".join(service["command"]), name
-            assert "--ws websockets-sansio" in " ".join(service["command"]), name
 
 
 def test_every_setting_the_manifests_give_is_one_that_is_read() -> None:

@@ -63,7 +63,6 @@ def test_every_role_of_every_site_is_a_process_with_its_own_log(tmp_path: Path) 
     )
     assert "uvicorn client_site.asgi:application" in argv["beta-web"] and "--port 9002" in argv["beta-web"]
     assert "--ws-per-message-deflate false" in argv["beta-web"]  # tiny frames: no compressor per socket
-    assert "--ws websockets-sansio" in argv["beta-web"]  # no tasks per socket
     assert "celery -A master_site worker" in argv["master-worker"]
     assert "celery -A client_site beat" in argv["alpha-beat"]
     assert "listen --client beta" in argv["beta-listener"]

@@ -13,9 +13,12 @@ is not frozen yet (a few seconds' growth): garbage is collected, never frozen.
 
 A closed socket's objects are freed by reference counting, frozen or not, except those in a reference
 cycle (websockets' protocol and its parser are one): frozen, a cycle waits for a ``gc.unfreeze``. So
-once the sockets closed since the last thaw reach a quarter of those seen since, the next freeze thaws
-first and its collection walks the whole heap, once: the pace CPython itself keeps for long-lived
-objects, paid for churn only, not for growth.
+once the frozen sockets closed since the last thaw reach a quarter of the sockets seen since (and 250),
+the next
+freeze thaws first and its collection walks the whole heap, once: the pace CPython itself keeps for
+long-lived objects, paid for churn only, not for growth. A socket that closes before any freeze (a
+refused handshake, a page left at once) was never frozen and counts for nothing: a flood of refused
+connections brings no full collection.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ SETTLE_SECONDS = 1.0  # a freeze follows the last new socket of a wave by this l
 # then walks at most this long's growth (a few hundred sockets at a fast wave, well under 0.1 s).
 MAX_DELAY_SECONDS = 5.0
 THAW_AFTER_CLOSED_SHARE = 0.25
+# A small process thaws only after this many closes: its heap is mostly Django's own objects, and the
+# few cycles a closed socket leaves (about a dozen objects) do not justify walking them all each time.
+THAW_AFTER_CLOSED_AT_LEAST = 250
 
 
 def freeze_survivors(thaw: bool) -> None:
@@ -48,29 +54,38 @@ class Settler:
         settle: float = SETTLE_SECONDS,
         max_delay: float = MAX_DELAY_SECONDS,
         freeze: Callable[[bool], None] = freeze_survivors,
+        min_closed: int = THAW_AFTER_CLOSED_AT_LEAST,
     ) -> None:
         self.settle = settle
         self.max_delay = max_delay
         self.freeze = freeze
+        self.min_closed = max(1, min_closed)
         self.open = 0
         self.closed_since_thaw = 0
+        self.freezes = 0
         self._first: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def connected(self) -> None:
-        """Note a new socket; the freeze moves to ``settle`` from now (``max_delay`` at most)."""
+    def connected(self) -> int:
+        """Note a new socket; the freeze moves to ``settle`` from now (``max_delay`` at most).
+
+        Returns the number of freezes so far, for ``closed``.
+        """
         self.open += 1
         self._schedule()
+        return self.freezes
 
-    def closed(self) -> None:
+    def closed(self, freezes_at_connect: int) -> None:
         self.open -= 1
+        if self.freezes == freezes_at_connect:
+            return  # never frozen: its objects go like any others
         self.closed_since_thaw += 1
         if self._thaw_due():
             self._schedule()
 
     def _thaw_due(self) -> bool:
         seen = self.open + self.closed_since_thaw
-        return self.closed_since_thaw >= max(1, seen * THAW_AFTER_CLOSED_SHARE)
+        return self.closed_since_thaw >= max(self.min_closed, seen * THAW_AFTER_CLOSED_SHARE)
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,6 +101,7 @@ class Settler:
         thaw = self._thaw_due()
         if thaw:
             self.closed_since_thaw = 0
+        self.freezes += 1
         self.freeze(thaw)
 
 
@@ -94,7 +110,10 @@ _settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Settler] = weakr
 
 def settler() -> Settler:
     """The settler of the running event loop (servers run one; tests run many)."""
-    return _settlers.setdefault(asyncio.get_running_loop(), Settler())
+    loop = asyncio.get_running_loop()
+    if loop not in _settlers:
+        _settlers[loop] = Settler()
+    return _settlers[loop]
 
 
 def freeze_settled_sockets(app: Any) -> Any:
@@ -102,10 +121,10 @@ def freeze_settled_sockets(app: Any) -> Any:
 
     async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> Any:
         sockets = settler()
-        sockets.connected()
+        freezes = sockets.connected()
         try:
             return await app(scope, receive, send)
         finally:
-            sockets.closed()
+            sockets.closed(freezes)
 
     return middleware
