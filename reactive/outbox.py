@@ -203,14 +203,19 @@ class _Burst:
 # take the rows this one waits for: the wait then brings nothing and costs at most the linger.)
 _last_burst: dict[str, _Burst] = {}
 _pause = time.sleep  # tests replace this one, not the process-wide time.sleep
+# How long a burst is kept in mind, in lingers (1 s at the default 50 ms). Producers that wait for their
+# changes to land (a bulk job, a request that saves in steps) send the next wave a pipeline round trip
+# later, 0.1-0.5 s under load. A lone row that was in fact alone pays one wait, at most the burst's pace
+# times the rows missing (the linger at most), and then ends the burst.
+BURST_MEMORY_LINGERS = 20
 
 
 def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     """Claim due rows; under load, wait a little so that PublishBatch goes out full.
 
     Changes arrive faster than the relay publishes when two or more fresh rows are pending but fewer
-    than a batch, or when a lone row comes right after such a burst (within four lingers of its
-    publishing). The relay then waits as long as the arrival rate says a full batch needs and claims
+    than a batch, or when a lone row comes soon after such a burst (within BURST_MEMORY_LINGERS lingers
+    of its publishing). The relay then waits as long as the arrival rate says a full batch needs and claims
     again, and again while rows keep coming: REACTIVE_RELAY_LINGER seconds at most in all. A wait that
     brings nothing sends what is there and, after a lone row, ends the burst: the next lone row goes at
     once, as it does on a quiet system. Retried rows (their time of arrival says nothing about the
@@ -224,7 +229,11 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     seen = _last_burst.get(using)
     if len(rows) > 1:
         pace = _seconds_per_row(rows)
-    elif rows[0].attempts == 0 and seen is not None and time.monotonic() - seen.at <= 4 * linger:
+    elif (
+        rows[0].attempts == 0
+        and seen is not None
+        and time.monotonic() - seen.at <= BURST_MEMORY_LINGERS * linger
+    ):
         pace = seen.seconds_per_row
     else:
         pace = None

@@ -186,13 +186,35 @@ def test_a_lone_row_right_after_a_burst_waits_for_the_next_ones(memory, monkeypa
     assert len(waits) == 1 and 0 <= waits[0] <= 5
 
 
+def test_a_lone_row_a_round_trip_after_a_burst_still_waits_for_the_next_ones(
+    memory, monkeypatch, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """A producer that waits for its changes to land sends the next wave half a second later under load."""
+    from reactive import outbox
+
+    settings.REACTIVE_RELAY_LINGER = 0.05
+    make_users(3)
+    relay_pending(memory)
+    outbox._last_burst["default"].at -= 0.5  # ten lingers ago
+    waits: list[float] = []
+
+    def wait_while_more_arrive(seconds: float) -> None:
+        waits.append(seconds)
+        make_users_from(4, 13)
+
+    monkeypatch.setattr(outbox, "_pause", wait_while_more_arrive)
+    make_users_from(3, 4)
+    assert relay_pending(memory).sent == 10 and len(waits) == 1
+    assert waits[0] <= 0.05
+
+
 def test_a_lone_row_long_after_a_burst_goes_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
     from reactive import outbox
 
     settings.REACTIVE_RELAY_LINGER = 0.05
     make_users(3)
     relay_pending(memory)
-    outbox._last_burst["default"].at -= 0.5  # four lingers (0.2 s) ago
+    outbox._last_burst["default"].at -= 0.05 * outbox.BURST_MEMORY_LINGERS + 0.1  # the memory's end
     monkeypatch.setattr(outbox, "_pause", lambda seconds: pytest.fail("the burst is over"))
     make_users_from(3, 4)
     assert relay_pending(memory).sent == 1
