@@ -334,7 +334,7 @@ def login_link(username: str, client: str) -> str | None:
 
 # -- processes --------------------------------------------------------------------------------------------
 # Frames here are a few dozen bytes: per-message deflate would halve nothing but cost every socket its own
-# compressor (about 45 KiB) and nearly double the CPU of a clock fan-out (docs/benchmarks.md).
+# compressor (about 45 KiB) and take 1.1-1.6 times the CPU of a clock fan-out (docs/benchmarks.md).
 WS_OPTIONS = ("--ws-per-message-deflate", "false")
 
 

@@ -183,3 +183,56 @@ def test_a_small_process_waits_for_the_minimum_of_closes_before_a_thaw() -> None
 
     asyncio.run(scenario())
     assert [thawed for _, thawed in freezes.calls] == [False, False, True]
+
+
+def test_a_fast_wave_is_frozen_every_so_many_sockets_without_waiting_for_its_end() -> None:
+    freezes = Freezes()
+
+    async def scenario() -> float:
+        settler = heap.Settler(settle=10, max_delay=10, freeze=freezes, every_sockets=500)
+        start = asyncio.get_running_loop().time()
+        for _ in range(1200):
+            settler.connected()
+        await asyncio.sleep(0.1)
+        return start
+
+    start = asyncio.run(scenario())
+    assert len(freezes.calls) == 1 and freezes.calls[0][0] - start < 0.1, freezes.calls
+
+
+def test_every_so_many_freezes_thaw_once_even_without_closes() -> None:
+    """What was alive at a freeze for other reasons (a request in progress) may end in a cycle later."""
+    freezes = Freezes()
+
+    async def scenario() -> None:
+        settler = heap.Settler(settle=0.001, max_delay=1, freeze=freezes)
+        for _ in range(heap.THAW_EVERY_FREEZES + 2):
+            settler.connected()
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    thaws = [i for i, (_, thawed) in enumerate(freezes.calls) if thawed]
+    assert thaws == [heap.THAW_EVERY_FREEZES], thaws
+
+
+def test_a_finished_loop_is_not_kept_alive_by_its_settler() -> None:
+    """Tests run many loops; a pending freeze must not keep one (and its settler) in memory."""
+    import weakref
+
+    async def scenario() -> weakref.ref[asyncio.AbstractEventLoop]:
+        heap.settler().connected()  # a freeze is pending when the loop ends
+        return weakref.ref(asyncio.get_running_loop())
+
+    loop = asyncio.run(scenario())
+    gc.collect()
+    assert loop() is None
+
+
+def test_a_socket_closed_after_its_loop_ended_only_counts() -> None:
+    settler = heap.Settler(min_closed=1)
+
+    async def scenario() -> heap.FreezeMark:
+        return settler.connected() - 1  # as if a freeze had run since it connected
+
+    settler.closed(asyncio.run(scenario()))  # no running loop: nothing to schedule, nothing raised
+    assert settler.open == 0 and settler.closed_since_thaw == 1
