@@ -161,9 +161,10 @@ def test_clock_sockets_under_uvicorn_are_frozen_once_settled_and_freed_once_clos
     figures = run(scenario)  # (database calls in this thread, as pytest-django wants them)
     assert figures["frozen by the wave"] > 50 * SOCKETS, figures
     assert figures["not frozen"] < figures["frozen by the wave"] / 10, figures
-    # Each socket held over 50 tracked objects (both ends are in this process); their reference cycles
-    # (websockets' protocol and its parser) stay frozen unless the closes thaw them.
-    assert figures["after"] - figures["before"] < SOCKETS, figures
+    # The wave's reference cycles (websockets' protocol and its parser, at both ends: about a sixth of
+    # what it froze) stay frozen unless the closes thaw them; a few hundred objects of the process's own
+    # (caches filled meanwhile, after many tests) may remain.
+    assert figures["after"] - figures["before"] < figures["frozen by the wave"] / 20, figures
 
 
 def test_a_small_process_waits_for_the_minimum_of_closes_before_a_thaw() -> None:
