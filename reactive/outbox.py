@@ -194,7 +194,7 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
 class _Burst:
     """The last relay of several fresh rows: when it ended and how fast those rows had arrived."""
 
-    at: float  # time.monotonic()
+    at: float  # _clock()
     seconds_per_row: float
 
 
@@ -202,7 +202,9 @@ class _Burst:
 # likely the first of the next one, not a lone change. (With several relay processes, another one may
 # take the rows this one waits for: the wait then brings nothing and costs at most the linger.)
 _last_burst: dict[str, _Burst] = {}
-_pause = time.sleep  # tests replace this one, not the process-wide time.sleep
+# The relay's clock and its wait, as module names: tests replace these, not the process-wide time functions.
+_clock = time.monotonic
+_pause = time.sleep
 # How long a burst is kept in mind, in lingers (1 s at the default 50 ms). Producers that wait for their
 # changes to land (a bulk job, a request that saves in steps) send the next wave a pipeline round trip
 # later, 0.1-0.5 s under load. A lone row that was in fact alone pays one wait, at most the burst's pace
@@ -229,17 +231,13 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     seen = _last_burst.get(using)
     if len(rows) > 1:
         pace = _seconds_per_row(rows)
-    elif (
-        rows[0].attempts == 0
-        and seen is not None
-        and time.monotonic() - seen.at <= BURST_MEMORY_LINGERS * linger
-    ):
+    elif rows[0].attempts == 0 and seen is not None and _clock() - seen.at <= BURST_MEMORY_LINGERS * linger:
         pace = seen.seconds_per_row
     else:
         pace = None
-    lone, deadline = len(rows) == 1, time.monotonic() + linger
+    lone, deadline = len(rows) == 1, _clock() + linger
     while pace is not None and len(rows) < batch:
-        left = deadline - time.monotonic()
+        left = deadline - _clock()
         if left <= 0:
             break
         _pause(min(left, pace * (batch - len(rows))))
@@ -266,7 +264,7 @@ def _remember_burst(rows: Sequence[OutboxEvent], using: str) -> None:
     """Called once the rows are published: the next lone row is measured from now."""
     pace = _seconds_per_row(rows)
     if pace is not None:
-        _last_burst[using] = _Burst(time.monotonic(), pace)
+        _last_burst[using] = _Burst(_clock(), pace)
 
 
 def _claim(limit: int, using: str) -> list[OutboxEvent]:

@@ -49,6 +49,12 @@ def test_one_stuck_or_closed_socket_does_not_hold_back_the_others(monkeypatch: p
         assert socket.frames == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
 
 
+def busy_for(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_a_long_pass_over_healthy_sockets_drops_none(monkeypatch: pytest.MonkeyPatch) -> None:
     # A busy process: every send completes, but the whole pass takes far longer than the send timeout.
     monkeypatch.setattr(fanout, "SEND_TIMEOUT_SECONDS", 0.05)
@@ -56,7 +62,7 @@ def test_a_long_pass_over_healthy_sockets_drops_none(monkeypatch: pytest.MonkeyP
     sockets = [Socket() for _ in range(12)]
 
     async def slow_but_healthy(socket: Socket, frame: dict[str, Any]) -> None:
-        time.sleep(0.02)  # CPU-bound work that never yields, as a real send does
+        busy_for(0.02)  # CPU-bound work that never yields, as a real send does
         await socket.send(frame)
 
     async def scenario() -> int:

@@ -44,7 +44,7 @@ def test_a_hanging_layer_costs_a_warning_not_the_listener(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def hang(group: str, message: Any) -> None:
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # a layer that never answers
 
     monkeypatch.setattr(groups, "send", hang)
     monkeypatch.setattr(groups, "SEND_TIMEOUT_SECONDS", 0.2)

@@ -16,8 +16,8 @@ from reactive.supervisor import Child, ProcessSpec, Supervisor
 
 DIES = [sys.executable, "-c", "import sys; print('dying'); sys.exit(3)"]
 # A child that starts a grandchild in its own process group, as uvicorn and celery start workers.
-FAMILY = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
-          "'import time; time.sleep(60)']); time.sleep(60)"]  # fmt: skip
+FAMILY = [sys.executable, "-c", "import signal, subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+          "'import signal; signal.pause()']); signal.pause()"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

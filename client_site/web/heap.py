@@ -82,6 +82,10 @@ class Settler:
         self._due = 0.0
         self._armed_at: float | None = None
 
+    @property
+    def freeze_pending(self) -> bool:
+        return self._armed_at is not None
+
     def connected(self) -> FreezeMark:
         """Note a new socket; the freeze moves to ``settle`` from now (``max_delay`` at most)."""
         self.open += 1

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def check_reactive(args: Sequence[str]) -> None:
@@ -48,10 +49,15 @@ def check_celery(args: Sequence[str]) -> None:
     )
 
 
-def check_uvicorn(args: Sequence[str]) -> None:
+def uvicorn_params(args: Sequence[str]) -> dict[str, Any]:
+    """uvicorn's command line as its own parser reads it (option names as uvicorn.Config takes them)."""
     # `uvicorn.main` the attribute is the function uvicorn re-exports; the module holds the click command.
     command = importlib.import_module("uvicorn.main").main
-    params = command.make_context("uvicorn", list(args)).params
+    return dict(command.make_context("uvicorn", list(args)).params)
+
+
+def check_uvicorn(args: Sequence[str]) -> None:
+    params = uvicorn_params(args)
     module, attr = str(params["app"]).split(":")
     application = getattr(importlib.import_module(module), attr)
     if not callable(application):
