@@ -168,13 +168,24 @@ def make_users_from(start: int, stop: int) -> None:
         User.objects.create_user(f"u{i}")
 
 
-def test_a_lone_row_right_after_a_burst_waits_for_the_next_ones(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "linger, burst_age",
+    [
+        (5, 0.0),  # the wait is stubbed: a long linger only keeps the burst in mind
+        (0.05, 0.5),  # ten lingers: a producer waiting on its changes sends the next wave a round trip later
+    ],
+    ids=["right after", "a round trip after"],
+)
+def test_a_lone_row_after_a_burst_waits_for_the_next_ones(
+    memory, monkeypatch, settings, linger, burst_age
+) -> None:  # type: ignore[no-untyped-def]
     """Under load the row that wakes the relay is the first of the next burst: it waits for its company."""
     from reactive import outbox
 
-    settings.REACTIVE_RELAY_LINGER = 5  # the wait is stubbed: a long linger only keeps the burst in mind
+    settings.REACTIVE_RELAY_LINGER = linger
     make_users(10)
     assert relay_pending(memory).sent == 10  # a full batch: a burst, published at once
+    outbox._last_burst["default"].at -= burst_age
     waits: list[float] = []
 
     def wait_while_more_arrive(seconds: float) -> None:
@@ -185,29 +196,7 @@ def test_a_lone_row_right_after_a_burst_waits_for_the_next_ones(memory, monkeypa
     make_users_from(10, 11)
     assert relay_pending(memory).sent == 10
     assert memory.calls.count("publish") == 2
-    assert len(waits) == 1 and 0 <= waits[0] <= 5
-
-
-def test_a_lone_row_a_round_trip_after_a_burst_still_waits_for_the_next_ones(
-    memory, monkeypatch, settings
-) -> None:  # type: ignore[no-untyped-def]
-    """A producer that waits for its changes to land sends the next wave half a second later under load."""
-    from reactive import outbox
-
-    settings.REACTIVE_RELAY_LINGER = 0.05
-    make_users(3)
-    relay_pending(memory)
-    outbox._last_burst["default"].at -= 0.5  # ten lingers ago
-    waits: list[float] = []
-
-    def wait_while_more_arrive(seconds: float) -> None:
-        waits.append(seconds)
-        make_users_from(4, 13)
-
-    monkeypatch.setattr(outbox, "_pause", wait_while_more_arrive)
-    make_users_from(3, 4)
-    assert relay_pending(memory).sent == 10 and len(waits) == 1
-    assert waits[0] <= 0.05
+    assert len(waits) == 1 and 0 <= waits[0] <= linger
 
 
 def test_a_lone_row_long_after_a_burst_goes_at_once(memory, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
