@@ -7,11 +7,12 @@ connections settle: the delivery lag of every tick to every socket during a meas
 time in the client minus the tick's "iso", stamped by the beat just before its Redis SET and group_send),
 p50/p99, the share of deliveries that arrived, the server's resident memory per socket ((RSS at N - RSS
 with one socket) / N) and the CPU the server and the clients used. The server runs as the client site
-is served (reactive.up.WS_OPTIONS: permessage-deflate off); a last variant runs the baseline layer with
-deflate on (uvicorn's default), which browsers then negotiate.
+is served (reactive.up.WS_OPTIONS: permessage-deflate off), on a core of its own (see Cores); last
+variants run the baseline layer with deflate on (uvicorn's default), which browsers then negotiate,
+and with the server sharing the clients' cores.
 
-Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the deflate-on variant
-runs only in what is left. A step not reached in time is reported so.
+Bounded: BENCH_BUDGET seconds (default 300) in all, shared by the two layers; the last variants run
+only in what is left. A step not reached in time is reported so.
 Run: .venv/bin/python bench/fanout.py [--sizes 200,1000,5000] [--no-write]
 """
 
@@ -67,10 +68,15 @@ def load_note() -> str:
 class Variant:
     layer: str
     deflate: bool = False  # as the client site is served (reactive.up.WS_OPTIONS)
+    shared_cores: bool = False  # the server may run on the clients' core too (see Cores)
 
     @property
     def label(self) -> str:
-        return LAYER_NAMES[self.layer] + (", deflate on" if self.deflate else "")
+        return (
+            LAYER_NAMES[self.layer]
+            + (", deflate on" if self.deflate else "")
+            + (", cores shared with the clients" if self.shared_cores and CORES.split else "")
+        )
 
     def uvicorn_args(self) -> list[str]:
         """The site's options (reactive.up.WS_OPTIONS); the deflate variant differs in that one only."""
@@ -99,6 +105,48 @@ class Step:
     @property
     def kib_per_socket(self) -> float:
         return self.rss_kib / max(1, self.reached)
+
+
+class Cores:
+    """The server gets a core of its own; the bench's processes (clients, beat, this one) get the others.
+
+    In production the browsers are on other machines. Here the clients read 5,000 frames a tick on the
+    same machine, and a client that the scheduler runs on the server's core in the middle of a pass delays
+    every socket after it: the server's lag would measure the load generator too. Redis (not started by the
+    bench) runs where the scheduler puts it. With a single core nothing is pinned.
+    """
+
+    def __init__(self) -> None:
+        usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.split = len(usable) >= 2
+        self.server = {usable[0]} if self.split else set(usable)
+        self.others = set(usable[1:]) if self.split else set(usable)
+
+    def keep_bench_off_the_server(self) -> None:
+        if self.split:
+            os.sched_setaffinity(0, self.others)
+
+    def pin(self, variant: Variant, *, server: bool) -> Any:
+        """A preexec_fn that sets a child's cores before it starts (and so for all its threads), or None.
+
+        (preexec_fn is unsafe only in a process with threads; the bench's main process starts none.)
+        """
+        if not self.split:
+            return None
+        cores = self.server | self.others if variant.shared_cores else self.server if server else self.others
+        return lambda: os.sched_setaffinity(0, cores)
+
+    def describe(self) -> str:
+        if not self.split:
+            return "one core: the server, the clients, Redis and the beat share it"
+        return (
+            f"the server pinned to core {min(self.server)}, the clients and the beat to the other "
+            f"core{'s' if len(self.others) > 1 else ''} (browsers are elsewhere in production; Redis runs "
+            "where the scheduler puts it); the last row lets all of them share every core"
+        )
+
+
+CORES = Cores()
 
 
 # -- the client side: a process holding its share of the sockets ------------------------------------------
@@ -273,10 +321,18 @@ async def client_worker(url: str, cookie: str, origin: str, deflate: bool) -> No
 class Clients:
     """The client processes, driven over their stdin/stdout."""
 
-    def __init__(self, url: str, cookie: str, origin: str, deflate: bool) -> None:
-        argv = [sys.executable, __file__, "--client-worker", url, cookie, origin, "1" if deflate else "0"]
+    def __init__(self, url: str, cookie: str, origin: str, variant: Variant) -> None:
+        deflate = "1" if variant.deflate else "0"
+        argv = [sys.executable, __file__, "--client-worker", url, cookie, origin, deflate]
         self.processes = [
-            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                preexec_fn=CORES.pin(variant, server=False),
+            )
             for _ in range(CLIENT_PROCESSES)
         ]
 
@@ -388,17 +444,26 @@ def run_variant(
     port = free_port()
     uvicorn = [str(VENV_BIN / "uvicorn"), "client_site.asgi:application", "--port", str(port)]
     server = subprocess.Popen(
-        [*uvicorn, "--no-access-log", "--log-level", "critical", *variant.uvicorn_args()], env=env, cwd=ROOT
+        [*uvicorn, "--no-access-log", "--log-level", "critical", *variant.uvicorn_args()],
+        env=env,
+        cwd=ROOT,
+        preexec_fn=CORES.pin(variant, server=True),
     )
     beat, clients, steps = None, None, []
     try:
         wait_port(port)
         base = f"127.0.0.1:{port}"
-        clients = Clients(f"ws://{base}/time/tic/", cookie, f"http://{base}", variant.deflate)
+        clients = Clients(f"ws://{base}/time/tic/", cookie, f"http://{base}", variant)
         opened = clients.grow(1)  # imports, the first database and Redis use: not per-socket memory
         baseline_rss = rss_kib(server.pid)
         beat_argv = [str(VENV_BIN / "reactive"), "beat", "--interval", str(TICK_SECONDS)]
-        beat = subprocess.Popen(beat_argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        beat = subprocess.Popen(
+            beat_argv,
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=CORES.pin(variant, server=False),
+        )
         for size in sizes:
             step = Step(size)
             steps.append(step)
@@ -463,14 +528,13 @@ def report(results: dict[Variant, list[Step]], budget: float) -> str:
     return (
         "## Clock fan-out (bench/fanout.py)\n\n"
         f"One uvicorn worker serving client_site; {CLIENT_PROCESSES} client processes (websockets' sans-I/O "
-        "protocol on uvloop) "
-        f"on the same machine; `reactive beat --interval 0.5`; {WINDOW_SECONDS:g} s measuring window per "
+        f"protocol on uvloop) on the same machine; {CORES.describe()}; "
+        f"`reactive beat --interval 0.5`; {WINDOW_SECONDS:g} s measuring window per "
         f"step after the connections settle; budget {budget:g} s; {machine()}; {load_note()}. Lag = the "
         "kernel's receive time of the frame at the client socket (SO_TIMESTAMPNS) - the tick's `iso` "
         '(stamped by the beat before its Redis SET and group_send); "as read" is when the client process '
         "got to it, which includes the clients' own wait for a core. Server CPU is "
-        "the share of one core during the window (clients: both processes together); the machine's two cores "
-        "carry the server, the clients, Redis and the beat.\n\n"
+        "the share of one core during the window (clients: both processes together).\n\n"
         + markdown_table(headers, rows)
         + "\n\n"
         + verdict(results)
@@ -518,11 +582,13 @@ def verdict(results: dict[Variant, list[Step]]) -> str:
         per_socket = largest.server_cpu * TICK_SECONDS / largest.reached * 1e6
         lines.append(
             f"At {largest.reached:,} sockets the server spent {per_socket:.0f} µs of CPU per socket per tick "
-            f"(RedisChannelLayer): one pass over them takes {per_socket * largest.reached / 1000:.0f} ms "
-            "of CPU before the last socket has its frame. The clients, on the same two cores, spent "
+            f"(RedisChannelLayer), {per_socket * largest.reached / 1000:.0f} ms a tick: the pass that writes "
+            "the frame to every socket, and the rest of the process's work (keepalive pings, Redis, the "
+            "collector). The clients spent "
             f"{largest.clients_cpu * TICK_SECONDS / largest.reached * 1e6:.0f} µs per frame, "
-            f"{largest.clients_cpu * TICK_SECONDS * 1000:.0f} ms of CPU per tick to read it: on this "
-            'machine they compete with the server for the two cores, and "as read" adds their own wait.'
+            f"{largest.clients_cpu * TICK_SECONDS * 1000:.0f} ms of CPU per tick to read it, "
+            + ("on their own core" if CORES.split else "on the server's core")
+            + ': "as read" adds their wait for it.'
         )
     return " ".join(lines)
 
@@ -541,6 +607,7 @@ def main() -> None:
         uvloop.run(client_worker(url, cookie, origin, deflate == "1"))
         return
     sizes = [int(size) for size in args.sizes.split(",")]
+    CORES.keep_bench_off_the_server()
     workdir = Path(tempfile.mkdtemp(prefix="reactive-fanout-"))
     cookie = prepare(site_env(workdir, "bench", "redis"))
     deadline = time.monotonic() + args.budget
@@ -549,8 +616,12 @@ def main() -> None:
     for share, variant in ((0.5, Variant("redis")), (1.0, Variant("pubsub"))):
         until = time.monotonic() + (deadline - time.monotonic()) * share
         results[variant] = run_variant(variant, sizes, workdir, cookie, until)
-    optional = Variant("redis", deflate=True)
-    results[optional] = [s for s in run_variant(optional, sizes[-1:], workdir, cookie, deadline) if s.lags]
+    for optional in (Variant("redis", deflate=True), Variant("redis", shared_cores=True)):
+        if optional.shared_cores and not CORES.split:
+            continue  # nothing was pinned: the other rows already share the core
+        results[optional] = [
+            s for s in run_variant(optional, sizes[-1:], workdir, cookie, deadline) if s.lags
+        ]
     body = report(results, args.budget)
     print("\n" + body)
     if not args.no_write:
