@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,7 +76,7 @@ class Variant:
         return (
             LAYER_NAMES[self.layer]
             + (", deflate on" if self.deflate else "")
-            + (", cores shared with the clients" if self.shared_cores and CORES.split else "")
+            + (", cores shared with the clients" if self.shared_cores else "")
         )
 
     def uvicorn_args(self) -> list[str]:
@@ -117,7 +118,7 @@ class Cores:
     """
 
     def __init__(self) -> None:
-        usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        usable = sorted(os.sched_getaffinity(0))
         self.split = len(usable) >= 2
         self.server = {usable[0]} if self.split else set(usable)
         self.others = set(usable[1:]) if self.split else set(usable)
@@ -126,14 +127,15 @@ class Cores:
         if self.split:
             os.sched_setaffinity(0, self.others)
 
-    def pin(self, variant: Variant, *, server: bool) -> Any:
+    def pin(self, variant: Variant, *, server: bool) -> Callable[[], None] | None:
         """A preexec_fn that sets a child's cores before it starts (and so for all its threads), or None.
 
         (preexec_fn is unsafe only in a process with threads; the bench's main process starts none.)
         """
         if not self.split:
             return None
-        cores = self.server | self.others if variant.shared_cores else self.server if server else self.others
+        own = self.server if server else self.others
+        cores = (self.server | self.others) if variant.shared_cores else own
         return lambda: os.sched_setaffinity(0, cores)
 
     def describe(self) -> str:
@@ -142,7 +144,7 @@ class Cores:
         return (
             f"the server pinned to core {min(self.server)}, the clients and the beat to the other "
             f"core{'s' if len(self.others) > 1 else ''} (browsers are elsewhere in production; Redis runs "
-            "where the scheduler puts it); the last row lets all of them share every core"
+            "where the scheduler puts it), except in the row that says the cores are shared"
         )
 
 
@@ -612,7 +614,7 @@ def main() -> None:
     cookie = prepare(site_env(workdir, "bench", "redis"))
     deadline = time.monotonic() + args.budget
     results: dict[Variant, list[Step]] = {}
-    # The two layers share the budget; the deflate-on variant (uvicorn's default) runs only in what is left.
+    # The two layers share the budget; the last variants (deflate on, shared cores) run only in what is left.
     for share, variant in ((0.5, Variant("redis")), (1.0, Variant("pubsub"))):
         until = time.monotonic() + (deadline - time.monotonic()) * share
         results[variant] = run_variant(variant, sizes, workdir, cookie, until)
