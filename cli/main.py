@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from importlib.metadata import PackageNotFoundError, version
@@ -69,6 +70,8 @@ def translate(exc: BaseException) -> ReactiveError | None:
     try:
         from django.db import OperationalError
 
+        if _missing_table(exc):
+            return ReactiveError(_not_migrated(exc))
         if isinstance(exc, OperationalError):
             return ServiceUnavailable(f"cannot use the database: {exc}".strip())
     except ImportError:  # pragma: no cover
@@ -81,6 +84,29 @@ def translate(exc: BaseException) -> ReactiveError | None:
     except ImportError:  # pragma: no cover
         pass
     return None
+
+
+def _missing_table(exc: BaseException) -> bool:
+    """A database that answers but was never migrated (SQLite's and PostgreSQL's wording)."""
+    from django.db import OperationalError, ProgrammingError
+
+    text = str(exc)
+    return isinstance(exc, OperationalError | ProgrammingError) and (
+        "no such table" in text or ("relation" in text and "does not exist" in text)
+    )
+
+
+def _not_migrated(exc: BaseException) -> str:
+    # Not an outage (exit 3): the database is there and needs its tables, which only a migration brings.
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    name = connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME") or "the database"
+    site = os.environ.get("DJANGO_SETTINGS_MODULE", "the site's settings")
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{name} is not migrated ({first_line}): run `python -m django migrate` with "
+        f"DJANGO_SETTINGS_MODULE={site} and the same DATABASE_URL (`reactive up` migrates on start)"
+    )
 
 
 def run() -> None:

@@ -106,6 +106,29 @@ def test_an_unreachable_client_database_is_exit_3(provisioned: dict[str, str], t
     assert "s3cret" not in done.stderr
 
 
+def test_a_database_never_migrated_says_how_to_migrate(tmp_path: Path) -> None:
+    done = reactive("login-link", "alice", "--client", "alpha", env={"DATABASE_URL": ""}, tmp_path=tmp_path)
+    assert done.returncode == 1, done.stderr  # not an outage (3): the database answered
+    line = one_error_line(done)
+    assert f"{tmp_path / 'var' / 'master.sqlite3'} is not migrated (no such table: auth_user)" in line
+    assert "run `python -m django migrate` with DJANGO_SETTINGS_MODULE=master_site.settings" in line
+
+
+def test_postgresql_words_a_missing_table_its_own_way() -> None:
+    from django.db import OperationalError, ProgrammingError
+
+    from cli.main import translate
+
+    missing = translate(ProgrammingError('relation "auth_user" does not exist\nLINE 1: SELECT ...'))
+    assert missing is not None and missing.exit_code == 1
+    assert 'is not migrated (relation "auth_user" does not exist): run `python -m django migrate`' in str(
+        missing
+    )
+    assert "LINE 1" not in str(missing)
+    down = translate(OperationalError("connection refused"))
+    assert down is not None and down.exit_code == 3 and "cannot use the database" in str(down)
+
+
 def test_version_and_shell_completion(tmp_path: Path) -> None:
     version = reactive("--version", env={}, tmp_path=tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("reactive ")
