@@ -27,6 +27,9 @@ def login_link(
     user = get_user_model()._default_manager.filter(username=username).first()
     if user is None:
         raise ReactiveError(f"no user {username!r} on the master")
+    refused = sso.refusal(user)
+    if refused:
+        raise ReactiveError(f"{refused}: {client} would refuse a link")
     url = sso.login_url(user, client)
     if as_json:
         common.print_json(

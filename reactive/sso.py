@@ -78,6 +78,23 @@ def client_url(client: str) -> str:
         ) from None
 
 
+def refusal(user: Any) -> str | None:
+    """Why every client would refuse this master user's link, known on the master before issuing one.
+
+    A client signs in only its replica of an active user, and the replica exists only if the master syncs
+    the user (the predicate change capture was registered with; by default, not staff users).
+    """
+    from reactive import capture
+
+    name = user.get_username()
+    if not getattr(user, "is_active", True):
+        return f"{name} is disabled on the master, and so on every client site"
+    tracking = capture.tracking_for(user._meta.model)  # not type(user): request.user is a lazy proxy
+    if tracking is not None and not tracking.predicate(user):
+        return f"{name} is not synced to the client sites (REACTIVE_SYNC_PREDICATE leaves the account out)"
+    return None
+
+
 def login_url(user: Any, client: str) -> str:
     """The link a master user follows to sign in on ``client``: ``<client url>/sso/login?token=...``."""
     token = issue(user.pk, user.get_username(), client)

@@ -212,6 +212,18 @@ def test_open_mints_a_link_for_that_client_at_click_time(master: Client) -> None
     assert master.get("/open/gamma/").status_code == 404
 
 
+@pytest.mark.usefixtures("captured")
+def test_a_user_the_master_does_not_sync_is_told_so_instead_of_given_dead_links(master: Client) -> None:
+    staff = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    master.force_login(staff)
+    page = master.get("/").content.decode()
+    assert "No site will sign you in: ops is not synced to the client sites" in page
+    assert ">open</a>" not in page
+    refused = master.get("/open/alpha/")
+    assert refused.status_code == 403 and "Location" not in refused
+    assert "ops is not synced to the client sites" in refused.content.decode()
+
+
 # -- reactive login-link ----------------------------------------------------------------------------
 
 
@@ -234,8 +246,18 @@ def test_login_link_command_prints_a_working_link(settings: Any, capsys: pytest.
     [
         (["login-link", "nobody", "--client", "alpha"], "no user 'nobody' on the master"),
         (["login-link", "alice", "--client", "gamma"], "no URL known for client 'gamma'"),
+        (
+            ["login-link", "ops", "--client", "alpha"],
+            "ops is not synced to the client sites (REACTIVE_SYNC_PREDICATE leaves the account out): "
+            "alpha would refuse a link",
+        ),
+        (
+            ["login-link", "gone", "--client", "alpha"],
+            "gone is disabled on the master, and so on every client",
+        ),
     ],
 )
+@pytest.mark.usefixtures("captured")
 def test_login_link_command_refuses_unknown_users_and_clients(
     settings: Any, argv: list[str], message: str
 ) -> None:
@@ -246,6 +268,8 @@ def test_login_link_command_refuses_unknown_users_and_clients(
 
     settings.REACTIVE_CLIENT_URLS = {"alpha": "http://alpha.example"}
     get_user_model().objects.create_user("alice")
+    get_user_model().objects.create_user("ops", is_staff=True)
+    get_user_model().objects.create_user("gone", is_active=False)
     result = CliRunner().invoke(app, argv)
     assert isinstance(result.exception, ReactiveError) and result.exception.exit_code == 1
     assert message in str(result.exception)

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import render
 from django.urls import reverse_lazy
 from django.views.decorators.cache import never_cache
@@ -25,7 +32,7 @@ def health(request: HttpRequest) -> JsonResponse:
 def clients(request: HttpRequest) -> HttpResponse:
     """The signed-in user's way into each client site: one "open" link per client."""
     rows = [{"name": name, "url": url} for name, url in sorted(sso.client_urls().items())]
-    return render(request, "accounts/clients.html", {"clients": rows})
+    return render(request, "accounts/clients.html", {"clients": rows, "refused": sso.refusal(request.user)})
 
 
 @never_cache
@@ -35,4 +42,7 @@ def open_client(request: HttpRequest, client: str) -> HttpResponse:
     """Mint a fresh login link at the moment of the click (links live 60 s) and go there."""
     if client not in sso.client_urls():
         raise Http404(f"no client named {client}")
+    refused = sso.refusal(request.user)
+    if refused:  # the client would refuse the link: say why here, where it can be fixed
+        return HttpResponseForbidden(f"{refused}.", content_type="text/plain; charset=utf-8")
     return HttpResponseRedirect(sso.login_url(request.user, client))
