@@ -322,14 +322,19 @@ def seed_demo_users() -> list[str]:
     return created
 
 
-def login_link(username: str, client: str) -> str | None:
-    """A fresh login link of the master (this process) for one client; None when the user does not exist."""
+def login_link(username: str, client: str) -> str:
+    """A fresh login link of the master (this process) for one client; ReactiveError says why there is none."""
     from django.contrib.auth import get_user_model
 
     from reactive import sso
 
     user = get_user_model()._default_manager.filter(username=username).first()
-    return sso.login_url(user, client) if user else None
+    if user is None:
+        raise ReactiveError(f"no user {username} on the master")
+    refused = sso.refusal(user)
+    if refused:  # e.g. made staff in the admin during the demo: every client would refuse the link
+        raise ReactiveError(refused)
+    return sso.login_url(user, client)
 
 
 # -- processes --------------------------------------------------------------------------------------------
@@ -435,6 +440,7 @@ class Up:
         self._backlog: tuple[int | None, float | None] = (None, None)
         self._last_outbox_id = 0
         self._links_at = 0.0
+        self._links_refused = ""  # why the last renewal made no login link ("" when it made them)
         self._done = threading.Event()
         self._lock = threading.Lock()
 
@@ -699,23 +705,32 @@ class Up:
             self._make_login_links()
 
     def _make_login_links(self, announce: bool = True) -> None:
-        """A login link per client for the first demo user (short-lived: `reactive login-link` makes more)."""
+        """A login link per client for the first demo user (short-lived: `reactive login-link` makes more).
+
+        A link replaces the client's plain address in the view. When the user can have none (deleted, made
+        staff or disabled in the admin meanwhile), the addresses come back and a warning says why, once.
+        """
         user = DEMO_USERS[0][0]
-        made = {}
+        made: dict[str, str] = {}
+        refused = ""
         self._links_at = time.monotonic()
         for client in self.options.clients:
-            link = login_link(user, client)
-            if link:
-                made[f"{client} as {user}"] = link
-        if not made:
-            self.emit("warning", f"no login links: no user {user} on the master")
-            return
+            try:
+                made[f"{client} as {user}"] = login_link(user, client)
+            except ReactiveError as exc:
+                refused = str(exc)
+        urls = self._web_urls()
         with self._lock:
             for client in self.options.clients:
-                if f"{client} as {user}" in made:
-                    self.links.pop(client, None)
+                self.links.pop(f"{client} as {user}", None)
+                self.links.pop(client, None)
+                if f"{client} as {user}" not in made:
+                    self.links[client] = urls[f"{client}-web"] + "/"
             self.links.update(made)
-        if announce:
+        if refused and refused != self._links_refused:
+            self.emit("warning", f"no login links: {refused}")
+        self._links_refused = refused
+        if made and announce:
             self.emit("links", f"login links for {user} (valid 60 s, once)", links=made)
 
     # -- the view -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The pure parts of `reactive up`: ports, the choice of AWS, the process table, free ports.
-The whole run is proven in tests/e2e/test_up.py."""
+"""The parts of `reactive up` that need no processes: ports, the choice of AWS, the process table, free ports,
+the live view's login links. The whole run is proven in tests/e2e/test_up.py."""
 
 from __future__ import annotations
 
@@ -81,3 +81,33 @@ def test_a_port_someone_listens_on_is_not_free() -> None:
         port = listening.getsockname()[1]
         assert not port_free(port, "127.0.0.1")
     assert port_free(port, "127.0.0.1")
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("captured")
+def test_the_live_view_offers_login_links_only_while_the_demo_user_can_use_them(tmp_path: Path) -> None:
+    from django.contrib.auth import get_user_model
+
+    from reactive.up import Up, UpEvent
+
+    events: list[UpEvent] = []
+    up = Up(options(tmp_path), on_event=events.append)
+    alice = get_user_model().objects.create_user("alice")
+
+    up._make_login_links()
+    assert sorted(up.links) == ["alpha as alice", "beta as alice"]
+    assert "/sso/login?token=" in up.links["beta as alice"]
+
+    alice.is_staff = True  # made staff in the admin during the demo: no client would sign her in
+    alice.save()
+    up._make_login_links(announce=False)
+    up._make_login_links(announce=False)
+    assert up.links == {"alpha": "http://127.0.0.1:8000/", "beta": "http://127.0.0.1:8002/"}
+    warnings = [e.text for e in events if e.kind == "warning"]
+    assert warnings == ["no login links: alice is not synced to the client sites (REACTIVE_SYNC_PREDICATE "
+                        "leaves the account out)"]  # fmt: skip
+
+    alice.is_staff = False
+    alice.save()
+    up._make_login_links(announce=False)
+    assert sorted(up.links) == ["alpha as alice", "beta as alice"]
