@@ -11,7 +11,13 @@ from cli import common
 
 def beat(
     once: bool = typer.Option(False, "--once", help="Send one tick now and exit."),
-    interval: float = typer.Option(0.5, "--interval", "-i", min=0.05, help="Seconds between ticks (loop)."),
+    interval: float | None = typer.Option(
+        None,
+        "--interval",
+        "-i",
+        min=0.05,
+        help="Seconds between ticks (loop); default REACTIVE_CLOCK_INTERVAL, else 0.5.",
+    ),
     client: str = typer.Option(None, "--client", "-c", help="The client site (default REACTIVE_CLIENT)."),
     as_json: bool = typer.Option(False, "--json", help="Print each tick sent as one JSON object a line."),
 ) -> None:
@@ -23,7 +29,9 @@ def beat(
     """
     common.setup_django("client", client)
     from cli.tail import require_redis
-    from reactive import clock
+    from reactive import clock, settings
+
+    interval = interval or settings.clock_interval()
 
     require_redis()
     if once:

@@ -15,8 +15,12 @@ def provision(
         None, "--client", "-c", help="Client name (repeat); default REACTIVE_CLIENTS."
     ),
     fifo: bool = typer.Option(False, "--fifo", help="Create the FIFO variants (.fifo topic and queues)."),
-    max_receives: int = typer.Option(
-        5, "--max-receives", min=1, max=1000, help="Receives before a message is dead."
+    max_receives: int | None = typer.Option(
+        None,
+        "--max-receives",
+        min=1,
+        max=1000,
+        help="Receives before a message is dead; default REACTIVE_MAX_RECEIVES, else 5.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -26,7 +30,8 @@ def provision(
     Example: [bold]reactive provision --client alpha --client beta --max-receives 5[/bold]
     """
     clients = [settings.validate_client(c) for c in (client or settings.clients())]
-    options = Options(clients=clients, fifo=fifo or settings.fifo(), max_receives=max_receives)
+    receives = max_receives or settings.max_receives()
+    options = Options(clients=clients, fifo=fifo or settings.fifo(), max_receives=receives)
     plan = Provisioner(options).run(dry_run=dry_run)
     if as_json:
         common.print_json(plan.to_dict())

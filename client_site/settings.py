@@ -67,7 +67,7 @@ globals().update(reactive_settings.celery_settings(f"client-{REACTIVE_CLIENT}"))
 CELERY_BEAT_SCHEDULE = {
     "clock-tick": {
         "task": "reactive.clock_tick",
-        "schedule": reactive_settings.float_setting("REACTIVE_CLOCK_INTERVAL", 0.5),
+        "schedule": reactive_settings.clock_interval(),
         # A tick queued while the workers were down is dropped, not replayed late.
         "options": {"expires": 1.0},
     }

@@ -17,6 +17,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGION = "us-east-1"
 DEV_SSO_KEY = "reactive-development-sso-key-do-not-use-in-production"
 CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+MIN_CLOCK_INTERVAL = 0.05  # seconds; a faster clock is a busy loop, not a clock
 
 
 def _django_setting(name: str, default: Any = None) -> Any:
@@ -151,10 +152,15 @@ def var_dir() -> Path:
     return Path(os.environ.get("REACTIVE_VAR_DIR") or Path.cwd() / "var").resolve()
 
 
+def client_database_variable(client: str) -> str:
+    """The variable naming one client's own database: DATABASE_URL_<CLIENT>, '-' written '_' (DATABASE_URL_MY_APP)."""
+    return f"DATABASE_URL_{client.upper().replace('-', '_')}"
+
+
 def database_url(site: str, client: str | None = None) -> str:
     """The database of this process: DATABASE_URL_<CLIENT>, DATABASE_URL (``{client}`` expanded), or SQLite under var/."""
     if client:
-        specific = os.environ.get(f"DATABASE_URL_{client.upper().replace('-', '_')}")
+        specific = os.environ.get(client_database_variable(client))
         if specific:
             return specific
     url = os.environ.get("DATABASE_URL")
@@ -178,7 +184,25 @@ def debug() -> bool:
 
 
 def max_receives() -> int:
-    return int(env_or_setting("REACTIVE_MAX_RECEIVES", 5))
+    """Receives before SQS moves a message to the DLQ: REACTIVE_MAX_RECEIVES, 5 by default (as SQS allows, 1-1000)."""
+    value = env_or_setting("REACTIVE_MAX_RECEIVES", 5)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if not 1 <= count <= 1000:
+        raise ConfigError(f"REACTIVE_MAX_RECEIVES must be a whole number from 1 to 1000, got {value!r}")
+    return count
+
+
+def clock_interval() -> float:
+    """Seconds between clock ticks: REACTIVE_CLOCK_INTERVAL, 0.5 by default; at least 0.05."""
+    interval = float_setting("REACTIVE_CLOCK_INTERVAL", 0.5)
+    if interval < MIN_CLOCK_INTERVAL:
+        raise ConfigError(
+            f"REACTIVE_CLOCK_INTERVAL must be at least {MIN_CLOCK_INTERVAL} s, got {interval:g}"
+        )
+    return interval
 
 
 def float_setting(name: str, default: float) -> float:

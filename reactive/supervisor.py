@@ -171,11 +171,9 @@ def reactive_argv(*args: str) -> list[str]:
 def listener_spec(client: str, *, once: bool = False, batch: int = 10, wait: float = 20) -> ProcessSpec:
     url = settings.database_url("client", client)
     shared = os.environ.get("DATABASE_URL")
-    if shared and "{client}" not in shared and not os.environ.get(f"DATABASE_URL_{client.upper()}"):
-        raise ConfigError(
-            "several clients would share DATABASE_URL: put {client} in it, or set DATABASE_URL_"
-            + client.upper()
-        )
+    own = settings.client_database_variable(client)
+    if shared and "{client}" not in shared and not os.environ.get(own):
+        raise ConfigError(f"several clients would share DATABASE_URL: put {{client}} in it, or set {own}")
     argv = reactive_argv("listen", "--client", client, "--batch", str(batch), "--wait", str(wait))
     if once:
         argv.append("--once")

@@ -138,3 +138,43 @@ def test_celery_task_ticks(redis_layer: str, redis_url: str, prefix: str) -> Non
     result = clock_tick.apply().get()
     value, _ = stored(redis_url, prefix)
     assert value["time"] == result
+
+
+def test_reactive_beat_and_celery_beat_share_one_interval_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_layer: str
+) -> None:
+    from typer.testing import CliRunner
+
+    import cli.beat
+    from cli.main import app
+
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
+    monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", "0.2")
+    monkeypatch.delitem(sys.modules, "client_site.settings", raising=False)
+    assert (
+        importlib.import_module("client_site.settings").CELERY_BEAT_SCHEDULE["clock-tick"]["schedule"] == 0.2
+    )
+
+    asked: list[float] = []
+
+    async def loop(interval: float, printed: Any) -> int:
+        asked.append(interval)
+        return 0
+
+    monkeypatch.setattr(cli.beat, "_loop", loop)
+    assert CliRunner().invoke(app, ["beat"]).exit_code == 0
+    assert CliRunner().invoke(app, ["beat", "--interval", "1.5"]).exit_code == 0
+    assert asked == [0.2, 1.5]  # the flag wins over the variable
+
+
+@pytest.mark.parametrize("value", ["0.01", "soon", "nan"])
+def test_a_clock_interval_that_is_no_clock_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from reactive import settings
+    from reactive.errors import ConfigError
+
+    monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", value)
+    with pytest.raises(ConfigError, match="REACTIVE_CLOCK_INTERVAL must be"):
+        settings.clock_interval()

@@ -86,3 +86,30 @@ def test_bad_client_names_are_refused(aws_env: dict[str, str]) -> None:
 
     with pytest.raises(ConfigError, match="invalid client name"):
         Provisioner(Options(clients=["Not Valid"])).run()
+
+
+def test_the_max_receives_variable_is_the_commands_default(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`source var/up.env` (REACTIVE_MAX_RECEIVES=2) then `reactive provision` keeps what `up` provisioned."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("REACTIVE_MAX_RECEIVES", "2")
+    assert CliRunner().invoke(app, ["provision", "--client", "alpha"]).exit_code == 0
+    assert redrive_of(f"{aws_env['REACTIVE_PREFIX']}-alpha")["maxReceiveCount"] == 2
+    assert CliRunner().invoke(app, ["provision", "--client", "alpha", "--max-receives", "4"]).exit_code == 0
+    assert redrive_of(f"{aws_env['REACTIVE_PREFIX']}-alpha")["maxReceiveCount"] == 4
+
+    monkeypatch.setenv("REACTIVE_MAX_RECEIVES", "many")
+    refused = CliRunner().invoke(app, ["provision", "--client", "alpha"])
+    assert refused.exit_code == 1
+    assert "REACTIVE_MAX_RECEIVES must be a whole number from 1 to 1000, got 'many'" in str(refused.exception)
+
+
+def redrive_of(queue: str) -> dict[str, object]:
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    return dict(json.loads(attrs["RedrivePolicy"]))

@@ -62,3 +62,18 @@ def test_a_dying_child_is_restarted_with_backoff_and_a_stop_leaves_nothing(tmp_p
     _, still = psutil.wait_procs(descendants, timeout=5)  # a killed process may take a moment to be gone
     alive = [p.pid for p in still if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"the stop left the child's own children running: {alive}"
+
+
+def test_each_listener_gets_its_own_database_and_a_shared_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reactive.errors import ConfigError
+    from reactive.supervisor import listener_spec
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/shared")
+    with pytest.raises(ConfigError, match="put {client} in it, or set DATABASE_URL_MY_APP"):
+        listener_spec("my-app")
+    monkeypatch.setenv("DATABASE_URL_MY_APP", "postgres://db/my_app")  # '-' is '_' in a variable name
+    assert listener_spec("my-app").env["DATABASE_URL"] == "postgres://db/my_app"
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/{client}")
+    assert listener_spec("beta").env["DATABASE_URL"] == "postgres://db/beta"
