@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from cli import common
-from reactive.errors import ReactiveError, ServiceUnavailable
+from reactive.errors import ReactiveError, ServiceUnavailable, is_missing_schema
 
 app = typer.Typer(
     name="reactive",
@@ -70,7 +70,7 @@ def translate(exc: BaseException) -> ReactiveError | None:
     try:
         from django.db import OperationalError
 
-        if _missing_table(exc):
+        if is_missing_schema(exc):
             return ReactiveError(_not_migrated(exc))
         if isinstance(exc, OperationalError):
             return ServiceUnavailable(f"cannot use the database: {exc}".strip())
@@ -86,27 +86,29 @@ def translate(exc: BaseException) -> ReactiveError | None:
     return None
 
 
-def _missing_table(exc: BaseException) -> bool:
-    """A database that answers but was never migrated (SQLite's and PostgreSQL's wording)."""
-    from django.db import OperationalError, ProgrammingError
-
-    text = str(exc)
-    return isinstance(exc, OperationalError | ProgrammingError) and (
-        "no such table" in text or ("relation" in text and "does not exist" in text)
-    )
-
-
 def _not_migrated(exc: BaseException) -> str:
-    # Not an outage (exit 3): the database is there and needs its tables, which only a migration brings.
-    from django.db import DEFAULT_DB_ALIAS, connections
-
-    name = connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME") or "the database"
-    site = os.environ.get("DJANGO_SETTINGS_MODULE", "the site's settings")
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Not an outage (exit 3): the database answered, and it needs the tables a migration brings.
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    site = os.environ.get("DJANGO_SETTINGS_MODULE", "<site>.settings")
+    client = os.environ.get("REACTIVE_CLIENT") if site.startswith("client_site") else None
+    how = f"DJANGO_SETTINGS_MODULE={site}" + (f" REACTIVE_CLIENT={client}" if client else "")
     return (
-        f"{name} is not migrated ({first_line}): run `python -m django migrate` with "
-        f"DJANGO_SETTINGS_MODULE={site} and the same DATABASE_URL (`reactive up` migrates on start)"
+        f"{_database_name()} is not migrated ({first_line}): run `{how} python -m django migrate` "
+        "with the rest of this command's environment (`reactive up` migrates on start)"
     )
+
+
+def _database_name() -> str:
+    try:
+        from django.db import DEFAULT_DB_ALIAS, connections
+
+        database = connections[DEFAULT_DB_ALIAS].settings_dict
+    except Exception:  # settings not configured: the error came from elsewhere
+        return "the database"
+    name, host = database.get("NAME"), database.get("HOST")
+    if not name:
+        return "the database"
+    return f"database {name} on {host}" if host else str(name)
 
 
 def run() -> None:

@@ -210,7 +210,8 @@ def links_panel(snapshot: Snapshot) -> Panel:
         lines.append(f"{label}: ", style="bold")
         lines.append(url + "\n", style=f"link {url}")
     hints = sign_in_hints({"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]}, DEMO_PASSWORD)
-    hints.append("login links are fresh for 60 s (renewed every 45 s), one use each")
+    if any(" as " in label for label in snapshot.links):
+        hints.append("login links are fresh for 60 s (renewed every 45 s), one use each")
     lines.append("\n".join(hints), style="dim")
     return Panel(lines, title="open", title_align="left")
 

@@ -67,7 +67,8 @@ globals().update(reactive_settings.celery_settings(f"client-{REACTIVE_CLIENT}"))
 CELERY_BEAT_SCHEDULE = {
     "clock-tick": {
         "task": "reactive.clock_tick",
-        "schedule": reactive_settings.clock_interval(),
+        # Read leniently here (every client process imports this); `reactive beat` checks its own value.
+        "schedule": reactive_settings.float_setting("REACTIVE_CLOCK_INTERVAL", 0.5),
         # A tick queued while the workers were down is dropped, not replayed late.
         "options": {"expires": 1.0},
     }

@@ -41,3 +41,23 @@ class MessageError(ReactiveError):
 
 class ApplyError(ReactiveError):
     """A decoded event that cannot be applied to the replica now (it will be retried)."""
+
+
+# SQLSTATEs of a schema that lacks what the code expects: undefined table, undefined column (PostgreSQL).
+MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """A database error that says the schema is not (fully) migrated, as opposed to an outage.
+
+    PostgreSQL says so by SQLSTATE on the driver's error (any locale); SQLite only in its message.
+    """
+    from django.db import DatabaseError
+
+    if not isinstance(exc, DatabaseError):
+        return False
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if sqlstate is not None:
+        return sqlstate in MISSING_SCHEMA_SQLSTATES
+    return str(exc).startswith(("no such table", "no such column"))

@@ -25,9 +25,15 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from reactive import groups, settings
-from reactive.errors import MessageError, ReactiveError, ResourceNotFound, ServiceUnavailable
+from reactive.errors import (
+    MessageError,
+    ReactiveError,
+    ResourceNotFound,
+    ServiceUnavailable,
+    is_missing_schema,
+)
 from reactive.events import Event, decode
-from reactive.replica import Outcome, apply_batch
+from reactive.replica import Outcome, ReplicaState, apply_batch
 from reactive.transport.base import BATCH_LIMIT, ReceivedMessage, Transport
 
 log = logging.getLogger("reactive.listener")
@@ -103,8 +109,9 @@ class Listener:
 
     def run(self, *, once: bool = False) -> Totals:
         """Poll until stopped (or, with ``once``, until the first empty receive)."""
-        # Fails fast, with a clear error, when the queue is missing.
+        # Fails fast, with a clear error, when the queue is missing or the database was never migrated.
         visibility = self.transport.visibility_timeout(self.queue)
+        self._require_schema()
         self._linger = min(self.ack_linger, visibility / 4)
         totals = Totals()
         failures = 0
@@ -131,6 +138,20 @@ class Listener:
         finally:
             totals.acked += self._ack_on_the_way_out()
         return totals
+
+    def _require_schema(self) -> None:
+        """A database without the replica's tables: no retry mends that, a migration does, so stop here.
+
+        Any other database error (an outage) is left to the loop, which retries it with backoff.
+        """
+        from django.contrib.auth import get_user_model
+
+        try:
+            ReplicaState.objects.using(self.using).exists()
+            get_user_model()._default_manager.using(self.using).exists()
+        except DatabaseError as exc:
+            if is_missing_schema(exc):
+                raise
 
     # -- one batch ------------------------------------------------------------------------------
     def poll(self, *, wait: float | None = None) -> Totals:

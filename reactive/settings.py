@@ -187,8 +187,8 @@ def max_receives() -> int:
     """Receives before SQS moves a message to the DLQ: REACTIVE_MAX_RECEIVES, 5 by default (as SQS allows, 1-1000)."""
     value = env_or_setting("REACTIVE_MAX_RECEIVES", 5)
     try:
-        count = int(value)
-    except (TypeError, ValueError):
+        count = int(str(value))  # str: a setting of 2.5 is refused, not read as 2
+    except ValueError:
         count = 0
     if not 1 <= count <= 1000:
         raise ConfigError(f"REACTIVE_MAX_RECEIVES must be a whole number from 1 to 1000, got {value!r}")

@@ -82,15 +82,15 @@ def refusal(user: Any) -> str | None:
     """Why every client would refuse this master user's link, known on the master before issuing one.
 
     A client signs in only its replica of an active user, and the replica exists only if the master syncs
-    the user (the predicate change capture was registered with; by default, not staff users).
+    the user (what change capture and `reactive sync` use: REACTIVE_SYNC_PREDICATE, by default not staff).
     """
-    from reactive import capture
+    from reactive.resync import tracking
 
+    synced = tracking()
     name = user.get_username()
-    if not getattr(user, "is_active", True):
+    if "is_active" in synced.fields and not getattr(user, "is_active", True):
         return f"{name} is disabled on the master, and so on every client site"
-    tracking = capture.tracking_for(user._meta.model)  # not type(user): request.user is a lazy proxy
-    if tracking is not None and not tracking.predicate(user):
+    if not synced.predicate(user):
         return f"{name} is not synced to the client sites (REACTIVE_SYNC_PREDICATE leaves the account out)"
     return None
 

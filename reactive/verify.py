@@ -161,7 +161,7 @@ def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
     if master_url == client_url:
         raise UsageError(
             f"the master and client {client} databases are the same ({redact(master_url)}): "
-            f"pass --client-db, or set DATABASE_URL_{client.upper().replace('-', '_')}"
+            f"pass --client-db, or set {settings.client_database_variable(client)}"
         )
     fields = list(tracking().fields)
     sides = {MASTER_ALIAS: ("master", master_url), REPLICA_ALIAS: (f"client {client}", client_url)}

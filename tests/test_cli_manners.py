@@ -111,22 +111,41 @@ def test_a_database_never_migrated_says_how_to_migrate(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr  # not an outage (3): the database answered
     line = one_error_line(done)
     assert f"{tmp_path / 'var' / 'master.sqlite3'} is not migrated (no such table: auth_user)" in line
-    assert "run `python -m django migrate` with DJANGO_SETTINGS_MODULE=master_site.settings" in line
+    assert "run `DJANGO_SETTINGS_MODULE=master_site.settings python -m django migrate`" in line
 
 
-def test_postgresql_words_a_missing_table_its_own_way() -> None:
+def test_a_listener_on_a_database_never_migrated_stops_at_once_and_says_how_to_migrate(
+    provisioned: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**provisioned, "DATABASE_URL": "", "DATABASE_URL_ALPHA": ""}
+    done = reactive("listen", "--client", "alpha", "--wait", "1", env=env, tmp_path=tmp_path)
+    assert done.returncode == 1, done.stderr  # rather than retrying for ever what only a migration mends
+    line = done.stderr.strip().splitlines()[-1]  # after the listener's own "polling" log line
+    assert line.startswith("error: ") and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'var' / 'client-alpha.sqlite3'} is not migrated (no such table: " in line
+    assert (
+        "`DJANGO_SETTINGS_MODULE=client_site.settings REACTIVE_CLIENT=alpha python -m django migrate`" in line
+    )
+
+
+class _UndefinedTable(Exception):
+    sqlstate = "42P01"  # what psycopg puts on the error Django wraps, in any locale
+
+
+def test_postgresql_says_missing_table_by_sqlstate_and_an_outage_stays_an_outage() -> None:
     from django.db import OperationalError, ProgrammingError
 
     from cli.main import translate
 
-    missing = translate(ProgrammingError('relation "auth_user" does not exist\nLINE 1: SELECT ...'))
+    wrapped = ProgrammingError("Relation »auth_user« existiert nicht\nLINE 1: SELECT ...")
+    wrapped.__cause__ = _UndefinedTable()
+    missing = translate(wrapped)
     assert missing is not None and missing.exit_code == 1
-    assert 'is not migrated (relation "auth_user" does not exist): run `python -m django migrate`' in str(
-        missing
-    )
+    assert "is not migrated (Relation »auth_user« existiert nicht): run `" in str(missing)
     assert "LINE 1" not in str(missing)
-    down = translate(OperationalError("connection refused"))
-    assert down is not None and down.exit_code == 3 and "cannot use the database" in str(down)
+    for outage in ('FATAL: database "relations" does not exist', "connection refused"):
+        down = translate(OperationalError(outage))
+        assert down is not None and down.exit_code == 3 and "cannot use the database" in str(down)
 
 
 def test_version_and_shell_completion(tmp_path: Path) -> None:

@@ -117,13 +117,21 @@ def test_beat_loop_survives_redis_being_down(redis_down: None, settings: Any) ->
     assert run(scenario) == 0  # every tick failed, was logged, and the loop went on until stopped
 
 
+def fresh_client_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """client_site.settings imported anew for alpha under tmp_path; sys.modules as it was afterwards."""
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
+    # setitem records what is there now (the module or nothing) and puts it back after the test.
+    monkeypatch.setitem(sys.modules, "client_site.settings", sys.modules.get("client_site.settings"))
+    del sys.modules["client_site.settings"]
+    return importlib.import_module("client_site.settings")
+
+
 def test_celery_beat_runs_the_tick_twice_a_second_and_drops_late_ones(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
-    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
-    monkeypatch.delitem(sys.modules, "client_site.settings", raising=False)
-    client_settings = importlib.import_module("client_site.settings")
+    monkeypatch.delenv("REACTIVE_CLOCK_INTERVAL", raising=False)
+    client_settings = fresh_client_settings(monkeypatch, tmp_path)
     entry = client_settings.CELERY_BEAT_SCHEDULE["clock-tick"]
     assert entry["task"] == "reactive.clock_tick"
     assert entry["schedule"] == 0.5
@@ -148,13 +156,8 @@ def test_reactive_beat_and_celery_beat_share_one_interval_setting(
     import cli.beat
     from cli.main import app
 
-    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
-    monkeypatch.setenv("REACTIVE_CLIENT", "alpha")
     monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", "0.2")
-    monkeypatch.delitem(sys.modules, "client_site.settings", raising=False)
-    assert (
-        importlib.import_module("client_site.settings").CELERY_BEAT_SCHEDULE["clock-tick"]["schedule"] == 0.2
-    )
+    assert fresh_client_settings(monkeypatch, tmp_path).CELERY_BEAT_SCHEDULE["clock-tick"]["schedule"] == 0.2
 
     asked: list[float] = []
 

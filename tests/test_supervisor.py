@@ -70,6 +70,8 @@ def test_each_listener_gets_its_own_database_and_a_shared_one_is_refused(
     from reactive.errors import ConfigError
     from reactive.supervisor import listener_spec
 
+    for variable in ("DATABASE_URL_MY_APP", "DATABASE_URL_BETA"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgres://db/shared")
     with pytest.raises(ConfigError, match="put {client} in it, or set DATABASE_URL_MY_APP"):
         listener_spec("my-app")
