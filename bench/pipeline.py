@@ -30,13 +30,14 @@ from common import (
     write_section,
 )
 
+from reactive.transport.base import BATCH_LIMIT as BATCH  # PublishBatch, receive and delete: ten at most
+
 EVENTS = int(os.environ.get("BENCH_EVENTS", "600"))
 WINDOW = int(os.environ.get("BENCH_WINDOW", "20"))
 SETUP_REQUESTS = {"GetQueueUrl", "GetQueueAttributes"}  # once per process, not per event: listed apart
 USERS = 100
 MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "45"))
 CLIENTS = ("alpha", "beta")
-BATCH = 10  # PublishBatch, ReceiveMessage and DeleteMessageBatch carry at most ten
 
 
 class Probe:
@@ -398,11 +399,10 @@ def main() -> None:
 
 def table_of(results: dict[str, tuple[Probe, float]]) -> str:
     rows = []
-    base = results.get("baseline")
-    base_rate = base[0].completed() / base[1] if base else 0.0
+    base_rate = events_per_second(results["baseline"]) if "baseline" in results else 0.0
     for key, (probe, elapsed) in results.items():
         done = probe.completed()
-        rate = done / elapsed
+        rate = events_per_second((probe, elapsed))
         lat = probe.latencies_ms()
         detail = ", ".join(f"{k} {v}" for k, v in sorted(probe.requests.items()))
         rows.append(
@@ -434,9 +434,14 @@ def table_of(results: dict[str, tuple[Probe, float]]) -> str:
     return markdown_table(headers, rows)
 
 
+def events_per_second(result: tuple[Probe, float]) -> float:
+    probe, elapsed = result
+    return probe.completed() / elapsed
+
+
 def against_ceiling(results: dict[str, tuple[Probe, float]]) -> str:
     """How much of what this moto server can give one-event-per-message traffic each mode got."""
-    rates = {key: probe.completed() / elapsed for key, (probe, elapsed) in results.items()}
+    rates = {key: events_per_second(result) for key, result in results.items()}
     ceiling = rates.pop("ceiling", 0.0)
     if not ceiling or not rates:
         return ""

@@ -722,9 +722,10 @@ class Up:
         urls = self._web_urls()
         with self._lock:
             for client in self.options.clients:
-                self.links.pop(f"{client} as {user}", None)
+                label = f"{client} as {user}"
+                self.links.pop(label, None)
                 self.links.pop(client, None)
-                if f"{client} as {user}" not in made:
+                if label not in made:
                     self.links[client] = urls[f"{client}-web"] + "/"
             self.links.update(made)
         if refused and refused != self._links_refused:
