@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from common import configure_django, machine, markdown_table, median, write_section
 
@@ -78,14 +79,51 @@ def main() -> None:
     headers = ["mode", f"µs per save (median of {ROUNDS} rounds)", "vs plain save", "queries per save"]
     table = markdown_table(headers, rows)
     print(table)
+    bulk_table = queryset_update_table(User, [u.pk for u in users])
+    print(bulk_table)
     write_section(
         "save_path",
         f"## Save path (bench/save_path.py)\n\n{SAVES} saves of a changed first name per round, SQLite (WAL), "
         f"{machine()}.\n\n{table}\n\nCapture adds one INSERT into the outbox in the same transaction and no SELECT; "
         "the prototype adds a SELECT of the row on every save. The prototype's column is only its change "
         "detection: it writes no event (its Celery call came after, per save), while capture's includes the "
-        "durable event row, so the two land close.",
+        f"durable event row, so the two land close.\n\nOne `QuerySet.update()` of the same {SAVES} rows, "
+        f"per row:\n\n{bulk_table}\n\nA captured update of a tracked column locks and reads the rows, "
+        "updates them and reads them again, 500 at a time, and writes one outbox row per changed row; "
+        "it stays far below a save per row. An update of a column that is neither tracked nor read by "
+        "the predicate (`last_login`) goes straight to Django.",
     )
+
+
+def queryset_update_table(User: Any, keys: list[int]) -> str:
+    """µs per row of one QuerySet.update() over ``keys``: Django alone vs captured, tracked column or not."""
+    from django.utils import timezone
+
+    from reactive import capture
+
+    def tracked() -> None:
+        capture.track(User, predicate=capture.non_staff)
+
+    def untracked() -> None:
+        capture.untrack(User)
+
+    counter = iter(range(10**9))
+    modes: dict[str, tuple[Callable[[], None], Callable[[], dict[str, Any]]]] = {
+        "Django alone, first_name": (untracked, lambda: {"first_name": f"U{next(counter)}"}),
+        "captured, first_name": (tracked, lambda: {"first_name": f"U{next(counter)}"}),
+        "captured, last_login only": (tracked, lambda: {"last_login": timezone.now()}),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(ROUNDS):
+        for name, (setup, values) in modes.items():
+            setup()
+            start = time.perf_counter()
+            User.objects.filter(pk__in=keys).update(**values())
+            timings[name].append((time.perf_counter() - start) / len(keys) * 1e6)
+    untracked()
+    base = median(timings["Django alone, first_name"])
+    rows = [[name, f"{median(t):.1f}", f"{median(t) / base:.2f}x"] for name, t in timings.items()]
+    return markdown_table(["QuerySet.update()", f"µs per row (median of {ROUNDS})", "vs Django alone"], rows)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The tracked values are snapshotted when an instance is loaded (post_init) and after each save, so a save
 is diffed in pure code with no extra SELECT. A registered model's ``save_base`` runs in a transaction so
-that the row write and the outbox insert commit (or roll back) together.
+that the row write and the outbox insert commit (or roll back) together. QuerySet.update(), bulk_update()
+and bulk_create(), which send no signals, are captured by reactive.bulk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from django.apps import apps
 from django.db import models, router, transaction
 from django.db.models.signals import post_delete, post_init, post_save
 
@@ -66,6 +68,7 @@ def track(
 
     ``databases`` limits capture to the master's own aliases, for a process that also holds replicas.
     """
+    model = model._meta.concrete_model or model  # tracking a proxy tracks the rows it stands for
     chosen = tuple(fields or DEFAULT_USER_FIELDS)
     forbidden = NEVER_TRACKED.intersection(chosen)
     if forbidden:
@@ -75,27 +78,43 @@ def track(
     aliases = frozenset(databases) if databases is not None else None
     tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always, aliases)
     if model not in _registry:
-        post_init.connect(_on_init, sender=model, weak=False, dispatch_uid=f"reactive-init-{tracking.label}")
-        post_save.connect(_on_save, sender=model, weak=False, dispatch_uid=f"reactive-save-{tracking.label}")
-        post_delete.connect(
-            _on_delete, sender=model, weak=False, dispatch_uid=f"reactive-delete-{tracking.label}"
-        )
-        model.save_base = _atomic(model.save_base)
+        for sender in _model_and_proxies(model):  # a proxy's signals name the proxy as their sender
+            uid = sender._meta.label_lower
+            post_init.connect(_on_init, sender=sender, weak=False, dispatch_uid=f"reactive-init-{uid}")
+            post_save.connect(_on_save, sender=sender, weak=False, dispatch_uid=f"reactive-save-{uid}")
+            post_delete.connect(_on_delete, sender=sender, weak=False, dispatch_uid=f"reactive-delete-{uid}")
+        model.save_base = _atomic(model.save_base)  # proxies inherit it
     _registry[model] = tracking
+    from reactive import bulk  # imports this module
+
+    bulk.install()
     return tracking
 
 
 def untrack(model: type[models.Model]) -> None:
+    model = model._meta.concrete_model or model
     tracking = _registry.pop(model, None)
     if tracking is None:
         return
-    for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
-        signal.disconnect(sender=model, dispatch_uid=f"reactive-{name}-{tracking.label}")
+    for sender in _model_and_proxies(model):
+        uid = sender._meta.label_lower
+        for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
+            signal.disconnect(sender=sender, dispatch_uid=f"reactive-{name}-{uid}")
     model.save_base = model.save_base.__wrapped__
+    if not _registry:
+        from reactive import bulk
+
+        bulk.uninstall()
 
 
 def tracking_for(model: type[models.Model]) -> Tracking | None:
-    return _registry.get(model)
+    """The model's tracking, a proxy's included (its rows are the concrete model's)."""
+    return _registry.get(model._meta.concrete_model)
+
+
+def _model_and_proxies(model: type[models.Model]) -> list[type[models.Model]]:
+    proxies = [m for m in apps.get_models() if m._meta.proxy and m._meta.concrete_model is model]
+    return [model, *proxies]
 
 
 def tracked_models() -> list[Tracking]:
@@ -141,7 +160,7 @@ def _atomic(save_base: Callable[..., Any]) -> Callable[..., Any]:
 
 def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     # from_db marks an instance as loaded only after __init__, so "has a primary key" stands for "loaded".
-    tracking = _registry.get(sender)
+    tracking = tracking_for(sender)
     if tracking is not None and instance.pk is not None:
         instance.__dict__[SNAPSHOT_ATTR] = snapshot(instance, tracking)
 
@@ -149,7 +168,7 @@ def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) 
 def _on_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
 ) -> None:
-    tracking = _registry.get(sender)
+    tracking = tracking_for(sender)
     if tracking is None or raw or not tracking.captures(using):
         return
     before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
@@ -183,7 +202,7 @@ def decide(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[
 
 
 def _on_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
-    tracking = _registry.get(sender)
+    tracking = tracking_for(sender)
     if tracking is None or not tracking.captures(using):
         return
     before = instance.__dict__.get(SNAPSHOT_ATTR) or snapshot(instance, tracking)

@@ -1,4 +1,7 @@
-"""Master saves reach both replicas through the outbox, a real Celery worker, moto's SNS/SQS and listeners."""
+"""Master changes (saves, queryset updates, bulk creates, deletes) reach both replicas.
+
+Through the outbox, a real Celery worker, moto's SNS/SQS and listeners.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +74,25 @@ def test_changes_reach_both_clients_and_secrets_reach_neither(system: Deployment
     for client in deployment.clients:
         eventually(
             lambda c=client: replica(deployment, c) == want, timeout=60, what=f"{client} gets dave back"
+        )
+
+    deployment.python(
+        "master",
+        """
+        from django.contrib.auth import get_user_model
+        U = get_user_model()
+        U.objects.filter(username="robert").update(first_name="Rob")
+        U.objects.filter(username="alice").update(is_staff=True)
+        U.objects.bulk_create([U(username="erin", first_name="Erin", email="erin@example.com")])
+        U.objects.filter(username="dave").delete()
+        """,
+    )
+    want = [["erin", "Erin", "erin@example.com"], ["robert", "Rob", "bob@example.com"]]
+    for client in deployment.clients:
+        eventually(
+            lambda c=client: replica(deployment, c) == want,
+            timeout=60,
+            what=f"{client} gets queryset changes",
         )
     for client in deployment.clients:
         unusable = deployment.python(
