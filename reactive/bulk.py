@@ -1,27 +1,31 @@
 """Capture for the QuerySet methods that skip Django's signals: update(), bulk_update() and bulk_create().
 
 ``User.objects.filter(...).update(is_active=False)`` sends no post_save, so signal-based capture alone
-would leave every client stale. While a model is tracked, ``QuerySet.update`` and ``QuerySet.bulk_create``
-are wrapped (once, for every model: the wrapper hands an untracked model straight to Django):
+would leave every client stale. While a model is tracked, ``QuerySet.update``, ``bulk_update`` and
+``bulk_create`` are wrapped (once, for every model: the wrappers hand an untracked model straight to Django):
 
-- update() locks the matching rows, reads their tracked values, updates exactly those rows and reads them
-  again, then decides each row's event as a save would (update, delete when a row stops qualifying,
-  insert when it starts), all in one transaction. bulk_update() runs through update() and so is covered.
-  An update that sets neither a tracked field nor one the sync predicate reads costs nothing extra.
+- update() locks the matching rows (in key order), reads their tracked values, updates exactly those
+  rows and reads them again, then decides each row's event as a save would (update; delete when a row
+  stops qualifying; insert when it starts), all in one transaction. An update that sets neither a
+  tracked column nor one the built-in predicates read (``last_login``, say) stays Django's one query;
+  with a custom predicate every update is captured, since it may read any column.
+- bulk_update() runs through update(); afterwards each object's snapshot is what was stored, so its
+  next save() is diffed against the truth.
 - bulk_create() records an insert for every created row that qualifies; with ``update_conflicts`` the
   rows it met are read by ``unique_fields`` before and after, so they get their update. With
-  ``ignore_conflicts`` the database does not say which rows it inserted, so it is refused before any
-  write, with a message naming what to use instead.
+  ``ignore_conflicts`` the database does not say which rows it inserted, so it is refused before any write.
+- An update that sets the primary key is refused: clients know a user by it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import NotSupportedError, connections, models, transaction
 from django.db.models import Q, QuerySet
 
 from reactive import capture
@@ -32,18 +36,21 @@ PREDICATE_READS: dict[Callable[..., bool], frozenset[str]] = {
     capture.always: frozenset(),
     capture.non_staff: frozenset({"is_staff"}),
 }
+Snapshots = dict[Any, dict[str, Any]]
 
 _originals: dict[str, Callable[..., Any]] = {}
+# bulk_update() collects here the snapshots its inner update() calls read after writing.
+_stored_after: contextvars.ContextVar[Snapshots | None] = contextvars.ContextVar("stored_after", default=None)
 
 
 def install() -> None:
-    """Wrap QuerySet.update and QuerySet.bulk_create (idempotent)."""
+    """Wrap QuerySet.update, bulk_update and bulk_create (idempotent)."""
     if _originals:
         return
-    _originals["update"] = QuerySet.update
-    _originals["bulk_create"] = QuerySet.bulk_create
-    QuerySet.update = functools.wraps(QuerySet.update)(_update)
-    QuerySet.bulk_create = functools.wraps(QuerySet.bulk_create)(_bulk_create)
+    for name, wrapper in (("update", _update), ("bulk_update", _bulk_update), ("bulk_create", _bulk_create)):
+        original = getattr(QuerySet, name)
+        _originals[name] = original
+        setattr(QuerySet, name, functools.wraps(original)(wrapper))
 
 
 def uninstall() -> None:
@@ -62,39 +69,49 @@ def _captured(queryset: QuerySet[Any]) -> Tracking | None:
 
 def _update(self: QuerySet[Any], **values: Any) -> int:
     tracking = _captured(self)
-    if tracking is None or not _may_change_events(tracking, values):
+    if tracking is None:
+        return _originals["update"](self, **values)
+    columns = {_field_name(tracking, name) for name in values}
+    if tracking.model._meta.pk.name in columns:
+        raise NotSupportedError(
+            f"update() of the primary key of {tracking.label} rows cannot be synced: clients know a user by it"
+        )
+    if not _may_change_events(tracking, columns):
         return _originals["update"](self, **values)
     self._not_support_combined_queries("update")  # Django's own refusals, before any lock is taken
     if self.query.is_sliced:
         raise TypeError("Cannot update a query once a slice has been taken.")
     using = self.db
     base = tracking.model._base_manager.using(using)
+    stored = _stored_after.get()
     updated = 0
     with transaction.atomic(using=using, savepoint=False):
-        keys = _lock_keys(self, using)
-        for chunk in _chunks(keys):
-            rows = base.filter(pk__in=chunk)
-            before = {row.pk: capture.snapshot(row, tracking) for row in rows}
-            updated += _originals["update"](rows, **values)
-            _record_changes(tracking, before, list(rows.all()), using)
+        for chunk in _chunks(_lock_keys(base.filter(pk__in=self.order_by().values("pk")))):
+            before = _snapshots(base.filter(pk__in=chunk), tracking)
+            updated += _originals["update"](self.filter(pk__in=chunk), **values)  # keeps its annotations
+            after = list(base.filter(pk__in=chunk).order_by("pk"))
+            _record_changes(tracking, before, after, using)
+            if stored is not None:
+                stored.update(_snapshots(after, tracking))
     return updated
 
 
-def _may_change_events(tracking: Tracking, values: dict[str, Any]) -> bool:
-    """Whether these columns can change a tracked value or the predicate's verdict."""
+def _field_name(tracking: Tracking, name: str) -> str:
+    meta = tracking.model._meta
+    return meta.pk.name if name == "pk" else meta.get_field(name).name
+
+
+def _may_change_events(tracking: Tracking, columns: set[str]) -> bool:
+    """Whether setting these columns can change a tracked value or the predicate's verdict."""
     reads = PREDICATE_READS.get(tracking.predicate)
     if reads is None:  # a custom predicate may read anything
         return True
-    meta = tracking.model._meta
-    names = {meta.get_field(name).name for name in values}
-    return bool(names & (set(tracking.fields) | reads))
+    return bool(columns & (set(tracking.fields) | reads))
 
 
-def _lock_keys(queryset: QuerySet[Any], using: str) -> list[Any]:
-    """The matching rows' keys, locked for the transaction, so that the rows updated are the rows read."""
-    of = ("self",) if connections[using].features.has_select_for_update_of else ()
-    locked = queryset.order_by().select_for_update(of=of).values_list("pk", flat=True)
-    return list(dict.fromkeys(locked))  # a join can repeat a row
+def _lock_keys(rows: QuerySet[Any]) -> list[Any]:
+    """Lock ``rows`` (of the model itself, no joins) in key order, so that concurrent updates cannot deadlock."""
+    return list(rows.order_by("pk").select_for_update().values_list("pk", flat=True))
 
 
 def _chunks(keys: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -102,60 +119,82 @@ def _chunks(keys: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield keys[start : start + CHUNK]
 
 
-def _record_changes(
-    tracking: Tracking, before: dict[Any, dict[str, Any]], after: Iterable[models.Model], using: str
-) -> None:
-    from reactive.outbox import record
+def _snapshots(rows: Iterable[models.Model], tracking: Tracking) -> Snapshots:
+    return {row.pk: capture.snapshot(row, tracking) for row in rows}
 
-    for row in sorted(after, key=lambda r: r.pk):
+
+def _record_changes(tracking: Tracking, before: Snapshots, after: Iterable[models.Model], using: str) -> None:
+    from reactive.outbox import new_row, record_many
+
+    rows = []
+    for row in after:
         values = capture.snapshot(row, tracking)
         action, changed = capture.decide(before.get(row.pk), values)
         if action is not None:
-            record(tracking.label, action, str(row.pk), capture.serialize(values), changed, using=using)
+            rows.append(new_row(tracking.label, action, str(row.pk), capture.serialize(values), changed))
+    record_many(rows, using=using)
+
+
+def _bulk_update(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> int:
+    tracking = _captured(self)
+    if tracking is None:
+        return _originals["bulk_update"](self, objs, *args, **kwargs)
+    objs = list(objs)
+    stored: Snapshots = {}
+    token = _stored_after.set(stored)
+    try:
+        updated = _originals["bulk_update"](self, objs, *args, **kwargs)
+    finally:
+        _stored_after.reset(token)
+    for obj in objs:
+        if obj.pk in stored:
+            obj.__dict__[capture.SNAPSHOT_ATTR] = stored[obj.pk]
+    return updated
 
 
 def _bulk_create(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> Any:
     tracking = _captured(self)
-    if tracking is None:
+    objs = list(objs)
+    if tracking is None or not objs:
         return _originals["bulk_create"](self, objs, *args, **kwargs)
     options = inspect.signature(_originals["bulk_create"]).bind(self, objs, *args, **kwargs).arguments
     if options.get("ignore_conflicts"):
-        raise TypeError(
+        raise NotSupportedError(
             f"bulk_create(ignore_conflicts=True) on {tracking.label} cannot be synced: the database does "
             "not say which rows it inserted. Use update_conflicts=True with unique_fields, or "
             "get_or_create() per row."
         )
-    objs = list(objs)
+    unique = options.get("unique_fields") if options.get("update_conflicts") else None
     using = self.db
     with transaction.atomic(using=using, savepoint=False):
-        unique = options.get("unique_fields") if options.get("update_conflicts") else None
-        met = _rows_by_unique(self, tracking, objs, unique) if unique else []
-        before = {row.pk: capture.snapshot(row, tracking) for row in met}
+        before = _snapshots(_rows_by_unique(tracking, objs, unique, using), tracking) if unique else {}
         created = _originals["bulk_create"](self, objs, *args, **kwargs)
-        after = _rows_by_unique(self, tracking, objs, unique) if unique else objs
+        after = _rows_by_unique(tracking, objs, unique, using) if unique else objs
         if any(row.pk is None for row in after):  # raising here rolls the insert back: nothing is lost
-            raise TypeError(
+            raise NotSupportedError(
                 f"bulk_create() on {tracking.label} cannot be synced on {connections[using].vendor}: "
                 "it does not return the new rows' keys. Save the rows one by one."
             )
         _record_changes(tracking, before, after, using)
+    stored = _snapshots(after, tracking)  # what the database holds, for a row that met a conflict too
     for obj in objs:
-        obj.__dict__[capture.SNAPSHOT_ATTR] = capture.snapshot(obj, tracking)
+        if obj.pk in stored:
+            obj.__dict__[capture.SNAPSHOT_ATTR] = stored[obj.pk]
     return created
 
 
 def _rows_by_unique(
-    queryset: QuerySet[Any], tracking: Tracking, objs: Sequence[models.Model], unique: Sequence[str]
+    tracking: Tracking, objs: Sequence[models.Model], unique: Sequence[str], using: str
 ) -> list[models.Model]:
-    """The stored rows that share ``unique`` values with ``objs``, locked."""
+    """The stored rows that share ``unique`` values with ``objs``, locked, in key order."""
     meta = tracking.model._meta
-    attnames = [meta.get_field(name).attname for name in unique]
-    base = tracking.model._base_manager.using(queryset.db)
+    attnames = [meta.pk.attname if name == "pk" else meta.get_field(name).attname for name in unique]
+    base = tracking.model._base_manager.using(using)
     keys: list[Any] = []
     for group in _chunks(objs):
         matches = Q()
         for obj in group:
             matches |= Q(**{att: getattr(obj, att) for att in attnames})
-        keys.extend(_lock_keys(base.filter(matches), queryset.db))
-    keys = list(dict.fromkeys(keys))
-    return [row for chunk in _chunks(keys) for row in base.filter(pk__in=chunk)]
+        keys.extend(_lock_keys(base.filter(matches)))
+    keys = sorted(set(keys))
+    return [row for chunk in _chunks(keys) for row in base.filter(pk__in=chunk).order_by("pk")]

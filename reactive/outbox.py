@@ -87,8 +87,29 @@ def record(
     target: str = TOPIC,
 ) -> OutboxEvent:
     """Write one outbox row in the caller's transaction and relay it once that transaction commits."""
+    row = new_row(model, action, key, data, changed, target=target)
+    _insert(row, using)
+    relay_on_commit(using)
+    return row
+
+
+def record_many(rows: Sequence[OutboxEvent], *, using: str) -> None:
+    """Write ``new_row`` rows in one INSERT where the database returns their ids (versions), else one by one."""
+    if not rows:
+        return
+    if connections[using].features.can_return_rows_from_bulk_insert:
+        OutboxEvent.objects.using(using).bulk_create(rows)
+    else:
+        for row in rows:
+            _insert(row, using)
+    relay_on_commit(using)
+
+
+def new_row(
+    model: str, action: str, key: str, data: dict[str, Any], changed: Sequence[str], *, target: str = TOPIC
+) -> OutboxEvent:
     now = timezone.now()
-    row = OutboxEvent(
+    return OutboxEvent(
         model=model,
         action=action,
         key=key,
@@ -99,9 +120,6 @@ def record(
         occurred_at=now,
         next_attempt_at=now,
     )
-    _insert(row, using)
-    relay_on_commit(using)
-    return row
 
 
 def _insert(row: OutboxEvent, using: str) -> None:

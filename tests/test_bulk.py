@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import connection, transaction
+from django.db import NotSupportedError, connection, transaction
 from django.db.models import F, QuerySet
+from django.db.models.functions import Upper
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -148,12 +149,74 @@ def test_bulk_create_with_update_conflicts_updates_the_rows_it_met(people: list[
 
 def test_bulk_create_ignoring_conflicts_is_refused_before_any_write() -> None:
     mark = last_id()
-    with pytest.raises(TypeError, match=r"ignore_conflicts=True\) on auth.user cannot be synced"):
+    with pytest.raises(NotSupportedError, match=r"ignore_conflicts=True\) on auth.user cannot be synced"):
         User.objects.bulk_create([User(username="gail")], ignore_conflicts=True)
-    with pytest.raises(TypeError, match="ignore_conflicts"):
+    with pytest.raises(NotSupportedError, match="ignore_conflicts"):
         User.objects.bulk_create([User(username="gail")], 10, True)  # Django's positional form
     assert not User.objects.filter(username="gail").exists()
     assert events_since(mark) == []
+
+
+def test_an_update_through_an_annotation_or_a_distinct_join_works_as_in_django(people: list[int]) -> None:
+    group = Group.objects.create(name="g")
+    group.user_set.add(*people[:2])
+    mark = last_id()
+    annotated = User.objects.annotate(shout=Upper("email")).filter(pk=people[0])
+    assert annotated.update(first_name=F("shout")) == 1
+    assert User.objects.filter(groups__name="g").distinct().update(last_name="G") == 2
+    assert events_since(mark) == [
+        ("update", str(people[0]), ["first_name"]),
+        ("update", str(people[0]), ["last_name"]),
+        ("update", str(people[1]), ["last_name"]),
+    ]
+
+
+def test_a_captured_update_writes_its_events_in_one_insert(people: list[int]) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        User.objects.filter(pk__in=people).update(first_name="One")
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1 and OutboxEvent.objects.filter(changed=["first_name"]).count() == 3
+
+
+def test_an_update_of_the_primary_key_is_refused(people: list[int]) -> None:
+    with pytest.raises(NotSupportedError, match="primary key of auth.user"):
+        User.objects.filter(pk=people[0]).update(id=10_000)
+    with pytest.raises(NotSupportedError, match="primary key"):
+        User.objects.filter(pk=people[0]).update(pk=10_000)
+    assert User.objects.filter(pk=people[0]).exists()
+
+
+def test_after_bulk_update_a_save_is_diffed_against_what_was_stored(people: list[int]) -> None:
+    user = User.objects.get(pk=people[0])
+    user.first_name = "X"
+    User.objects.bulk_update([user], ["first_name"])
+    user.first_name = "A"  # back to what it was loaded with, but not to what is stored
+    mark = last_id()
+    user.save()
+    assert events_since(mark) == [("update", str(user.pk), ["first_name"])]
+
+
+def test_after_an_upsert_a_save_is_diffed_against_what_was_stored(people: list[int]) -> None:
+    (met,) = User.objects.bulk_create(
+        [User(username="a", first_name="y")],
+        update_conflicts=True,
+        unique_fields=["username"],
+        update_fields=["first_name"],
+    )
+    assert User.objects.get(pk=people[0]).email == "a@example.com"
+    mark = last_id()
+    met.save()  # writes the blank email and the join time it was built with
+    assert events_since(mark) == [("update", str(people[0]), ["email", "date_joined"])]
+
+
+def test_an_upsert_on_the_primary_key(people: list[int]) -> None:
+    mark = last_id()
+    stored = User.objects.get(pk=people[1])
+    stored.first_name = "Bea"
+    User.objects.bulk_create(
+        [stored], update_conflicts=True, unique_fields=["pk"], update_fields=["first_name"]
+    )
+    assert events_since(mark) == [("update", str(people[1]), ["first_name"])]
 
 
 def test_a_queryset_delete_emits_a_delete_per_synced_row(people: list[int]) -> None:
@@ -170,7 +233,7 @@ def untracked_afterwards() -> Iterator[None]:
 
 
 def test_untracking_the_last_model_restores_querysets(untracked_afterwards: None) -> None:
-    assert hasattr(QuerySet.update, "__wrapped__") and bulk._originals
+    wrapped = ("update", "bulk_update", "bulk_create")
+    assert all(hasattr(getattr(QuerySet, name), "__wrapped__") for name in wrapped) and bulk._originals
     capture.untrack(User)
-    assert not hasattr(QuerySet.update, "__wrapped__")
-    assert not hasattr(QuerySet.bulk_create, "__wrapped__")
+    assert not any(hasattr(getattr(QuerySet, name), "__wrapped__") for name in wrapped)
