@@ -32,10 +32,6 @@ from reactive import capture
 from reactive.capture import Tracking
 
 CHUNK = 500  # rows read, updated and read again at a time: within every backend's parameter limit
-PREDICATE_READS: dict[Callable[..., bool], frozenset[str]] = {
-    capture.always: frozenset(),
-    capture.non_staff: frozenset({"is_staff"}),
-}
 Snapshots = dict[Any, dict[str, Any]]
 
 _originals: dict[str, Callable[..., Any]] = {}
@@ -103,7 +99,7 @@ def _field_name(tracking: Tracking, name: str) -> str:
 
 def _may_change_events(tracking: Tracking, columns: set[str]) -> bool:
     """Whether setting these columns can change a tracked value or the predicate's verdict."""
-    reads = PREDICATE_READS.get(tracking.predicate)
+    reads = capture.PREDICATE_READS.get(tracking.predicate)
     if reads is None:  # a custom predicate may read anything
         return True
     return bool(columns & (set(tracking.fields) | reads))

@@ -39,6 +39,13 @@ def non_staff(instance: models.Model) -> bool:
     return not getattr(instance, "is_staff", False)
 
 
+# The columns each built-in predicate reads; a custom predicate may read any.
+PREDICATE_READS: dict[Callable[..., bool], frozenset[str]] = {
+    always: frozenset(),
+    non_staff: frozenset({"is_staff"}),
+}
+
+
 @dataclass(frozen=True)
 class Tracking:  # noqa: B903
     model: type[models.Model]
@@ -84,6 +91,7 @@ def track(
             post_save.connect(_on_save, sender=sender, weak=False, dispatch_uid=f"reactive-save-{uid}")
             post_delete.connect(_on_delete, sender=sender, weak=False, dispatch_uid=f"reactive-delete-{uid}")
         model.save_base = _atomic(model.save_base)  # proxies inherit it
+        model.refresh_from_db = _resnapshotting(model.refresh_from_db)
     _registry[model] = tracking
     from reactive import bulk  # imports this module
 
@@ -101,6 +109,7 @@ def untrack(model: type[models.Model]) -> None:
         for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
             signal.disconnect(sender=sender, dispatch_uid=f"reactive-{name}-{uid}")
     model.save_base = model.save_base.__wrapped__
+    model.refresh_from_db = model.refresh_from_db.__wrapped__
     if not _registry:
         from reactive import bulk
 
@@ -156,6 +165,51 @@ def _atomic(save_base: Callable[..., Any]) -> Callable[..., Any]:
             return save_base(self, *args, **kwargs)
 
     return atomic_save_base
+
+
+def _resnapshotting(refresh_from_db: Callable[..., Any]) -> Callable[..., Any]:
+    """What refresh_from_db() reloads is what is stored: it joins the snapshot, so the next save diffs against it.
+
+    Without this a save after a refresh compared with the values first loaded: a field changed elsewhere and
+    set back here would look unchanged, and no event would go out.
+    """
+
+    @functools.wraps(refresh_from_db)
+    def refresh_and_resnapshot(
+        self: models.Model,
+        using: str | None = None,
+        fields: Iterable[str] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        fields = list(fields) if fields is not None else None
+        deferred = self.get_deferred_fields()
+        refresh_from_db(self, using, fields, *args, **kwargs)
+        tracking = tracking_for(type(self))
+        if tracking is not None and self.pk is not None:
+            self.__dict__[SNAPSHOT_ATTR] = _after_refresh(self, tracking, fields, deferred)
+
+    return refresh_and_resnapshot
+
+
+def _after_refresh(
+    instance: models.Model, tracking: Tracking, fields: list[str] | None, deferred: set[str]
+) -> dict[str, Any]:
+    old = instance.__dict__.get(SNAPSHOT_ATTR) or {}
+    meta = instance._meta
+    if fields is None:  # every field that was loaded is now the stored value
+        reloaded = {f.name for f in meta.concrete_fields if f.attname not in deferred}
+    else:
+        reloaded = {meta.pk.name if name == "pk" else meta.get_field(name).name for name in fields}
+    fresh = {name: instance.__dict__[att] for name, att in tracking.attnames.items() if name in reloaded}
+    merged = {**old, **fresh}
+    reads = PREDICATE_READS.get(tracking.predicate)
+    complete = len(merged) - (SYNCED in merged) == len(tracking.fields)
+    if complete and (fields is None or (reads is not None and reads <= reloaded)):
+        merged[SYNCED] = tracking.predicate(instance)  # what it reads is stored values now
+    else:
+        merged.setdefault(SYNCED, None)
+    return merged
 
 
 def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:

@@ -132,6 +132,43 @@ def test_password_cannot_be_tracked() -> None:
         capture.track(User, fields=["username", "password"])
 
 
+def change_elsewhere(pk: int, **values: object) -> None:
+    other = User.objects.get(pk=pk)
+    for name, value in values.items():
+        setattr(other, name, value)
+    other.save()
+
+
+@pytest.mark.parametrize("fields", [None, ["first_name"]])
+def test_after_refresh_from_db_a_save_is_diffed_against_the_stored_values(fields: list[str] | None) -> None:
+    user = User.objects.create_user("rita", first_name="Rita")
+    change_elsewhere(user.pk, first_name="Margarita")
+    user.refresh_from_db(fields=fields)
+    user.first_name = "Rita"  # what it was first loaded with, no longer what is stored
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert events()[before:] == [("update", str(user.pk), ["first_name"])]
+
+
+def test_a_partial_refresh_keeps_unsaved_changes_to_other_fields() -> None:
+    user = User.objects.create_user("sam", "sam@example.com", first_name="Sam")
+    user.email = "samuel@example.com"
+    user.refresh_from_db(fields=["first_name"])
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert events()[before:] == [("update", str(user.pk), ["email"])]
+
+
+def test_a_refresh_learns_who_is_synced_now() -> None:
+    user = User.objects.create_user("tess", first_name="Tess")
+    change_elsewhere(user.pk, is_staff=True)  # clients delete her
+    user.refresh_from_db(fields=["is_staff"])
+    user.is_staff = False
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert [action for action, _, _ in events()[before:]] == ["insert"]
+
+
 @pytest.fixture
 def member() -> Iterator[type[models.Model]]:
     """A proxy of the user model, as Django teams define for roles, present (and tracked) for one test.
