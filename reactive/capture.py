@@ -226,17 +226,50 @@ def _on_save(
     if tracking is None or raw or not tracking.captures(using):
         return
     before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
-    after = snapshot(instance, tracking)
-    if after[SYNCED] is None:  # a deferred tracked field: rare, and only then do we read it back
-        attnames = tracking.attnames
-        instance.refresh_from_db(using=using, fields=[attnames[f] for f in tracking.fields if f not in after])
+    update_fields = kwargs.get("update_fields")
+    written = None
+    if before is not None and update_fields is not None:  # save(update_fields=...), or of a deferred instance
+        written = {instance._meta.get_field(name).name for name in update_fields}
+        partial = _after_partial_save(instance, tracking, before, written, using)
+        if partial is None:
+            return
+        after = partial
+    else:
         after = snapshot(instance, tracking)
+        if after[SYNCED] is None:  # a deferred tracked field (saved to another database): read it back
+            after = snapshot(type(instance)._base_manager.using(using).get(pk=instance.pk), tracking)
     action, changed = decide(before, after)
+    if action == "update" and written is not None:  # what changed elsewhere went out with its own event
+        changed = tuple(name for name in changed if name in written)
     if action is not None:
         from reactive.outbox import record
 
         record(tracking.label, action, str(instance.pk), serialize(after), changed, using=using)
     instance.__dict__[SNAPSHOT_ATTR] = after
+
+
+def _after_partial_save(
+    instance: models.Model, tracking: Tracking, before: Mapping[str, Any], names: set[str], using: str
+) -> dict[str, Any] | None:
+    """The stored tracked values after a save that wrote only the fields ``names``; None when it changed none.
+
+    The columns it did not write hold what is stored, which is not what this instance holds when it was
+    changed in memory or elsewhere since it was loaded. An event carries the whole stored state, so only
+    here, when something tracked did change, is the row read back (once, locked by the UPDATE). A save of
+    a deferred instance comes here too: Django writes only its loaded fields.
+    """
+    tracked = names & set(tracking.fields)
+    reads = PREDICATE_READS.get(tracking.predicate)
+    if reads is not None and not names & (tracked | reads):
+        return None  # last_login, say: nothing tracked or judged was written
+    loaded = instance.__dict__
+    attnames = tracking.attnames
+    written = {name: loaded[attnames[name]] for name in tracked if attnames[name] in loaded}
+    verdict = before.get(SYNCED) if reads is not None and not names & reads else tracking.predicate(instance)
+    if verdict == before.get(SYNCED) and all(before.get(name) == value for name, value in written.items()):
+        return None
+    stored = type(instance)._base_manager.using(using).get(pk=instance.pk)
+    return snapshot(stored, tracking)
 
 
 def decide(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:

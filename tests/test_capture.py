@@ -119,6 +119,11 @@ def test_deferred_tracked_field_is_read_back_only_when_needed() -> None:
     partial.save()
     last = OutboxEvent.objects.order_by("id").last()
     assert last is not None and last.action == "update" and last.data["first_name"] == "Henry"
+    assert (last.changed, last.data["email"], last.data["username"]) == (
+        ["first_name"],
+        "h@example.com",
+        "hank",
+    )
 
 
 def test_diff_is_pure() -> None:
@@ -167,6 +172,44 @@ def test_a_refresh_learns_who_is_synced_now() -> None:
     before = OutboxEvent.objects.count()
     user.save()
     assert [action for action, _, _ in events()[before:]] == ["insert"]
+
+
+def test_a_save_of_some_fields_publishes_what_is_stored_not_what_is_in_memory() -> None:
+    user = User.objects.create_user("uma", "uma@example.com", first_name="Uma")
+    change_elsewhere(user.pk, email="uma@elsewhere.example")
+    user.last_name = "Unsaved"  # changed in memory only
+    user.first_name = "Umaa"
+    before = OutboxEvent.objects.count()
+    user.save(update_fields=["first_name"])
+    row = OutboxEvent.objects.order_by("id").last()
+    assert row is not None and OutboxEvent.objects.count() == before + 1
+    assert (row.changed, row.data["email"], row.data["last_name"]) == (
+        ["first_name"],
+        "uma@elsewhere.example",
+        "",
+    )
+    user.save()  # now the in-memory last name (and the email it was loaded with) are written
+    assert sorted(events()[-1][2]) == ["email", "last_name"]
+
+
+def test_a_save_of_untracked_or_unchanged_fields_reads_nothing_and_emits_nothing() -> None:
+    user = User.objects.create_user("vic", first_name="Vic")
+    user = User.objects.get(pk=user.pk)
+    user.last_login = timezone.now()
+    before = OutboxEvent.objects.count()
+    with CaptureQueriesContext(connection) as queries:
+        user.save(update_fields=["last_login"])
+        user.save(update_fields=["first_name", "last_login"])
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE", "UPDATE"]
+    assert OutboxEvent.objects.count() == before
+
+
+def test_a_save_of_some_fields_that_changes_who_is_synced() -> None:
+    user = User.objects.create_user("wes", first_name="Wes")
+    user.is_staff = True
+    before = OutboxEvent.objects.count()
+    user.save(update_fields=["is_staff"])
+    assert events()[before:] == [("delete", str(user.pk), ["is_staff"])]
 
 
 @pytest.fixture
