@@ -1,9 +1,9 @@
 """Change detection on a model: tracked fields, a sync predicate, a pure diff, and the signals that write the outbox.
 
-The tracked values are snapshotted when an instance is loaded (post_init) and after each save, so a save
-is diffed in pure code with no extra SELECT. A registered model's ``save_base`` runs in a transaction so
-that the row write and the outbox insert commit (or roll back) together. QuerySet.update(), bulk_update()
-and bulk_create(), which send no signals, are captured by reactive.bulk.
+The tracked values are snapshotted when an instance is loaded, refreshed or saved (reactive.model_hooks), so
+a save is diffed in pure code with no extra SELECT, and a registered model's row write and outbox insert
+commit (or roll back) together. QuerySet.update(), bulk_update() and bulk_create(), which send no signals,
+are captured by reactive.bulk.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from typing import Any
 from uuid import UUID
 
 from django.apps import apps
-from django.db import models, router, transaction
-from django.db.models.signals import post_delete, post_init, post_save
+from django.db import models
+from django.db.models.signals import post_delete, post_save
 
 from reactive.events import format_time
+
+
+def _record(*args: Any, **kwargs: Any) -> Any:
+    from reactive.outbox import record  # the outbox defines a model: import it once apps are loaded
+
+    return record(*args, **kwargs)
+
 
 DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
 NEVER_TRACKED = frozenset({"password", "last_login"})
@@ -61,6 +68,17 @@ class Tracking:  # noqa: B903
     def attnames(self) -> dict[str, str]:
         return {name: self.model._meta.get_field(name).attname for name in self.fields}
 
+    @functools.cached_property
+    def predicate_attnames(self) -> frozenset[str] | None:
+        """The columns the predicate reads, when known (a built-in one)."""
+        reads = PREDICATE_READS.get(self.predicate)
+        return None if reads is None else frozenset(self.model._meta.get_field(n).attname for n in reads)
+
+    def can_judge(self, loaded: Mapping[str, Any]) -> bool:
+        """Whether the predicate can be asked without loading anything."""
+        reads = self.predicate_attnames
+        return reads is not None and all(att in loaded for att in reads)
+
 
 _registry: dict[type[models.Model], Tracking] = {}
 
@@ -82,19 +100,17 @@ def track(
         raise ValueError(f"these fields are never synced: {sorted(forbidden)}")
     for name in chosen:
         model._meta.get_field(name)  # raises FieldDoesNotExist early, at start-up
+    from reactive import bulk, model_hooks  # they import this module
+
     aliases = frozenset(databases) if databases is not None else None
     tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always, aliases)
     if model not in _registry:
         for sender in _model_and_proxies(model):  # a proxy's signals name the proxy as their sender
             uid = sender._meta.label_lower
-            post_init.connect(_on_init, sender=sender, weak=False, dispatch_uid=f"reactive-init-{uid}")
             post_save.connect(_on_save, sender=sender, weak=False, dispatch_uid=f"reactive-save-{uid}")
             post_delete.connect(_on_delete, sender=sender, weak=False, dispatch_uid=f"reactive-delete-{uid}")
-        model.save_base = _atomic(model.save_base)  # proxies inherit it
-        model.refresh_from_db = _resnapshotting(model.refresh_from_db)
+        model_hooks.install(model)  # proxies inherit the wrapped methods
     _registry[model] = tracking
-    from reactive import bulk  # imports this module
-
     bulk.install()
     return tracking
 
@@ -104,15 +120,14 @@ def untrack(model: type[models.Model]) -> None:
     tracking = _registry.pop(model, None)
     if tracking is None:
         return
+    from reactive import bulk, model_hooks
+
     for sender in _model_and_proxies(model):
         uid = sender._meta.label_lower
-        for signal, name in ((post_init, "init"), (post_save, "save"), (post_delete, "delete")):
+        for signal, name in ((post_save, "save"), (post_delete, "delete")):
             signal.disconnect(sender=sender, dispatch_uid=f"reactive-{name}-{uid}")
-    model.save_base = model.save_base.__wrapped__
-    model.refresh_from_db = model.refresh_from_db.__wrapped__
+    model_hooks.uninstall(model)
     if not _registry:
-        from reactive import bulk
-
         bulk.uninstall()
 
 
@@ -136,10 +151,14 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]
 
 
 def snapshot(instance: models.Model, tracking: Tracking) -> dict[str, Any]:
-    """The loaded tracked values (deferred fields are left out, so loading stays lazy)."""
+    """The loaded tracked values (deferred fields are left out, so loading stays lazy), and the verdict.
+
+    The verdict (SYNCED) is None when the predicate could only be asked by loading a deferred field.
+    """
     loaded = instance.__dict__
     values = {name: loaded[att] for name, att in tracking.attnames.items() if att in loaded}
-    values[SYNCED] = tracking.predicate(instance) if len(values) == len(tracking.fields) else None
+    judged = len(values) == len(tracking.fields) or tracking.can_judge(loaded)
+    values[SYNCED] = tracking.predicate(instance) if judged else None
     return values
 
 
@@ -157,68 +176,6 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _atomic(save_base: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(save_base)
-    def atomic_save_base(self: models.Model, *args: Any, **kwargs: Any) -> Any:
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using, savepoint=False):
-            return save_base(self, *args, **kwargs)
-
-    return atomic_save_base
-
-
-def _resnapshotting(refresh_from_db: Callable[..., Any]) -> Callable[..., Any]:
-    """What refresh_from_db() reloads is what is stored: it joins the snapshot, so the next save diffs against it.
-
-    Without this a save after a refresh compared with the values first loaded: a field changed elsewhere and
-    set back here would look unchanged, and no event would go out.
-    """
-
-    @functools.wraps(refresh_from_db)
-    def refresh_and_resnapshot(
-        self: models.Model,
-        using: str | None = None,
-        fields: Iterable[str] | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        fields = list(fields) if fields is not None else None
-        deferred = self.get_deferred_fields()
-        refresh_from_db(self, using, fields, *args, **kwargs)
-        tracking = tracking_for(type(self))
-        if tracking is not None and self.pk is not None:
-            self.__dict__[SNAPSHOT_ATTR] = _after_refresh(self, tracking, fields, deferred)
-
-    return refresh_and_resnapshot
-
-
-def _after_refresh(
-    instance: models.Model, tracking: Tracking, fields: list[str] | None, deferred: set[str]
-) -> dict[str, Any]:
-    old = instance.__dict__.get(SNAPSHOT_ATTR) or {}
-    meta = instance._meta
-    if fields is None:  # every field that was loaded is now the stored value
-        reloaded = {f.name for f in meta.concrete_fields if f.attname not in deferred}
-    else:
-        reloaded = {meta.pk.name if name == "pk" else meta.get_field(name).name for name in fields}
-    fresh = {name: instance.__dict__[att] for name, att in tracking.attnames.items() if name in reloaded}
-    merged = {**old, **fresh}
-    reads = PREDICATE_READS.get(tracking.predicate)
-    complete = len(merged) - (SYNCED in merged) == len(tracking.fields)
-    if complete and (fields is None or (reads is not None and reads <= reloaded)):
-        merged[SYNCED] = tracking.predicate(instance)  # what it reads is stored values now
-    else:
-        merged.setdefault(SYNCED, None)
-    return merged
-
-
-def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
-    # from_db marks an instance as loaded only after __init__, so "has a primary key" stands for "loaded".
-    tracking = tracking_for(sender)
-    if tracking is not None and instance.pk is not None:
-        instance.__dict__[SNAPSHOT_ATTR] = snapshot(instance, tracking)
-
-
 def _on_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
 ) -> None:
@@ -228,7 +185,7 @@ def _on_save(
     before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
     update_fields = kwargs.get("update_fields")
     written = None
-    if before is not None and update_fields is not None:  # save(update_fields=...), or of a deferred instance
+    if update_fields is not None:  # save(update_fields=...), or of a deferred instance
         written = {instance._meta.get_field(name).name for name in update_fields}
         partial = _after_partial_save(instance, tracking, before, written, using)
         if partial is None:
@@ -237,19 +194,18 @@ def _on_save(
     else:
         after = snapshot(instance, tracking)
         if after[SYNCED] is None:  # a deferred tracked field (saved to another database): read it back
-            after = snapshot(type(instance)._base_manager.using(using).get(pk=instance.pk), tracking)
+            after = _stored(instance, tracking, using)
     action, changed = decide(before, after)
     if action == "update" and written is not None:  # what changed elsewhere went out with its own event
         changed = tuple(name for name in changed if name in written)
+        action = action if changed else None
     if action is not None:
-        from reactive.outbox import record
-
-        record(tracking.label, action, str(instance.pk), serialize(after), changed, using=using)
+        _record(tracking.label, action, str(instance.pk), serialize(after), changed, using=using)
     instance.__dict__[SNAPSHOT_ATTR] = after
 
 
 def _after_partial_save(
-    instance: models.Model, tracking: Tracking, before: Mapping[str, Any], names: set[str], using: str
+    instance: models.Model, tracking: Tracking, before: Mapping[str, Any] | None, names: set[str], using: str
 ) -> dict[str, Any] | None:
     """The stored tracked values after a save that wrote only the fields ``names``; None when it changed none.
 
@@ -262,14 +218,20 @@ def _after_partial_save(
     reads = PREDICATE_READS.get(tracking.predicate)
     if reads is not None and not names & (tracked | reads):
         return None  # last_login, say: nothing tracked or judged was written
+    if before is None:  # built in code, never loaded: nothing to diff against
+        return _stored(instance, tracking, using)
     loaded = instance.__dict__
     attnames = tracking.attnames
     written = {name: loaded[attnames[name]] for name in tracked if attnames[name] in loaded}
     verdict = before.get(SYNCED) if reads is not None and not names & reads else tracking.predicate(instance)
     if verdict == before.get(SYNCED) and all(before.get(name) == value for name, value in written.items()):
         return None
-    stored = type(instance)._base_manager.using(using).get(pk=instance.pk)
-    return snapshot(stored, tracking)
+    return _stored(instance, tracking, using)
+
+
+def _stored(instance: models.Model, tracking: Tracking, using: str) -> dict[str, Any]:
+    """Read the row back (locked by the write just made) and snapshot it."""
+    return snapshot(type(instance)._base_manager.using(using).get(pk=instance.pk), tracking)
 
 
 def decide(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
@@ -295,6 +257,4 @@ def _on_delete(sender: type[models.Model], instance: models.Model, using: str, *
     before = instance.__dict__.get(SNAPSHOT_ATTR) or snapshot(instance, tracking)
     if before.get(SYNCED) is False:
         return
-    from reactive.outbox import record
-
-    record(tracking.label, "delete", str(instance.pk), {}, (), using=using)
+    _record(tracking.label, "delete", str(instance.pk), {}, (), using=using)

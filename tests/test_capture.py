@@ -196,6 +196,7 @@ def test_a_save_of_untracked_or_unchanged_fields_reads_nothing_and_emits_nothing
     user = User.objects.create_user("vic", first_name="Vic")
     user = User.objects.get(pk=user.pk)
     user.last_login = timezone.now()
+    user.email = "unsaved@example.com"  # not written by these saves, so no event may carry it
     before = OutboxEvent.objects.count()
     with CaptureQueriesContext(connection) as queries:
         user.save(update_fields=["last_login"])
@@ -210,6 +211,78 @@ def test_a_save_of_some_fields_that_changes_who_is_synced() -> None:
     before = OutboxEvent.objects.count()
     user.save(update_fields=["is_staff"])
     assert events()[before:] == [("delete", str(user.pk), ["is_staff"])]
+
+
+def test_a_deferred_instance_that_changes_nothing_tracked_reads_nothing_and_emits_nothing() -> None:
+    user = User.objects.create_user("xena", first_name="Xena")
+    staff = User.objects.create_user("yuri", is_staff=True)
+    before = OutboxEvent.objects.count()
+    with CaptureQueriesContext(connection) as queries:
+        for pk in (user.pk, staff.pk):
+            partial = User.objects.only("id", "is_staff", "last_login").get(pk=pk)
+            partial.last_login = timezone.now()
+            partial.save()
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["SELECT", "UPDATE"] * 2
+    assert OutboxEvent.objects.count() == before
+
+
+def test_an_instance_built_with_a_stored_key_publishes_what_is_stored() -> None:
+    user = User.objects.create_user("zoe", "zoe@example.com", first_name="Zoe")
+    before = OutboxEvent.objects.count()
+    User(pk=user.pk, username="zoe", first_name="Zoey").save(update_fields=["first_name"])
+    row = OutboxEvent.objects.order_by("id").last()
+    assert row is not None and OutboxEvent.objects.count() == before + 1
+    assert (row.key, row.data["first_name"], row.data["email"]) == (str(user.pk), "Zoey", "zoe@example.com")
+    User(
+        pk=user.pk, username="zoe", first_name="Zo", email="z@example.com", date_joined=user.date_joined
+    ).save()
+    assert events()[-1][:2] == ("insert", str(user.pk))  # nothing to diff against: the whole state goes out
+
+
+def test_a_refresh_that_only_clears_prefetched_relations_changes_nothing() -> None:
+    user = User.objects.create_user("ada", first_name="Ada")
+    user = User.objects.prefetch_related("groups").get(pk=user.pk)
+    user.refresh_from_db(fields=["groups"])
+    user.first_name = "Adah"
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert events()[before:] == [("update", str(user.pk), ["first_name"])]
+
+
+def test_a_refresh_through_a_narrow_queryset_joins_only_what_it_read() -> None:
+    user = User.objects.create_user("bea", "bea@example.com", first_name="Bea")
+    user.email = "beatrice@example.com"  # unsaved; the refresh below does not read it
+    user.refresh_from_db(from_queryset=User.objects.only("first_name"))
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert events()[before:] == [("update", str(user.pk), ["email"])]
+
+
+def test_values_refreshed_from_a_read_replica_are_not_trusted() -> None:
+    from reactive import model_hooks
+
+    user = User.objects.create_user("cy", first_name="Cy")
+    tracking = capture.tracking_for(User)
+    assert tracking is not None
+    lagging = User.objects.only("first_name").get(pk=user.pk)  # as a replica would return it
+    lagging._state.db = "replica"  # not where saves go
+    model_hooks._join(user, tracking, lagging)
+    snapshot = user.__dict__[capture.SNAPSHOT_ATTR]
+    assert "first_name" not in snapshot and snapshot["email"] == "" and snapshot[capture.SYNCED] is True
+    lagging._state.db = "default"
+    model_hooks._join(user, tracking, lagging)
+    assert user.__dict__[capture.SNAPSHOT_ATTR]["first_name"] == "Cy"
+
+
+def test_a_partial_save_sends_nothing_for_what_changed_elsewhere() -> None:
+    capture.track(User, fields=("username", "first_name"), predicate=lambda user: user.last_name != "hidden")
+    user = User.objects.create_user("dee", first_name="Dee")
+    change_elsewhere(user.pk, first_name="Deirdre")  # its own event carried this
+    user.last_name = "hidden"  # unsaved: the predicate now says no, in memory only
+    user.last_login = timezone.now()
+    before = OutboxEvent.objects.count()
+    user.save(update_fields=["last_login"])
+    assert OutboxEvent.objects.count() == before
 
 
 @pytest.fixture
