@@ -116,7 +116,10 @@ def _chunks(keys: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 
 def _snapshots(rows: Iterable[models.Model], tracking: Tracking) -> Snapshots:
-    return {row.pk: capture.snapshot(row, tracking) for row in rows}
+    """Each row's snapshot: the one taken when it was loaded, or one of its values now."""
+    return {
+        row.pk: row.__dict__.get(capture.SNAPSHOT_ATTR) or capture.snapshot(row, tracking) for row in rows
+    }
 
 
 def _record_changes(tracking: Tracking, before: Snapshots, after: Iterable[models.Model], using: str) -> None:
@@ -144,7 +147,7 @@ def _bulk_update(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, 
         _stored_after.reset(token)
     for obj in objs:
         if obj.pk in stored:
-            obj.__dict__[capture.SNAPSHOT_ATTR] = stored[obj.pk]
+            capture.keep_snapshot(obj, stored[obj.pk], self.db)
     return updated
 
 
@@ -175,7 +178,7 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, 
     stored = _snapshots(after, tracking)  # what the database holds, for a row that met a conflict too
     for obj in objs:
         if obj.pk in stored:
-            obj.__dict__[capture.SNAPSHOT_ATTR] = stored[obj.pk]
+            capture.keep_snapshot(obj, stored[obj.pk], using)
     return created
 
 

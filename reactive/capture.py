@@ -32,7 +32,9 @@ def _record(*args: Any, **kwargs: Any) -> Any:
 DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
 NEVER_TRACKED = frozenset({"password", "last_login"})
 SNAPSHOT_ATTR = "_reactive_snapshot"
+SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
 SYNCED = "__synced__"
+UNKNOWN: Mapping[str, Any] = {SYNCED: None}  # a snapshot of nothing: every field counts as changed
 
 Predicate = Callable[[models.Model], bool]
 
@@ -75,9 +77,9 @@ class Tracking:  # noqa: B903
         return None if reads is None else frozenset(self.model._meta.get_field(n).attname for n in reads)
 
     def can_judge(self, loaded: Mapping[str, Any]) -> bool:
-        """Whether the predicate can be asked without loading anything."""
-        reads = self.predicate_attnames
-        return reads is not None and all(att in loaded for att in reads)
+        """Whether the predicate can be asked without loading anything (a custom one may read any tracked field)."""
+        reads = self.predicate_attnames if self.predicate_attnames is not None else self.attnames.values()
+        return all(att in loaded for att in reads)
 
 
 _registry: dict[type[models.Model], Tracking] = {}
@@ -105,12 +107,13 @@ def track(
     aliases = frozenset(databases) if databases is not None else None
     tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always, aliases)
     if model not in _registry:
-        for sender in _model_and_proxies(model):  # a proxy's signals name the proxy as their sender
+        for sender in _model_and_descendants(model):  # their signals name them, not the tracked model
             uid = sender._meta.label_lower
             post_save.connect(_on_save, sender=sender, weak=False, dispatch_uid=f"reactive-save-{uid}")
             post_delete.connect(_on_delete, sender=sender, weak=False, dispatch_uid=f"reactive-delete-{uid}")
         model_hooks.install(model)  # proxies inherit the wrapped methods
     _registry[model] = tracking
+    _lookups.clear()
     bulk.install()
     return tracking
 
@@ -120,9 +123,10 @@ def untrack(model: type[models.Model]) -> None:
     tracking = _registry.pop(model, None)
     if tracking is None:
         return
+    _lookups.clear()
     from reactive import bulk, model_hooks
 
-    for sender in _model_and_proxies(model):
+    for sender in _model_and_descendants(model):
         uid = sender._meta.label_lower
         for signal, name in ((post_save, "save"), (post_delete, "delete")):
             signal.disconnect(sender=sender, dispatch_uid=f"reactive-{name}-{uid}")
@@ -132,13 +136,26 @@ def untrack(model: type[models.Model]) -> None:
 
 
 def tracking_for(model: type[models.Model]) -> Tracking | None:
-    """The model's tracking, a proxy's included (its rows are the concrete model's)."""
-    return _registry.get(model._meta.concrete_model)
+    """The tracking of the model's rows: its own, or a tracked ancestor's (proxies, multi-table children)."""
+    try:
+        return _lookups[model]
+    except KeyError:
+        pass
+    found = None
+    for candidate in (model._meta.concrete_model, *model._meta.get_parent_list()):
+        found = _registry.get(candidate)
+        if found is not None:
+            break
+    _lookups[model] = found
+    return found
 
 
-def _model_and_proxies(model: type[models.Model]) -> list[type[models.Model]]:
-    proxies = [m for m in apps.get_models() if m._meta.proxy and m._meta.concrete_model is model]
-    return [model, *proxies]
+_lookups: dict[type[models.Model], Tracking | None] = {}  # every model asked about; cleared by (un)track
+
+
+def _model_and_descendants(model: type[models.Model]) -> list[type[models.Model]]:
+    """A tracked model and the models whose rows are also its rows: proxies and multi-table children."""
+    return [model, *(m for m in apps.get_models() if m is not model and issubclass(m, model))]
 
 
 def tracked_models() -> list[Tracking]:
@@ -157,8 +174,7 @@ def snapshot(instance: models.Model, tracking: Tracking) -> dict[str, Any]:
     """
     loaded = instance.__dict__
     values = {name: loaded[att] for name, att in tracking.attnames.items() if att in loaded}
-    judged = len(values) == len(tracking.fields) or tracking.can_judge(loaded)
-    values[SYNCED] = tracking.predicate(instance) if judged else None
+    values[SYNCED] = tracking.predicate(instance) if tracking.can_judge(loaded) else None
     return values
 
 
@@ -182,10 +198,10 @@ def _on_save(
     tracking = tracking_for(sender)
     if tracking is None or raw or not tracking.captures(using):
         return
-    before = None if created else instance.__dict__.get(SNAPSHOT_ATTR)
+    before = None if created else known_before(instance, using)
     update_fields = kwargs.get("update_fields")
     written = None
-    if update_fields is not None:  # save(update_fields=...), or of a deferred instance
+    if update_fields is not None and before is not None:  # save(update_fields=...), or of a deferred instance
         written = {instance._meta.get_field(name).name for name in update_fields}
         partial = _after_partial_save(instance, tracking, before, written, using)
         if partial is None:
@@ -201,11 +217,29 @@ def _on_save(
         action = action if changed else None
     if action is not None:
         _record(tracking.label, action, str(instance.pk), serialize(after), changed, using=using)
-    instance.__dict__[SNAPSHOT_ATTR] = after
+    keep_snapshot(instance, after, using)
+
+
+def known_before(instance: models.Model, using: str) -> Mapping[str, Any]:
+    """The snapshot a change to a stored row is diffed against, or UNKNOWN.
+
+    Unknown: the instance was built in code (never loaded), or loaded from another database than the one
+    written to (a read replica may lag). Every field then counts as changed, and a row that is not synced
+    now gets a delete, since the clients may hold it.
+    """
+    before = instance.__dict__.get(SNAPSHOT_ATTR)
+    if before is None or instance.__dict__.get(SNAPSHOT_DB_ATTR) != using:
+        return UNKNOWN
+    return before
+
+
+def keep_snapshot(instance: models.Model, values: dict[str, Any], using: str) -> None:
+    instance.__dict__[SNAPSHOT_ATTR] = values
+    instance.__dict__[SNAPSHOT_DB_ATTR] = using
 
 
 def _after_partial_save(
-    instance: models.Model, tracking: Tracking, before: Mapping[str, Any] | None, names: set[str], using: str
+    instance: models.Model, tracking: Tracking, before: Mapping[str, Any], names: set[str], using: str
 ) -> dict[str, Any] | None:
     """The stored tracked values after a save that wrote only the fields ``names``; None when it changed none.
 
@@ -218,8 +252,6 @@ def _after_partial_save(
     reads = PREDICATE_READS.get(tracking.predicate)
     if reads is not None and not names & (tracked | reads):
         return None  # last_login, say: nothing tracked or judged was written
-    if before is None:  # built in code, never loaded: nothing to diff against
-        return _stored(instance, tracking, using)
     loaded = instance.__dict__
     attnames = tracking.attnames
     written = {name: loaded[attnames[name]] for name in tracked if attnames[name] in loaded}
@@ -254,7 +286,6 @@ def _on_delete(sender: type[models.Model], instance: models.Model, using: str, *
     tracking = tracking_for(sender)
     if tracking is None or not tracking.captures(using):
         return
-    before = instance.__dict__.get(SNAPSHOT_ATTR) or snapshot(instance, tracking)
-    if before.get(SYNCED) is False:
-        return
+    if known_before(instance, using).get(SYNCED) is False:
+        return  # never on the clients
     _record(tracking.label, "delete", str(instance.pk), {}, (), using=using)

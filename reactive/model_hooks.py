@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
 
 from reactive import capture
@@ -66,7 +67,7 @@ def _snapshotting(from_db: Callable[..., models.Model]) -> Callable[..., models.
         instance = from_db(cls, *args, **kwargs)
         tracking = capture.tracking_for(cls)
         if tracking is not None:
-            instance.__dict__[capture.SNAPSHOT_ATTR] = capture.snapshot(instance, tracking)
+            capture.keep_snapshot(instance, capture.snapshot(instance, tracking), instance._state.db)
             reloading = _reloading.get()
             if reloading is not None and reloading[0] is tracking.model and reloading[1] == instance.pk:
                 reloading[2].append(instance)
@@ -82,7 +83,7 @@ def _resnapshotting(refresh_from_db: Callable[..., Any]) -> Callable[..., Any]:
         if tracking is None or self.pk is None:
             return refresh_from_db(self, *args, **kwargs)
         reloaded: list[models.Model] = []
-        token = _reloading.set((tracking.model, self.pk, reloaded))
+        token = _reloading.set((tracking.model, _normal_key(tracking, self.pk), reloaded))
         try:
             refresh_from_db(self, *args, **kwargs)
         finally:
@@ -94,16 +95,28 @@ def _resnapshotting(refresh_from_db: Callable[..., Any]) -> Callable[..., Any]:
     return refresh_and_resnapshot
 
 
+def _normal_key(tracking: capture.Tracking, key: Any) -> Any:
+    """The key as a loaded row holds it ("5" finds the row whose key is 5)."""
+    try:
+        return tracking.model._meta.pk.to_python(key)
+    except ValidationError:
+        return key  # Django's own lookup will refuse it
+
+
 def _join(instance: models.Model, tracking: capture.Tracking, stored: models.Model) -> None:
     """Merge the reloaded values (``stored``'s snapshot) into ``instance``'s."""
     old = instance.__dict__.get(capture.SNAPSHOT_ATTR) or {}
     fresh = stored.__dict__[capture.SNAPSHOT_ATTR]
     values = {name: value for name, value in fresh.items() if name != capture.SYNCED}
+    source = instance.__dict__.get(capture.SNAPSHOT_DB_ATTR)
     if stored._state.db != router.db_for_write(type(instance), instance=instance):
         merged = {name: value for name, value in old.items() if name not in values}
         merged[capture.SYNCED] = old.get(capture.SYNCED)
+    elif len(values) == len(tracking.fields):  # the whole tracked state, from where saves go
+        merged, source = dict(fresh), stored._state.db
     else:
         merged = {**old, **values}
         verdict = fresh.get(capture.SYNCED)
         merged[capture.SYNCED] = verdict if verdict is not None else old.get(capture.SYNCED)
     instance.__dict__[capture.SNAPSHOT_ATTR] = merged
+    instance.__dict__[capture.SNAPSHOT_DB_ATTR] = source

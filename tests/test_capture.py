@@ -236,13 +236,41 @@ def test_an_instance_built_with_a_stored_key_publishes_what_is_stored() -> None:
     User(
         pk=user.pk, username="zoe", first_name="Zo", email="z@example.com", date_joined=user.date_joined
     ).save()
-    assert events()[-1][:2] == ("insert", str(user.pk))  # nothing to diff against: the whole state goes out
+    assert events()[-1] == (
+        "update",
+        str(user.pk),
+        list(capture.DEFAULT_USER_FIELDS),
+    )  # nothing to diff against
+
+
+def test_an_instance_built_with_a_stored_key_is_deleted_on_clients_when_it_stops_qualifying() -> None:
+    user = User.objects.create_user("ann", first_name="Ann")
+    before = OutboxEvent.objects.count()
+    User(pk=user.pk, username="ann", is_staff=True, date_joined=user.date_joined).save(
+        update_fields=["is_staff"]
+    )
+    other = User.objects.create_user("abe", first_name="Abe")
+    mark = OutboxEvent.objects.count()
+    User(pk=other.pk, is_staff=True).delete()  # built in code: its verdict says nothing about the stored row
+    assert [action for action, _, _ in events()[before:]] == ["delete", "insert", "delete"]
+    assert OutboxEvent.objects.count() == mark + 1
+
+
+def test_a_snapshot_read_from_another_database_is_not_diffed_against() -> None:
+    user = User.objects.create_user("ben", first_name="Ben")
+    user = User.objects.get(pk=user.pk)
+    user.__dict__[capture.SNAPSHOT_DB_ATTR] = "replica"  # as if a router had read it from a lagging replica
+    before = OutboxEvent.objects.count()
+    user.save()  # nothing changed here, but the primary may hold something else
+    assert events()[before:] == [("update", str(user.pk), list(capture.DEFAULT_USER_FIELDS))]
+    user.save()  # now the snapshot is what this save wrote to the primary
+    assert OutboxEvent.objects.count() == before + 1
 
 
 def test_a_refresh_that_only_clears_prefetched_relations_changes_nothing() -> None:
     user = User.objects.create_user("ada", first_name="Ada")
-    user = User.objects.prefetch_related("groups").get(pk=user.pk)
-    user.refresh_from_db(fields=["groups"])
+    user = User.objects.prefetch_related("logentry_set").get(pk=user.pk)
+    user.refresh_from_db(fields=["logentry_set"])
     user.first_name = "Adah"
     before = OutboxEvent.objects.count()
     user.save()
@@ -283,6 +311,58 @@ def test_a_partial_save_sends_nothing_for_what_changed_elsewhere() -> None:
     before = OutboxEvent.objects.count()
     user.save(update_fields=["last_login"])
     assert OutboxEvent.objects.count() == before
+
+
+def test_a_refresh_finds_its_row_whatever_form_the_key_is_in() -> None:
+    user = User.objects.create_user("cal", first_name="Cal")
+    change_elsewhere(user.pk, first_name="Calvin")
+    user.pk = str(user.pk)  # as a view might set it from a URL
+    user.refresh_from_db()
+    user.first_name = "Cal"
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert [action for action, _, _ in events()[before:]] == ["update"]
+
+
+@pytest.fixture
+def employee() -> Iterator[type[models.Model]]:
+    """A multi-table child of the user model, with its table, present (and tracked) for one test."""
+    from django.db import connection as db
+
+    class Employee(User):  # type: ignore[misc,valid-type]
+        badge = models.CharField(max_length=20, default="")
+
+        class Meta:
+            app_label = "accounts"
+
+    with db.schema_editor() as editor:
+        editor.create_model(Employee)
+    capture.untrack(User)
+    capture.track(User, predicate=capture.non_staff)  # children are found when a model is tracked
+    yield Employee
+    capture.untrack(User)
+    with db.schema_editor() as editor:
+        editor.delete_model(Employee)
+    del apps.all_models["accounts"]["employee"]
+    apps.clear_cache()
+    capture.track(User, predicate=capture.non_staff)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_changes_made_through_a_multi_table_child_are_captured(employee: Any) -> None:
+    staff = employee.objects.create(username="eve", first_name="Eve", badge="7")
+    staff.first_name = "Evelyn"
+    staff.save()
+    employee.objects.filter(pk=staff.pk).update(last_name="Adams")
+    employee.objects.get(pk=staff.pk).delete()
+    rows = list(OutboxEvent.objects.order_by("id").values_list("model", "action", "key"))
+    key = str(staff.pk)
+    assert rows[:3] == [
+        ("auth.user", "insert", key),
+        ("auth.user", "update", key),
+        ("auth.user", "update", key),
+    ]
+    assert {action for _, action, _ in rows[3:]} == {"delete"}
 
 
 @pytest.fixture
