@@ -101,7 +101,11 @@ def track(
     if forbidden:
         raise ValueError(f"these fields are never synced: {sorted(forbidden)}")
     for name in chosen:
-        model._meta.get_field(name)  # raises FieldDoesNotExist early, at start-up
+        field = model._meta.get_field(name)  # raises FieldDoesNotExist early, at start-up
+        if not field.concrete or field.many_to_many:
+            raise ValueError(
+                f"{model._meta.label}.{name} is not a column of its own: only those can be tracked"
+            )
     from reactive import bulk, model_hooks  # they import this module
 
     aliases = frozenset(databases) if databases is not None else None

@@ -137,6 +137,12 @@ def test_password_cannot_be_tracked() -> None:
         capture.track(User, fields=["username", "password"])
 
 
+@pytest.mark.parametrize("relation", ["groups", "logentry"])
+def test_only_a_models_own_columns_can_be_tracked(relation: str) -> None:
+    with pytest.raises(ValueError, match=f"auth.User.{relation} is not a column of its own"):
+        capture.track(User, fields=["username", relation])
+
+
 def change_elsewhere(pk: int, **values: object) -> None:
     other = User.objects.get(pk=pk)
     for name, value in values.items():
