@@ -17,10 +17,11 @@ from typing import Any
 from uuid import UUID
 
 from django.apps import apps
+from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 
-from reactive.events import format_time
+from reactive.events import USER_MODEL, format_time
 
 
 def _record(*args: Any, **kwargs: Any) -> Any:
@@ -58,7 +59,7 @@ PREDICATE_READS: dict[Callable[..., bool], frozenset[str]] = {
 @dataclass(frozen=True)
 class Tracking:  # noqa: B903
     model: type[models.Model]
-    label: str  # "auth.user": the event's model name
+    label: str  # the events' model name: event_label(model)
     fields: tuple[str, ...]
     predicate: Predicate
     databases: frozenset[str] | None = None  # capture saves on these aliases only (None: every alias)
@@ -109,7 +110,7 @@ def track(
     from reactive import bulk, model_hooks  # they import this module
 
     aliases = frozenset(databases) if databases is not None else None
-    tracking = Tracking(model, model._meta.label_lower, chosen, predicate or always, aliases)
+    tracking = Tracking(model, event_label(model), chosen, predicate or always, aliases)
     if model not in _registry:
         for sender in _model_and_descendants(model):  # their signals name them, not the tracked model
             uid = sender._meta.label_lower
@@ -137,6 +138,11 @@ def untrack(model: type[models.Model]) -> None:
     model_hooks.uninstall(model)
     if not _registry:
         bulk.uninstall()
+
+
+def event_label(model: type[models.Model]) -> str:
+    """The model name events carry: the user model is "auth.user" on the wire, whatever AUTH_USER_MODEL is."""
+    return USER_MODEL if model is get_user_model() else model._meta.label_lower
 
 
 def tracking_for(model: type[models.Model]) -> Tracking | None:

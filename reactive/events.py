@@ -19,6 +19,7 @@ SCHEMA_VERSION = 1
 ACTIONS = ("insert", "update", "delete")
 LEGACY_ACTIONS = {0: "insert", 1: "update", 2: "delete"}
 MAX_BODY_BYTES = 256 * 1024
+USER_MODEL = "auth.user"  # the wire name of the user model, whatever AUTH_USER_MODEL says
 Action = Literal["insert", "update", "delete"]
 KeyField = Literal["pk", "username"]
 
@@ -140,7 +141,7 @@ def _from_legacy(payload: Mapping[str, Any], stamp: int | None, message_id: str 
         raise MessageError("legacy message without a SentTimestamp to order it")
     data = {k: v for k, v in user.items() if k not in ("password", "last_login", "id", "pk")}
     return Event(
-        model="auth.user",
+        model=USER_MODEL,
         action=cast(Action, LEGACY_ACTIONS[code]),
         key=user["username"],
         version=int(stamp),

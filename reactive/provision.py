@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from reactive import settings
 from reactive.errors import ResourceNotFound
+from reactive.events import USER_MODEL
 from reactive.transport.sqs import SqsTransport, aws_errors, make_client
 
 Action = Literal["ok", "create", "update"]
@@ -47,7 +48,7 @@ class Options:
     clients: Sequence[str]
     fifo: bool = False
     max_receives: int = 5
-    filter_models: Sequence[str] = ("auth.user",)
+    filter_models: Sequence[str] = (USER_MODEL,)
 
 
 class Provisioner:

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
 from reactive.errors import ApplyError, ReactiveError
-from reactive.events import Event, parse_time
+from reactive.events import USER_MODEL, Event, parse_time
 
 log = logging.getLogger("reactive.replica")
 Status = Literal["applied", "stale", "failed"]
@@ -60,7 +60,7 @@ def state_key(event: Event) -> str:
 
 
 def resolve_model(label: str) -> type[models.Model]:
-    if label == "auth.user":
+    if label == USER_MODEL:
         return get_user_model()
     try:
         return apps.get_model(label)
@@ -288,7 +288,7 @@ def profile_of(instance: models.Model, key: str, version: int) -> dict[str, Any]
     }
 
 
-def master_key_of(local_pk: Any, model: str = "auth.user", using: str = "default") -> tuple[str, int] | None:
+def master_key_of(local_pk: Any, model: str = USER_MODEL, using: str = "default") -> tuple[str, int] | None:
     """(master key, version) of a local row, or None for a row that is not a replica."""
     state = (
         ReplicaState.objects.using(using)

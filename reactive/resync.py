@@ -69,7 +69,7 @@ def tracking() -> capture.Tracking:
         return found
     fields = tuple(getattr(django_settings, "REACTIVE_TRACKED_FIELDS", capture.DEFAULT_USER_FIELDS))
     predicate = import_string(getattr(django_settings, "REACTIVE_SYNC_PREDICATE", "reactive.capture.always"))
-    return capture.Tracking(user, user._meta.label_lower, fields, predicate)
+    return capture.Tracking(user, capture.event_label(user), fields, predicate)
 
 
 def plan(*, prune: bool, using: str = "default") -> list[Any]:
@@ -88,7 +88,7 @@ def highest_key(using: str = "default") -> int:
     with transaction.atomic(using=using):
         _hold_user_inserts(user, using)
         top = user._default_manager.using(using).aggregate(top=Max("pk"))["top"] or 0
-        label = user._meta.label_lower
+        label = capture.event_label(user)
         keys = OutboxEvent.objects.using(using).filter(model=label).values_list("key", flat=True).distinct()
         top = max([top, _sequence_value(user, using), *(int(k) for k in keys if k.isdigit())])
     return int(top)

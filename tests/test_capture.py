@@ -371,6 +371,19 @@ def test_changes_made_through_a_multi_table_child_are_captured(employee: Any) ->
     assert {action for _, action, _ in rows[3:]} == {"delete"}
 
 
+
+def test_the_user_model_is_auth_user_on_the_wire_whatever_its_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.contrib.auth.models import Group
+
+    monkeypatch.setattr(capture, "get_user_model", lambda: Group)  # as if AUTH_USER_MODEL named Group
+    try:
+        assert capture.track(Group, fields=["name"]).label == "auth.user"
+        Group.objects.create(name="staff")
+        assert OutboxEvent.objects.get().model == "auth.user"
+    finally:
+        capture.untrack(Group)
+    assert capture.event_label(User) == "auth.user"
+
 @pytest.fixture
 def member() -> Iterator[type[models.Model]]:
     """A proxy of the user model, as Django teams define for roles, present (and tracked) for one test.

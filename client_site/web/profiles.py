@@ -6,9 +6,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from reactive.events import USER_MODEL
 from reactive.replica import ReplicaState, master_key_of, profile_of
-
-USER_MODEL_LABEL = "auth.user"
 
 
 def current_profile(user: Any) -> dict[str, Any]:
@@ -26,7 +25,7 @@ def replica_user(master_key: str, username: str) -> Any | None:
     """The local user replicating master user ``master_key`` (legacy replicas are keyed by username)."""
     for key in (master_key, f"username:{username}"):
         state = (
-            ReplicaState.objects.filter(model=USER_MODEL_LABEL, key=key, deleted=False)
+            ReplicaState.objects.filter(model=USER_MODEL, key=key, deleted=False)
             .exclude(local_pk=None)
             .first()
         )
