@@ -67,8 +67,9 @@ def _update(self: QuerySet[Any], **values: Any) -> int:
     tracking = _captured(self)
     if tracking is None:
         return _originals["update"](self, **values)
-    columns = {_field_name(tracking, name) for name in values}
-    if tracking.model._meta.pk.name in columns:
+    meta = self.model._meta  # a multi-table child's own columns are neither tracked nor judged
+    columns = {meta.pk.name if name == "pk" else meta.get_field(name).name for name in values}
+    if meta.pk.name in columns or tracking.model._meta.pk.name in columns:
         raise NotSupportedError(
             f"update() of the primary key of {tracking.label} rows cannot be synced: clients know a user by it"
         )
@@ -92,11 +93,6 @@ def _update(self: QuerySet[Any], **values: Any) -> int:
     return updated
 
 
-def _field_name(tracking: Tracking, name: str) -> str:
-    meta = tracking.model._meta
-    return meta.pk.name if name == "pk" else meta.get_field(name).name
-
-
 def _may_change_events(tracking: Tracking, columns: set[str]) -> bool:
     """Whether setting these columns can change a tracked value or the predicate's verdict."""
     reads = capture.PREDICATE_READS.get(tracking.predicate)
@@ -116,10 +112,7 @@ def _chunks(keys: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 
 def _snapshots(rows: Iterable[models.Model], tracking: Tracking) -> Snapshots:
-    """Each row's snapshot: the one taken when it was loaded, or one of its values now."""
-    return {
-        row.pk: row.__dict__.get(capture.SNAPSHOT_ATTR) or capture.snapshot(row, tracking) for row in rows
-    }
+    return {row.pk: capture.snapshot(row, tracking) for row in rows}
 
 
 def _record_changes(tracking: Tracking, before: Snapshots, after: Iterable[models.Model], using: str) -> None:

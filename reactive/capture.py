@@ -32,6 +32,9 @@ def _record(*args: Any, **kwargs: Any) -> Any:
 
 DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
 NEVER_TRACKED = frozenset({"password", "last_login"})
+DEFAULT_PREDICATE = (
+    "reactive.capture.non_staff"  # REACTIVE_SYNC_PREDICATE's default: staff stay on the master
+)
 SNAPSHOT_ATTR = "_reactive_snapshot"
 SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
 SYNCED = "__synced__"
@@ -296,6 +299,8 @@ def _on_delete(sender: type[models.Model], instance: models.Model, using: str, *
     tracking = tracking_for(sender)
     if tracking is None or not tracking.captures(using):
         return
+    if sender._meta.concrete_model is not tracking.model:
+        return  # a multi-table child: the delete of its parent row, which Django signals too, is the event
     if known_before(instance, using).get(SYNCED) is False:
         return  # never on the clients
     _record(tracking.label, "delete", str(instance.pk), {}, (), using=using)

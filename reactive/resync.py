@@ -68,7 +68,7 @@ def tracking() -> capture.Tracking:
     if found is not None:
         return found
     fields = tuple(getattr(django_settings, "REACTIVE_TRACKED_FIELDS", capture.DEFAULT_USER_FIELDS))
-    predicate = import_string(getattr(django_settings, "REACTIVE_SYNC_PREDICATE", "reactive.capture.always"))
+    predicate = import_string(getattr(django_settings, "REACTIVE_SYNC_PREDICATE", capture.DEFAULT_PREDICATE))
     return capture.Tracking(user, capture.event_label(user), fields, predicate)
 
 

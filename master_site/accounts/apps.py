@@ -20,5 +20,7 @@ class AccountsConfig(AppConfig):
             capture.track(
                 get_user_model(),
                 fields=getattr(settings, "REACTIVE_TRACKED_FIELDS", None),
-                predicate=import_string(settings.REACTIVE_SYNC_PREDICATE),
+                predicate=import_string(
+                    getattr(settings, "REACTIVE_SYNC_PREDICATE", capture.DEFAULT_PREDICATE)
+                ),
             )
