@@ -23,18 +23,10 @@ from django.db.models.signals import post_delete, post_save
 
 from reactive.events import USER_MODEL, format_time
 
-
-def _record(*args: Any, **kwargs: Any) -> Any:
-    from reactive.outbox import record  # the outbox defines a model: import it once apps are loaded
-
-    return record(*args, **kwargs)
-
-
 DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
 NEVER_TRACKED = frozenset({"password", "last_login"})
-DEFAULT_PREDICATE = (
-    "reactive.capture.non_staff"  # REACTIVE_SYNC_PREDICATE's default: staff stay on the master
-)
+# REACTIVE_SYNC_PREDICATE's default: staff users stay on the master.
+DEFAULT_PREDICATE = "reactive.capture.non_staff"
 SNAPSHOT_ATTR = "_reactive_snapshot"
 SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
 SYNCED = "__synced__"
@@ -148,6 +140,9 @@ def event_label(model: type[models.Model]) -> str:
     return USER_MODEL if model is get_user_model() else model._meta.label_lower
 
 
+_lookups: dict[type[models.Model], Tracking | None] = {}  # every model asked about; cleared by (un)track
+
+
 def tracking_for(model: type[models.Model]) -> Tracking | None:
     """The tracking of the model's rows: its own, or a tracked ancestor's (proxies, multi-table children)."""
     try:
@@ -161,9 +156,6 @@ def tracking_for(model: type[models.Model]) -> Tracking | None:
             break
     _lookups[model] = found
     return found
-
-
-_lookups: dict[type[models.Model], Tracking | None] = {}  # every model asked about; cleared by (un)track
 
 
 def _model_and_descendants(model: type[models.Model]) -> list[type[models.Model]]:
@@ -203,6 +195,12 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, Decimal | UUID):
         return str(value)
     return value
+
+
+def _record(*args: Any, **kwargs: Any) -> Any:
+    from reactive.outbox import record  # the outbox defines a model: import it once apps are loaded
+
+    return record(*args, **kwargs)
 
 
 def _on_save(
