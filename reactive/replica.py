@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connections, models, transaction
+from django.core.exceptions import FieldDoesNotExist
+from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
@@ -54,9 +55,12 @@ class Outcome:
     local_pk: str | None = None  # the local row, whose personal group is notified
 
 
+LEGACY_PREFIX = "username:"
+
+
 def state_key(event: Event) -> str:
     # Legacy events are keyed by username; keep them apart from master primary keys.
-    return event.key if event.key_field == "pk" else f"username:{event.key}"
+    return event.key if event.key_field == "pk" else f"{LEGACY_PREFIX}{event.key}"
 
 
 def resolve_model(label: str) -> type[models.Model]:
@@ -97,7 +101,7 @@ def _apply_one(event: Event, known: _Known) -> Outcome:
     try:
         with transaction.atomic(using=known.using):
             return _apply(event, known)
-    except (ReactiveError, IntegrityError, ValueError, TypeError) as exc:
+    except (ReactiveError, IntegrityError, DataError, ValueError, TypeError) as exc:  # this event's values
         known.forget(event)  # its savepoint is gone: what this event did to the cache is not true
         reason = str(exc) if isinstance(exc, ReactiveError) else f"{type(exc).__name__}: {exc}"
         return Outcome(event, "failed", reason)
@@ -218,7 +222,7 @@ def _upsert(
 ) -> models.Model:
     using = known.using
     manager = model._default_manager.using(using)
-    values = _clean(event.data)
+    values = _clean(event.data, model)
     instance = None
     if state is not None and state.local_pk and not state.deleted:
         instance = known.row(model, event.model, state.local_pk)
@@ -226,16 +230,22 @@ def _upsert(
         instance = manager.filter(username=event.key).first()
     username = values.get("username") or (event.key if event.key_field == "username" else None)
     # Usernames are unique: a row that already has this username cannot collide with another one.
+    adopted = False
     if username and getattr(instance, "username", None) != username:
-        holder = manager.filter(username=username).exclude(pk=getattr(instance, "pk", None)).first()
-        if holder is not None:
-            instance = _adopt_or_refuse(holder, instance, event, using)
+        holder = (
+            manager.select_for_update().filter(username=username).exclude(pk=getattr(instance, "pk", None))
+        )
+        found = holder.first()
+        if found is not None:
+            instance, adopted = _resolve_holder(found, instance, event, values, known)
+            username = values.get("username") or username
     if instance is None:
         if not username:
             raise ApplyError(f"{event.action} of unknown key {event.key} carries no username")
         instance = model(username=username)
-        if hasattr(instance, "set_unusable_password"):
-            instance.set_unusable_password()
+        adopted = True
+    if adopted and hasattr(instance, "set_unusable_password"):
+        instance.set_unusable_password()  # a replica signs in by the master's link only
     elif all(getattr(instance, name, _MISSING) == value for name, value in values.items()):
         return instance  # a replay of what the row already holds: no write
     for name, value in values.items():
@@ -244,21 +254,55 @@ def _upsert(
     return instance
 
 
-def _adopt_or_refuse(
-    holder: models.Model, instance: models.Model | None, event: Event, using: str
-) -> models.Model:
-    """Another local row has the username. Adopt it when nothing links it; otherwise wait (retry)."""
-    linked = ReplicaState.objects.using(using).filter(local_pk=str(holder.pk), deleted=False).first()
-    if linked is None and instance is None:
-        return holder
-    owner = f"key {linked.key}" if linked else "a local user"
+def _resolve_holder(
+    holder: models.Model, instance: models.Model | None, event: Event, values: dict[str, Any], known: _Known
+) -> tuple[models.Model | None, bool]:
+    """Another local row has the event's username: (the row to write, whether it is adopted).
+
+    Versions are the master's outbox ids, ordered across users, and the master's usernames are unique.
+    So when the holder replicates another master user at an older version than this event, that user's
+    rename (or delete) is still on its way: the holder steps aside to a placeholder name until it comes.
+    When the holder's version is newer, this event's name is the out-of-date one: the row keeps (or, new,
+    gets) a placeholder until this user's own later event arrives. A local user that nothing links is
+    adopted by an insert, unless it is staff or superuser; legacy rows (keyed by username, versions of
+    another clock) wait for their own rename, as does a rename onto a local user's name.
+    """
+    linked = (
+        ReplicaState.objects.using(known.using)
+        .filter(model=event.model, local_pk=str(holder.pk), deleted=False)
+        .first()
+    )
+    name = getattr(holder, "username", "?")
+    if linked is None:
+        if instance is None and not (
+            getattr(holder, "is_staff", False) or getattr(holder, "is_superuser", False)
+        ):
+            return holder, True
+        owner = "a local staff user" if instance is None else "a local user"
+        raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
+    comparable = event.key_field == "pk" and not linked.key.startswith(LEGACY_PREFIX)
+    if comparable and linked.version < event.version:
+        holder.username = placeholder(linked.key)
+        holder.save(using=known.using, update_fields=["username"])
+        known.rows.pop((event.model, str(holder.pk)), None)  # the cached object still has the old name
+        return instance, False
+    if comparable:
+        if instance is not None:
+            values.pop("username", None)
+        else:
+            values["username"] = placeholder(event.key)
+        return instance, False
     raise ApplyError(
-        f"username {getattr(holder, 'username', '?')!r} is held by {owner}; "
-        "retrying until its own rename or delete arrives"
+        f"username {name!r} is held by key {linked.key}; retrying until its own rename or delete arrives"
     )
 
 
-def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
+def placeholder(key: str) -> str:
+    """A username no master user can have (Django's usernames have no "~"), held until the real one comes."""
+    return f"~displaced-{key}"
+
+
+def _clean(data: Mapping[str, Any], model: type[models.Model]) -> dict[str, Any]:
     allowed = replicated_fields()
     values: dict[str, Any] = {}
     for name, value in data.items():
@@ -272,8 +316,22 @@ def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
             raise ApplyError(f"bad username {value!r}")
         if name in ("first_name", "last_name", "email") and not isinstance(value, str):
             raise ApplyError(f"{name} must be a string")
+        if isinstance(value, str):
+            _check_text(model, name, value)
         values[name] = value
     return values
+
+
+def _check_text(model: type[models.Model], name: str, value: str) -> None:
+    """Refuse here what this database would refuse (PostgreSQL) or silently keep (SQLite): one clear error."""
+    try:
+        limit = getattr(model._meta.get_field(name), "max_length", None)
+    except FieldDoesNotExist:
+        limit = None  # a field this user model does not have
+    if limit and len(value) > limit:
+        raise ApplyError(f"{name} is {len(value)} characters long, more than this client's {limit}")
+    if "\x00" in value:
+        raise ApplyError(f"{name} contains a NUL character")
 
 
 def profile_of(instance: models.Model, key: str, version: int) -> dict[str, Any]:

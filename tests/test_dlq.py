@@ -208,14 +208,15 @@ def test_diagnose_says_why_the_replica_refuses_and_changes_nothing(
 ) -> None:
     from reactive.replica import ReplicaState
 
-    user = get_user_model().objects.create_user("carol")  # a stale replica of master key 900
-    ReplicaState.objects.create(model="auth.user", key="900", version=3, local_pk=str(user.pk))
+    user = get_user_model().objects.create_user("carol", is_staff=True)  # this client's own admin account
+    dave = get_user_model().objects.create_user("dave")  # master key 900, at version 3
+    ReplicaState.objects.create(model="auth.user", key="900", version=3, local_pk=str(dave.pk))
     put(sqs, alpha.dlq, event_body("insert", "5", 10, username="carol", first_name="Caroline"))
     put(sqs, alpha.dlq, event_body("update", "900", 2, first_name="old"))
 
     checked = {x.event.key: x for x in dlq.diagnose(dlq.inspect(sqs, alpha)) if x.event}
 
-    assert "username 'carol' is held by key 900" in checked["5"].why
+    assert "username 'carol' is held by a local staff user" in checked["5"].why
     assert "changes nothing" in checked["900"].why
     assert not ReplicaState.objects.filter(key="5").exists()  # rolled back
     user.delete()  # the cause, fixed

@@ -61,22 +61,77 @@ def test_identity_is_the_master_key_so_renames_propagate() -> None:
     assert User.objects.get(pk=pk).username == "robert"
 
 
-def test_a_username_held_by_another_key_fails_until_that_rename_arrives() -> None:
+def usernames() -> list[str]:
+    return sorted(User.objects.values_list("username", flat=True))
+
+
+def test_a_username_held_by_an_older_version_of_another_key_is_lent_until_its_rename_arrives() -> None:
     apply(ev("insert", "1", 10, username="bob"))
     apply(ev("insert", "2", 11, username="tmp"))
-    outcome = apply(
-        ev("update", "2", 13, username="bob")
-    )  # master renamed 1 away first (v12), not applied yet
-    assert outcome.status == "failed" and "held by key 1" in outcome.error
+    assert apply(ev("update", "2", 13, username="bob")).status == "applied"  # 1 was renamed first (v12)
+    assert usernames() == ["bob", "~displaced-1"]
     apply(ev("update", "1", 12, username="robert"))
-    assert apply(ev("update", "2", 13, username="bob")).status == "applied"
-    assert sorted(User.objects.values_list("username", flat=True)) == ["bob", "robert"]
+    assert usernames() == ["bob", "robert"]
+
+
+def test_an_out_of_date_username_waits_under_a_placeholder_for_its_own_rename() -> None:
+    apply(ev("insert", "1", 20, username="alice"))  # alice since v20: key 2's alice (v15) is older
+    assert apply(ev("insert", "2", 15, username="alice", first_name="Al")).status == "applied"
+    assert usernames() == ["alice", "~displaced-2"]
+    apply(ev("update", "2", 17, username="amy"))
+    assert usernames() == ["alice", "amy"] and User.objects.get(username="amy").first_name == "Al"
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_a_swap_of_usernames_sent_by_sync_converges(order: tuple[int, int], one_batch: bool) -> None:
+    from reactive.replica import apply_batch
+
+    apply(ev("insert", "1", 1, username="alice"))
+    apply(ev("insert", "2", 2, username="bob"))
+    swap = [ev("update", "1", 100, username="bob"), ev("update", "2", 101, username="alice")]
+    chosen = [swap[i] for i in order]
+    outcomes = apply_batch(chosen) if one_batch else [apply(event) for event in chosen]
+    assert [o.status for o in outcomes] == ["applied", "applied"]
+    assert sorted(ReplicaState.objects.values_list("key", "local_pk")) == [
+        ("1", str(User.objects.get(username="bob").pk)),
+        ("2", str(User.objects.get(username="alice").pk)),
+    ]
+
+
+def test_a_three_way_cycle_delivered_newest_first_converges() -> None:
+    for key, name in (("1", "a"), ("2", "b"), ("3", "c")):
+        apply(ev("insert", key, int(key), username=name))
+    events = [ev("update", "3", 12, username="a"), ev("update", "2", 11, username="c")]
+    events.append(ev("update", "1", 10, username="b"))
+    assert [apply(event).status for event in events] == ["applied"] * 3
+    assert [User.objects.get(username=n).first_name for n in "abc"] == ["", "", ""]
+    by_key = dict(ReplicaState.objects.values_list("key", "local_pk"))
+    assert (
+        User.objects.get(pk=by_key["1"]).username == "b" and User.objects.get(pk=by_key["3"]).username == "a"
+    )
 
 
 def test_an_unlinked_local_user_is_adopted() -> None:
-    local = User.objects.create_user("carol")
+    local = User.objects.create_user("carol", password="local-secret")
     apply(ev("insert", "3", 10, username="carol", first_name="Carol"))
-    assert User.objects.get(pk=local.pk).first_name == "Carol"
+    adopted = User.objects.get(pk=local.pk)
+    assert adopted.first_name == "Carol" and not adopted.has_usable_password()  # it signs in by link only
+
+
+@pytest.mark.parametrize("privilege", ["is_staff", "is_superuser"])
+def test_a_local_staff_user_is_never_adopted(privilege: str) -> None:
+    User.objects.create_user("admin", password="local-secret", **{privilege: True})
+    outcome = apply(ev("insert", "4", 10, username="admin"))
+    assert outcome.status == "failed" and "held by a local staff user" in outcome.error
+    assert User.objects.get(username="admin").has_usable_password()
+
+
+def test_values_longer_than_this_client_allows_fail_cleanly() -> None:
+    outcome = apply(ev("insert", "5", 10, username="dan", first_name="x" * 151))
+    assert outcome.status == "failed" and "more than this client's 150" in outcome.error
+    assert "NUL" in apply(ev("insert", "5", 11, username="dan", last_name="a\x00b")).error
+    assert apply(ev("insert", "5", 12, username="dan")).status == "applied"
 
 
 def test_bad_values_fail_without_touching_anything() -> None:
@@ -138,12 +193,12 @@ def test_a_failed_event_in_a_batch_leaves_the_next_one_of_its_key_a_true_picture
 
     from reactive.replica import apply_batch
 
-    apply(ev("insert", "1", 10, username="bob"))
+    User.objects.create_user("root")
     apply(ev("insert", "2", 11, username="tmp", first_name="Tim"))
     with transaction.atomic():
         outcomes = apply_batch(
             [
-                ev("update", "2", 12, username="bob", first_name="Changed"),  # bob is key 1's: refused
+                ev("update", "2", 12, username="root", first_name="Changed"),  # a local user's: refused
                 ev("update", "2", 13, username="tmp2"),
             ]
         )
@@ -174,3 +229,17 @@ def test_a_legacy_delete_and_a_keyed_update_of_one_user_in_one_batch() -> None:
         outcomes = apply_batch([legacy_delete, ev("update", "17", 11, username="bob", first_name="Bob")])
     assert [o.status for o in outcomes] == ["applied", "applied"]
     assert names() == [("bob", "Bob")]  # the row is back, not just reported so
+
+
+def test_a_login_for_one_master_user_never_finds_a_row_another_key_has_linked() -> None:
+    from client_site.web.profiles import replica_user
+
+    row = User.objects.create_user("alice")
+    ReplicaState.objects.create(model="auth.user", key="username:alice", version=5, local_pk=str(row.pk))
+    assert replica_user("9", "alice") == row  # a legacy replica, not linked to any master key yet
+    ReplicaState.objects.create(model="auth.user", key="1", version=10, local_pk=str(row.pk))
+    assert replica_user("9", "alice") is None  # now master user 1's row: never user 9's
+    assert replica_user("1", "alice") == row
+    ReplicaState.objects.filter(key="1").delete()
+    User.objects.filter(pk=row.pk).update(username="alicia")
+    assert replica_user("9", "alice") is None  # the legacy state points at a row renamed since

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from reactive.events import USER_MODEL
-from reactive.replica import ReplicaState, master_key_of, profile_of
+from reactive.replica import LEGACY_PREFIX, ReplicaState, master_key_of, profile_of
 
 
 def current_profile(user: Any) -> dict[str, Any]:
@@ -22,13 +22,24 @@ def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:
 
 
 def replica_user(master_key: str, username: str) -> Any | None:
-    """The local user replicating master user ``master_key`` (legacy replicas are keyed by username)."""
-    for key in (master_key, f"username:{username}"):
-        state = (
-            ReplicaState.objects.filter(model=USER_MODEL, key=key, deleted=False)
-            .exclude(local_pk=None)
-            .first()
-        )
-        if state is not None:
-            return get_user_model()._default_manager.filter(pk=state.local_pk).first()
-    return None
+    """The local user replicating master user ``master_key`` (legacy replicas are keyed by username).
+
+    A legacy state answers only for a row that no other master key has since linked, and that still
+    has this username: otherwise a link for one master user could sign in as another's row.
+    """
+    state = _live_state(master_key)
+    if state is not None:
+        return get_user_model()._default_manager.filter(pk=state.local_pk).first()
+    legacy = _live_state(f"{LEGACY_PREFIX}{username}")
+    if legacy is None:
+        return None
+    linked = ReplicaState.objects.filter(model=USER_MODEL, local_pk=legacy.local_pk, deleted=False)
+    if linked.exclude(key__startswith=LEGACY_PREFIX).exclude(key=master_key).exists():
+        return None
+    return get_user_model()._default_manager.filter(pk=legacy.local_pk, username=username).first()
+
+
+def _live_state(key: str) -> ReplicaState | None:
+    return (
+        ReplicaState.objects.filter(model=USER_MODEL, key=key, deleted=False).exclude(local_pk=None).first()
+    )

@@ -16,17 +16,15 @@ from tests.support.sites import VENV_BIN, Deployment
 
 pytestmark = pytest.mark.e2e
 
-STALE_REPLICA = """
-from reactive.events import Event
-from reactive.replica import apply
-# alpha still holds "carol" as master key 900001: that user's delete never arrived.
-stale = Event(model="auth.user", action="insert", key="900001", version=1, data={"username": "carol"})
-print(apply(stale).status)
+LOCAL_ADMIN = """
+from django.contrib.auth import get_user_model
+# alpha's own administrator is called "carol": a replica never takes over a staff account.
+get_user_model().objects.create_user("carol", is_staff=True)
+print("applied")
 """
-LOST_DELETE_ARRIVES = """
-from reactive.events import Event
-from reactive.replica import apply
-print(apply(Event(model="auth.user", action="delete", key="900001", version=2)).status)
+LOCAL_ADMIN_RENAMED = """
+from django.contrib.auth import get_user_model
+print(get_user_model().objects.filter(username="carol").update(username="carol-admin") and "applied")
 """
 CAROL_ON_ALPHA = """
 import json
@@ -59,7 +57,7 @@ def test_refused_events_reach_the_dlq_are_explained_and_applied_after_the_fix(de
     queue_url = sqs.get_queue_url(QueueName=f"{prefix}-alpha")["QueueUrl"]
     dlq_url = sqs.get_queue_url(QueueName=f"{prefix}-alpha-dlq")["QueueUrl"]
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": "1"})  # retries come fast
-    assert deployment.python("alpha", STALE_REPLICA).strip() == "applied"
+    assert deployment.python("alpha", LOCAL_ADMIN).strip() == "applied"
     deployment.start_worker()
     deployment.start_listener("alpha", "--wait", "1")
 
@@ -83,9 +81,9 @@ def test_refused_events_reach_the_dlq_are_explained_and_applied_after_the_fix(de
         ("update", carol_key),
     ]
     for message in listed["messages"]:
-        assert "username 'carol' is held by key 900001" in message["why"], message["why"]
+        assert "username 'carol' is held by a local staff user" in message["why"], message["why"]
 
-    assert deployment.python("alpha", LOST_DELETE_ARRIVES).strip() == "applied"  # the cause, fixed
+    assert deployment.python("alpha", LOCAL_ADMIN_RENAMED).strip() == "applied"  # the cause, fixed
     rechecked = json.loads(
         reactive(deployment, "alpha", "dlq", "list", "--client", "alpha", "--diagnose", "--json")
     )
