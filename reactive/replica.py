@@ -56,6 +56,7 @@ class Outcome:
 
 
 LEGACY_PREFIX = "username:"
+PLACEHOLDER_PREFIX = "~displaced-"
 
 
 def state_key(event: Event) -> str:
@@ -210,8 +211,11 @@ def _delete_local(
     rows = manager.none()
     if state is not None and state.local_pk:
         rows = manager.filter(pk=state.local_pk)
-    elif event.key_field == "username":
-        rows = manager.filter(username=event.key)
+    elif event.key_field == "username":  # a legacy delete of a row no key links, and never a staff one
+        candidate = manager.filter(username=event.key).first()
+        live = ReplicaState.objects.using(using).filter(model=event.model, deleted=False)
+        if candidate is not None and not _privileged(candidate) and not _linked(live, candidate):
+            rows = manager.filter(pk=candidate.pk)
     local_pk = rows.values_list("pk", flat=True).first()
     rows.delete()
     return None if local_pk is None else str(local_pk)
@@ -226,8 +230,7 @@ def _upsert(
     instance = None
     if state is not None and state.local_pk and not state.deleted:
         instance = known.row(model, event.model, state.local_pk)
-    if instance is None and event.key_field == "username":
-        instance = manager.filter(username=event.key).first()
+    # A legacy event's first row, found by its username, goes through the holder's rules below.
     username = values.get("username") or (event.key if event.key_field == "username" else None)
     # Usernames are unique: a row that already has this username cannot collide with another one.
     adopted = False
@@ -267,16 +270,15 @@ def _resolve_holder(
     adopted by an insert, unless it is staff or superuser; legacy rows (keyed by username, versions of
     another clock) wait for their own rename, as does a rename onto a local user's name.
     """
-    linked = (
+    linked = (  # locked: another listener of this client may be applying the holder's own event
         ReplicaState.objects.using(known.using)
+        .select_for_update()
         .filter(model=event.model, local_pk=str(holder.pk), deleted=False)
         .first()
     )
     name = getattr(holder, "username", "?")
     if linked is None:
-        if instance is None and not (
-            getattr(holder, "is_staff", False) or getattr(holder, "is_superuser", False)
-        ):
+        if instance is None and not _privileged(holder):
             return holder, True
         owner = "a local staff user" if instance is None else "a local user"
         raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
@@ -297,9 +299,17 @@ def _resolve_holder(
     )
 
 
+def _linked(live: models.QuerySet[ReplicaState], row: models.Model) -> bool:
+    return live.filter(local_pk=str(row.pk)).exists()
+
+
+def _privileged(row: models.Model) -> bool:
+    return bool(getattr(row, "is_staff", False) or getattr(row, "is_superuser", False))
+
+
 def placeholder(key: str) -> str:
     """A username no master user can have (Django's usernames have no "~"), held until the real one comes."""
-    return f"~displaced-{key}"
+    return f"{PLACEHOLDER_PREFIX}{key}"
 
 
 def _clean(data: Mapping[str, Any], model: type[models.Model]) -> dict[str, Any]:
@@ -314,6 +324,8 @@ def _clean(data: Mapping[str, Any], model: type[models.Model]) -> dict[str, Any]
             value = parse_time(value) if isinstance(value, str) else None
         if name == "username" and (not isinstance(value, str) or not value or len(value) > 150):
             raise ApplyError(f"bad username {value!r}")
+        if name == "username" and value.startswith(PLACEHOLDER_PREFIX):
+            raise ApplyError(f"username {value!r} is reserved for names waiting for their rename")
         if name in ("first_name", "last_name", "email") and not isinstance(value, str):
             raise ApplyError(f"{name} must be a string")
         if isinstance(value, str):

@@ -243,3 +243,42 @@ def test_a_login_for_one_master_user_never_finds_a_row_another_key_has_linked() 
     ReplicaState.objects.filter(key="1").delete()
     User.objects.filter(pk=row.pk).update(username="alicia")
     assert replica_user("9", "alice") is None  # the legacy state points at a row renamed since
+
+
+def legacy(action: str, username: str, version: int, **data: object) -> Event:
+    return Event(
+        model="auth.user",
+        action=action,  # type: ignore[arg-type]
+        key=username,
+        version=version,
+        data={"username": username, **data},
+        changed=(),
+        key_field="username",
+    )
+
+
+def test_legacy_events_never_take_over_or_delete_a_local_staff_account() -> None:
+    from client_site.web.profiles import replica_user
+
+    admin = User.objects.create_user("admin", password="local-secret", is_superuser=True)
+    assert "held by a local staff user" in apply(legacy("insert", "admin", 5, first_name="Ad")).error
+    apply(legacy("delete", "admin", 6))
+    kept = User.objects.get(pk=admin.pk)
+    assert kept.has_usable_password() and kept.is_superuser and kept.first_name == ""
+    ReplicaState.objects.update_or_create(  # as a legacy replica linking it would
+        model="auth.user",
+        key="username:admin",
+        defaults={"version": 7, "local_pk": str(admin.pk), "deleted": False},
+    )
+    assert replica_user("42", "admin") is None
+
+
+def test_a_legacy_delete_never_removes_a_row_a_master_key_links() -> None:
+    apply(ev("insert", "1", 10, username="erin"))
+    apply(legacy("delete", "erin", 11))
+    assert usernames() == ["erin"]
+
+
+def test_the_placeholder_prefix_is_refused_as_a_master_username() -> None:
+    outcome = apply(ev("insert", "7", 10, username="~displaced-1"))
+    assert outcome.status == "failed" and "reserved" in outcome.error

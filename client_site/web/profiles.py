@@ -36,7 +36,10 @@ def replica_user(master_key: str, username: str) -> Any | None:
     linked = ReplicaState.objects.filter(model=USER_MODEL, local_pk=legacy.local_pk, deleted=False)
     if linked.exclude(key__startswith=LEGACY_PREFIX).exclude(key=master_key).exists():
         return None
-    return get_user_model()._default_manager.filter(pk=legacy.local_pk, username=username).first()
+    user = get_user_model()._default_manager.filter(pk=legacy.local_pk, username=username).first()
+    if user is not None and (getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)):
+        return None  # a link never signs in as a client's own staff account
+    return user
 
 
 def _live_state(key: str) -> ReplicaState | None:
