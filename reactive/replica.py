@@ -267,8 +267,9 @@ def _resolve_holder(
     rename (or delete) is still on its way: the holder steps aside to a placeholder name until it comes.
     When the holder's version is newer, this event's name is the out-of-date one: the row keeps (or, new,
     gets) a placeholder until this user's own later event arrives. A local user that nothing links is
-    adopted by an insert, unless it is staff or superuser; legacy rows (keyed by username, versions of
-    another clock) wait for their own rename, as does a rename onto a local user's name.
+    adopted by an event whose key has no row here yet, unless it is staff or superuser; legacy rows
+    (keyed by username, versions of another clock) wait for their own rename, as does a rename onto a
+    local user's name.
     """
     linked = (  # locked: another listener of this client may be applying the holder's own event
         ReplicaState.objects.using(known.using)
