@@ -267,9 +267,10 @@ def _resolve_holder(
     rename (or delete) is still on its way: the holder steps aside to a placeholder name until it comes.
     When the holder's version is newer, this event's name is the out-of-date one: the row keeps (or, new,
     gets) a placeholder until this user's own later event arrives. A local user that nothing links is
-    adopted by an event whose key has no row here yet, unless it is staff or superuser; legacy rows
-    (keyed by username, versions of another clock) wait for their own rename, as does a rename onto a
-    local user's name.
+    adopted by an event whose key has no row here yet, unless it is staff or superuser. A legacy
+    replica (keyed by username, versions of another clock) is taken over by the first keyed event that
+    brings its username for a key with no row yet, which is how a client moves off the prototype's
+    messages; otherwise legacy rows wait for their own rename, as does a rename onto a local user's name.
     """
     linked = (  # locked: another listener of this client may be applying the holder's own event
         ReplicaState.objects.using(known.using)
@@ -283,6 +284,12 @@ def _resolve_holder(
             return holder, True
         owner = "a local staff user" if instance is None else "a local user"
         raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
+    if instance is None and event.key_field == "pk" and linked.key.startswith(LEGACY_PREFIX):
+        # The switch from the prototype's messages: its replica of this username is this master user's.
+        linked.deleted, linked.local_pk = True, None
+        linked.save(using=known.using, update_fields=["deleted", "local_pk", "updated_at"])
+        known.states.pop((event.model, linked.key), None)
+        return holder, False
     comparable = event.key_field == "pk" and not linked.key.startswith(LEGACY_PREFIX)
     if comparable and linked.version < event.version:
         holder.username = placeholder(linked.key)

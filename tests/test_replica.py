@@ -282,3 +282,15 @@ def test_a_legacy_delete_never_removes_a_row_a_master_key_links() -> None:
 def test_the_placeholder_prefix_is_refused_as_a_master_username() -> None:
     outcome = apply(ev("insert", "7", 10, username="~displaced-1"))
     assert outcome.status == "failed" and "reserved" in outcome.error
+
+
+def test_a_keyed_event_takes_over_the_prototypes_replica_of_its_username() -> None:
+    from client_site.web.profiles import replica_user
+
+    assert apply(legacy("insert", "fay", 1_700_000_000_000, first_name="Fay")).status == "applied"
+    row = User.objects.get(username="fay")
+    assert apply(ev("insert", "12", 40, username="fay", first_name="Faye")).status == "applied"
+    assert User.objects.get(pk=row.pk).first_name == "Faye" and usernames() == ["fay"]
+    assert ReplicaState.objects.get(key="username:fay").deleted
+    assert replica_user("12", "fay") == row
+    assert apply(legacy("update", "fay", 1_700_000_000_001, first_name="Old")).status == "failed"
