@@ -168,7 +168,7 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, 
                 "it does not return the new rows' keys. Save the rows one by one."
             )
         _record_changes(tracking, before, after, using)
-    stored = _snapshots(after, tracking)  # what the database holds, for a row that met a conflict too
+    stored = _snapshots(after, tracking)  # what was written; for a row that met a conflict, read back
     for obj in objs:
         if obj.pk in stored:
             capture.keep_snapshot(obj, stored[obj.pk], using)

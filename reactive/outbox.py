@@ -94,7 +94,7 @@ def record(
 
 
 def record_many(rows: Sequence[OutboxEvent], *, using: str) -> None:
-    """Write ``new_row`` rows in one INSERT where the database returns their ids (versions), else one by one."""
+    """Write ``new_row`` rows with bulk_create where the database returns their ids (versions), else one by one."""
     if not rows:
         return
     if connections[using].features.can_return_rows_from_bulk_insert:

@@ -286,6 +286,10 @@ def _resolve_holder(
         raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
     if instance is None and event.key_field == "pk" and linked.key.startswith(LEGACY_PREFIX):
         # The switch from the prototype's messages: its replica of this username is this master user's.
+        if _privileged(holder):  # an older version adopted a local admin under that name: never take it
+            raise ApplyError(
+                f"username {name!r} is held by a local staff user; rename or delete it on this client"
+            )
         linked.deleted, linked.local_pk = True, None
         linked.save(using=known.using, update_fields=["deleted", "local_pk", "updated_at"])
         known.states.pop((event.model, linked.key), None)

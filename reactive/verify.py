@@ -136,13 +136,13 @@ def master_rows(client: str, using: str) -> dict[str, Row]:
 
 
 def replica_rows(using: str, fields: list[str]) -> dict[str, Row]:
-    from reactive.replica import ReplicaState
+    from reactive.replica import LEGACY_PREFIX, ReplicaState
 
     spec = tracking()
     states = list(
         ReplicaState.objects.using(using)
         .filter(model=spec.label, deleted=False)
-        .exclude(key__startswith="username:")  # legacy rows are keyed by username, not by master key
+        .exclude(key__startswith=LEGACY_PREFIX)  # legacy rows are keyed by username, not by master key
         .values_list("key", "version", "local_pk")
     )
     local_pks = [pk for _, _, pk in states if pk]

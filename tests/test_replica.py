@@ -294,3 +294,14 @@ def test_a_keyed_event_takes_over_the_prototypes_replica_of_its_username() -> No
     assert ReplicaState.objects.get(key="username:fay").deleted
     assert replica_user("12", "fay") == row
     assert apply(legacy("update", "fay", 1_700_000_000_001, first_name="Old")).status == "failed"
+
+
+def test_a_local_admin_an_older_version_adopted_is_never_taken_over_or_signed_into() -> None:
+    from client_site.web.profiles import replica_user
+
+    admin = User.objects.create_user("gus", password="local-secret", is_superuser=True)
+    ReplicaState.objects.create(model="auth.user", key="username:gus", version=5, local_pk=str(admin.pk))
+    outcome = apply(ev("insert", "13", 50, username="gus"))
+    assert outcome.status == "failed" and "held by a local staff user" in outcome.error
+    ReplicaState.objects.create(model="auth.user", key="14", version=60, local_pk=str(admin.pk))
+    assert replica_user("14", "gus") is None and User.objects.get(pk=admin.pk).has_usable_password()

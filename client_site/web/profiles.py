@@ -28,8 +28,9 @@ def replica_user(master_key: str, username: str) -> Any | None:
     has this username: otherwise a link for one master user could sign in as another's row.
     """
     state = _live_state(master_key)
-    if state is not None:
-        return get_user_model()._default_manager.filter(pk=state.local_pk).first()
+    if state is not None:  # never a superuser: replicas do not carry that flag, so it is a local account
+        user = get_user_model()._default_manager.filter(pk=state.local_pk).first()
+        return None if user is None or getattr(user, "is_superuser", False) else user
     legacy = _live_state(f"{LEGACY_PREFIX}{username}")
     if legacy is None:
         return None
