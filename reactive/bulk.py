@@ -68,12 +68,12 @@ def _update(self: QuerySet[Any], **values: Any) -> int:
     if tracking is None:
         return _originals["update"](self, **values)
     meta = self.model._meta  # a multi-table child's own columns are neither tracked nor judged
-    columns = {meta.pk.name if name == "pk" else meta.get_field(name).name for name in values}
+    columns = {_field(meta, name).name for name in values}
     if meta.pk.name in columns or tracking.model._meta.pk.name in columns:
         raise NotSupportedError(
             f"update() of the primary key of {tracking.label} rows cannot be synced: clients know a user by it"
         )
-    if not _may_change_events(tracking, columns):
+    if not tracking.may_change(columns):
         return _originals["update"](self, **values)
     self._not_support_combined_queries("update")  # Django's own refusals, before any lock is taken
     if self.query.is_sliced:
@@ -86,19 +86,15 @@ def _update(self: QuerySet[Any], **values: Any) -> int:
         for chunk in _chunks(_lock_keys(base.filter(pk__in=self.order_by().values("pk")))):
             before = _snapshots(base.filter(pk__in=chunk), tracking)
             updated += _originals["update"](self.filter(pk__in=chunk), **values)  # keeps its annotations
-            after = list(base.filter(pk__in=chunk).order_by("pk"))
-            _record_changes(tracking, before, after, using)
+            after = _record_changes(tracking, before, base.filter(pk__in=chunk).order_by("pk"), using)
             if stored is not None:
-                stored.update(_snapshots(after, tracking))
+                stored.update(after)
     return updated
 
 
-def _may_change_events(tracking: Tracking, columns: set[str]) -> bool:
-    """Whether setting these columns can change a tracked value or the predicate's verdict."""
-    reads = capture.PREDICATE_READS.get(tracking.predicate)
-    if reads is None:  # a custom predicate may read anything
-        return True
-    return bool(columns & (set(tracking.fields) | reads))
+def _field(meta: Any, name: str) -> Any:
+    """A field by name or attname, "pk" included (as QuerySet methods accept them)."""
+    return meta.pk if name == "pk" else meta.get_field(name)
 
 
 def _lock_keys(rows: QuerySet[Any]) -> list[Any]:
@@ -115,16 +111,20 @@ def _snapshots(rows: Iterable[models.Model], tracking: Tracking) -> Snapshots:
     return {row.pk: capture.snapshot(row, tracking) for row in rows}
 
 
-def _record_changes(tracking: Tracking, before: Snapshots, after: Iterable[models.Model], using: str) -> None:
+def _record_changes(
+    tracking: Tracking, before: Snapshots, after: Iterable[models.Model], using: str
+) -> Snapshots:
+    """Write each row's event (the one a save would give it); returns the rows' snapshots as written."""
     from reactive.outbox import new_row, record_many
 
+    written = _snapshots(after, tracking)
     rows = []
-    for row in after:
-        values = capture.snapshot(row, tracking)
-        action, changed = capture.decide(before.get(row.pk), values)
+    for key, values in written.items():
+        action, changed = capture.decide(before.get(key), values)
         if action is not None:
-            rows.append(new_row(tracking.label, action, str(row.pk), capture.serialize(values), changed))
+            rows.append(new_row(tracking.label, action, str(key), capture.serialize(values), changed))
     record_many(rows, using=using)
+    return written
 
 
 def _bulk_update(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> int:
@@ -167,8 +167,7 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[models.Model], *args: Any, 
                 f"bulk_create() on {tracking.label} cannot be synced on {connections[using].vendor}: "
                 "it does not return the new rows' keys. Save the rows one by one."
             )
-        _record_changes(tracking, before, after, using)
-    stored = _snapshots(after, tracking)  # what was written; for a row that met a conflict, read back
+        stored = _record_changes(tracking, before, after, using)  # a row that met a conflict: read back
     for obj in objs:
         if obj.pk in stored:
             capture.keep_snapshot(obj, stored[obj.pk], using)
@@ -180,7 +179,7 @@ def _rows_by_unique(
 ) -> list[models.Model]:
     """The stored rows that share ``unique`` values with ``objs``, locked, in key order."""
     meta = tracking.model._meta
-    attnames = [meta.pk.attname if name == "pk" else meta.get_field(name).attname for name in unique]
+    attnames = [_field(meta, name).attname for name in unique]
     base = tracking.model._base_manager.using(using)
     keys: list[Any] = []
     for group in _chunks(objs):

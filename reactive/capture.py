@@ -72,6 +72,14 @@ class Tracking:  # noqa: B903
         reads = PREDICATE_READS.get(self.predicate)
         return None if reads is None else frozenset(self.model._meta.get_field(n).attname for n in reads)
 
+    def may_change(self, columns: set[str]) -> bool:
+        """Whether writing these columns can change a tracked value or the predicate's verdict."""
+        return bool(columns & set(self.fields)) or self.may_change_verdict(columns)
+
+    def may_change_verdict(self, columns: set[str]) -> bool:
+        reads = PREDICATE_READS.get(self.predicate)
+        return reads is None or bool(columns & reads)  # a custom predicate may read anything
+
     def can_judge(self, loaded: Mapping[str, Any]) -> bool:
         """Whether the predicate can be asked without loading anything (a custom one may read any tracked field)."""
         reads = self.predicate_attnames if self.predicate_attnames is not None else self.attnames.values()
@@ -259,14 +267,14 @@ def _after_partial_save(
     here, when something tracked did change, is the row read back (once, locked by the UPDATE). A save of
     a deferred instance comes here too: Django writes only its loaded fields.
     """
-    tracked = names & set(tracking.fields)
-    reads = PREDICATE_READS.get(tracking.predicate)
-    if reads is not None and not names & (tracked | reads):
+    if not tracking.may_change(names):
         return None  # last_login, say: nothing tracked or judged was written
     loaded = instance.__dict__
     attnames = tracking.attnames
-    written = {name: loaded[attnames[name]] for name in tracked if attnames[name] in loaded}
-    verdict = before.get(SYNCED) if reads is not None and not names & reads else tracking.predicate(instance)
+    written = {
+        name: loaded[attnames[name]] for name in names & set(tracking.fields) if attnames[name] in loaded
+    }
+    verdict = tracking.predicate(instance) if tracking.may_change_verdict(names) else before.get(SYNCED)
     if verdict == before.get(SYNCED) and all(before.get(name) == value for name, value in written.items()):
         return None
     return _stored(instance, tracking, using)

@@ -214,7 +214,7 @@ def _delete_local(
     elif event.key_field == "username":  # a legacy delete of a row no key links, and never a staff one
         candidate = manager.filter(username=event.key).first()
         live = ReplicaState.objects.using(using).filter(model=event.model, deleted=False)
-        if candidate is not None and not _privileged(candidate) and not _linked(live, candidate):
+        if candidate is not None and not privileged(candidate) and not _linked(live, candidate):
             rows = manager.filter(pk=candidate.pk)
     local_pk = rows.values_list("pk", flat=True).first()
     rows.delete()
@@ -280,13 +280,13 @@ def _resolve_holder(
     )
     name = getattr(holder, "username", "?")
     if linked is None:
-        if instance is None and not _privileged(holder):
+        if instance is None and not privileged(holder):
             return holder, True
         owner = "a local staff user" if instance is None else "a local user"
         raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
     if instance is None and event.key_field == "pk" and linked.key.startswith(LEGACY_PREFIX):
         # The switch from the prototype's messages: its replica of this username is this master user's.
-        if _privileged(holder):  # an older version adopted a local admin under that name: never take it
+        if privileged(holder):  # an older version adopted a local admin under that name: never take it
             raise ApplyError(
                 f"username {name!r} is held by a local staff user; rename or delete it on this client"
             )
@@ -315,7 +315,8 @@ def _linked(live: models.QuerySet[ReplicaState], row: models.Model) -> bool:
     return live.filter(local_pk=str(row.pk)).exists()
 
 
-def _privileged(row: models.Model) -> bool:
+def privileged(row: models.Model) -> bool:
+    """A client's own staff or superuser account: never taken over, never signed into by a link."""
     return bool(getattr(row, "is_staff", False) or getattr(row, "is_superuser", False))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from reactive.events import USER_MODEL
-from reactive.replica import LEGACY_PREFIX, ReplicaState, master_key_of, profile_of
+from reactive.replica import LEGACY_PREFIX, ReplicaState, master_key_of, privileged, profile_of
 
 
 def current_profile(user: Any) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def replica_user(master_key: str, username: str) -> Any | None:
     if linked.exclude(key__startswith=LEGACY_PREFIX).exclude(key=master_key).exists():
         return None
     user = get_user_model()._default_manager.filter(pk=legacy.local_pk, username=username).first()
-    if user is not None and (getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)):
+    if user is not None and privileged(user):
         return None  # a link never signs in as a client's own staff account
     return user
 
