@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli import common
@@ -112,7 +113,12 @@ def _outbox_line(outbox: OutboxStatus) -> str:
         return f"master outbox: [yellow]unknown[/] ({outbox.detail})"
     age = outbox.oldest_age_seconds
     oldest = "" if age is None else f", oldest {age:.0f} s old"
-    return f"master outbox: {outbox.pending} pending{oldest}"
+    failing = (
+        f", [red]{outbox.failing} failing[/] (last error: {escape(outbox.last_error)})"
+        if outbox.failing
+        else ""
+    )
+    return f"master outbox: {outbox.pending} pending{oldest}{failing}"
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 
+from reactive import commits
 from reactive.events import USER_MODEL, format_time
 
 DEFAULT_USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "date_joined")
@@ -29,6 +30,7 @@ NEVER_TRACKED = frozenset({"password", "last_login"})
 DEFAULT_PREDICATE = "reactive.capture.non_staff"
 SNAPSHOT_ATTR = "_reactive_snapshot"
 SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
+SNAPSHOT_UNDO_ATTR = "_reactive_snapshot_undo"  # what the snapshot was, should its transaction roll back
 SYNCED = "__synced__"
 UNKNOWN: Mapping[str, Any] = {SYNCED: None}  # a snapshot of nothing: every field counts as changed
 
@@ -246,15 +248,54 @@ def known_before(instance: models.Model, using: str) -> Mapping[str, Any]:
     written to (a read replica may lag). Every field then counts as changed, and a row that is not synced
     now gets a delete, since the clients may hold it.
     """
-    before = instance.__dict__.get(SNAPSHOT_ATTR)
-    if before is None or instance.__dict__.get(SNAPSHOT_DB_ATTR) != using:
+    before, source = current_snapshot(instance)
+    if before is None or source != using:
         return UNKNOWN
     return before
 
 
-def keep_snapshot(instance: models.Model, values: dict[str, Any], using: str) -> None:
-    instance.__dict__[SNAPSHOT_ATTR] = values
-    instance.__dict__[SNAPSHOT_DB_ATTR] = using
+@dataclass(frozen=True)
+class _Undo:
+    """The snapshot before the writes or reads of a transaction that may still roll back."""
+
+    token: commits.Token
+    values: Mapping[str, Any] | None
+    source: str | None
+    undo: _Undo | None  # the same, for an enclosing transaction or savepoint still open
+
+
+def current_snapshot(instance: models.Model) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The snapshot of what is stored and the alias it was read from, as of the transactions that stand.
+
+    Taken in a transaction that rolled back, it gives way to the one before (none, for an instance
+    loaded in that transaction: every field then counts as changed).
+    """
+    state = instance.__dict__
+    undo: _Undo | None = state.get(SNAPSHOT_UNDO_ATTR)
+    while undo is not None and not undo.token.open():
+        if undo.token.committed:
+            undo = None  # what is there now was committed: nothing left to undo
+        else:
+            state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], undo = undo.values, undo.source, undo.undo
+    state[SNAPSHOT_UNDO_ATTR] = undo
+    return state.get(SNAPSHOT_ATTR), state.get(SNAPSHOT_DB_ATTR)
+
+
+def keep_snapshot(
+    instance: models.Model, values: Mapping[str, Any], source: str | None, *, read_on: str | None = None
+) -> None:
+    """Make ``values`` (read from ``source``) the snapshot, until the transaction open on ``read_on``
+    (default ``source``), if one is, rolls back."""
+    before, before_source = current_snapshot(instance)
+    state = instance.__dict__
+    undo: _Undo | None = state[SNAPSHOT_UNDO_ATTR]
+    alias = read_on or source
+    token = commits.current(alias) if alias is not None else None
+    if token is None:
+        undo = None  # autocommit: what was read or written stands
+    elif undo is None or undo.token is not token:
+        undo = _Undo(token, before, before_source, undo)
+    state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], state[SNAPSHOT_UNDO_ATTR] = values, source, undo
 
 
 def _after_partial_save(

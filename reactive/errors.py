@@ -24,7 +24,17 @@ class ServiceUnavailable(ReactiveError):
 
 
 class TransportError(ReactiveError):
-    """The AWS side answered with an error."""
+    """The AWS side answered with an error: its code ("Throttling") and HTTP status (400) when it said them."""
+
+    def __init__(self, message: str, code: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    @property
+    def refused_request(self) -> bool:
+        """AWS refused the request as such (a 4xx other than throttling): sending it again will not help."""
+        return self.status is not None and 400 <= self.status < 500 and "Throttl" not in self.code
 
 
 class CredentialsError(TransportError):

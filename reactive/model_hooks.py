@@ -105,10 +105,10 @@ def _normal_key(tracking: capture.Tracking, key: Any) -> Any:
 
 def _join(instance: models.Model, tracking: capture.Tracking, stored: models.Model) -> None:
     """Merge the reloaded values (``stored``'s snapshot) into ``instance``'s."""
-    old = instance.__dict__.get(capture.SNAPSHOT_ATTR) or {}
+    current, source = capture.current_snapshot(instance)
+    old = current or {}
     fresh = stored.__dict__[capture.SNAPSHOT_ATTR]
     values = {name: value for name, value in fresh.items() if name != capture.SYNCED}
-    source = instance.__dict__.get(capture.SNAPSHOT_DB_ATTR)
     if stored._state.db != router.db_for_write(type(instance), instance=instance):
         merged = {name: value for name, value in old.items() if name not in values}
         merged[capture.SYNCED] = old.get(capture.SYNCED)
@@ -118,5 +118,4 @@ def _join(instance: models.Model, tracking: capture.Tracking, stored: models.Mod
         merged = {**old, **values}
         verdict = fresh.get(capture.SYNCED)
         merged[capture.SYNCED] = verdict if verdict is not None else old.get(capture.SYNCED)
-    instance.__dict__[capture.SNAPSHOT_ATTR] = merged
-    instance.__dict__[capture.SNAPSHOT_DB_ATTR] = source
+    capture.keep_snapshot(instance, merged, source, read_on=stored._state.db)

@@ -21,9 +21,9 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from reactive import settings
-from reactive.errors import ReactiveError
+from reactive.errors import ReactiveError, TransportError
 from reactive.events import Event, encode
-from reactive.transport.base import BATCH_LIMIT, OutgoingMessage, Transport, chunks
+from reactive.transport.base import BATCH_LIMIT, OutgoingMessage, Transport, packed
 
 log = logging.getLogger("reactive.outbox")
 TOPIC = ""  # target of rows that go to the topic (every client); otherwise a client name (resync)
@@ -184,19 +184,25 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
     """Publish due rows (PublishBatch, 10 a call), mark them sent, and back off the ones that failed.
 
     Rows are claimed with a lease in a short transaction (skip-locked where the database has it), then
-    published outside any transaction so that no lock is held over the network. A relay that dies
-    mid-way leaves its rows to be claimed again when the lease ends: at-least-once, never lost.
+    published outside any transaction so that no lock is held over the network. Each batch is marked as
+    soon as its call returns, and a run that outlasts half its lease renews it for the rows it still
+    owns: a slow SNS does not hand rows already sent, or still to send, to a second relay. A relay that
+    dies mid-way leaves its rows to be claimed again when the lease ends: at-least-once, never lost.
     """
     result = RelayResult()
-    rows = _claim_batch(limit, using)
-    by_target: dict[str, list[OutboxEvent]] = defaultdict(list)
-    for row in rows:
-        by_target[row.target].append(row)
-    now = timezone.now()
-    for target, group in by_target.items():
-        ok, failed = _publish(transport, target, group)
+    rows, lease = _claim_batch(limit, using)
+    messages = {row.id: _message(row) for row in rows}
+    for target, batch in _batches(rows, messages):
+        if lease.half_spent():
+            lease.renew(using)
+        batch = [row for row in batch if row.id in lease.owned]
+        if not batch:
+            continue  # another relay took them over while this one was held up
+        ok, failed = _publish(transport, target, [(row, messages[row.id]) for row in batch])
+        now = timezone.now()
         _mark_sent(ok, using, now)
         _mark_failed(failed, using, now)
+        lease.owned.difference_update(row.id for row in batch)
         result.sent += len(ok)
         result.failed += len(failed)
         result.errors.update({str(r.id): reason for r, reason in failed})
@@ -206,6 +212,54 @@ def relay_pending(transport: Transport, *, limit: int = 500, using: str = "defau
             "relay: %d sent, %d failed (will retry): %s", result.sent, result.failed, _first(result.errors)
         )
     return result
+
+
+def _batches(
+    rows: Sequence[OutboxEvent], messages: dict[int, OutgoingMessage]
+) -> list[tuple[str, list[OutboxEvent]]]:
+    """The calls to make: per target (the topic, or one client's queue for resync rows), in id order, at
+    most ten rows and 256 KiB a call; a row too big for any call goes alone and is refused by the transport.
+    """
+    by_target: dict[str, list[OutboxEvent]] = defaultdict(list)
+    for row in rows:
+        by_target[row.target].append(row)
+    calls: list[tuple[str, list[OutboxEvent]]] = []
+    for target, group in by_target.items():
+        by_id = {str(row.id): row for row in group}
+        batches, too_big = packed([messages[row.id] for row in group])
+        calls += [(target, [by_id[m.id] for m in batch]) for batch in batches]
+        calls += [(target, [by_id[m.id]]) for m in too_big]
+    return calls
+
+
+@dataclass
+class _Lease:
+    """The rows one relay run claimed, and until when no other relay may claim them."""
+
+    until: datetime
+    seconds: float
+    owned: set[int] = field(default_factory=set)
+
+    @classmethod
+    def start(cls) -> _Lease:
+        seconds = settings.float_setting("REACTIVE_RELAY_LEASE", 60.0)
+        return cls(timezone.now() + timedelta(seconds=seconds), seconds)
+
+    def half_spent(self) -> bool:
+        return timezone.now() >= self.until - timedelta(seconds=self.seconds / 2)
+
+    def renew(self, using: str) -> None:
+        """Extend the lease of the rows this run still owns (their lease is still the one it set)."""
+        until = timezone.now() + timedelta(seconds=self.seconds)
+        with transaction.atomic(using=using):
+            mine = OutboxEvent.objects.using(using).select_for_update()
+            mine = mine.filter(id__in=self.owned, sent_at__isnull=True, next_attempt_at=self.until)
+            ids = set(mine.values_list("id", flat=True))
+            OutboxEvent.objects.using(using).filter(id__in=ids).update(next_attempt_at=until)
+        lost = len(self.owned) - len(ids)
+        if lost:
+            log.warning("relay: the lease of %d rows ran out while publishing; another relay has them", lost)
+        self.owned, self.until = ids, until
 
 
 @dataclass
@@ -230,7 +284,7 @@ _pause = time.sleep
 BURST_MEMORY_LINGERS = 20
 
 
-def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
+def _claim_batch(limit: int, using: str) -> tuple[list[OutboxEvent], _Lease]:
     """Claim due rows; under load, wait a little so that PublishBatch goes out full.
 
     Changes arrive faster than the relay publishes when two or more fresh rows are pending but fewer
@@ -241,11 +295,12 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
     once, as it does on a quiet system. Retried rows (their time of arrival says nothing about the
     current pace) never make the relay wait.
     """
-    rows = _claim(limit, using)
+    lease = _Lease.start()
+    rows = _claim(limit, using, lease)
     linger = settings.float_setting("REACTIVE_RELAY_LINGER", 0.05)
     batch = min(BATCH_LIMIT, limit)
     if linger <= 0 or not rows or len(rows) >= batch:
-        return rows
+        return rows, lease
     seen = _last_burst.get(using)
     if len(rows) > 1:
         pace = _seconds_per_row(rows)
@@ -259,14 +314,14 @@ def _claim_batch(limit: int, using: str) -> list[OutboxEvent]:
         if left <= 0:
             break
         _pause(min(left, pace * (batch - len(rows))))
-        more = _claim(limit - len(rows), using)
+        more = _claim(limit - len(rows), using, lease)
         if not more:
             break  # arrivals stopped: what is here goes now
         rows += more
         pace = _seconds_per_row(rows)  # still coming: wait again for the rest, at the pace seen
     if lone and len(rows) == 1 and _last_burst.get(using) is seen:
         _last_burst.pop(using, None)  # a lone row that brought no company: no burst is going on
-    return rows
+    return rows, lease
 
 
 def _seconds_per_row(rows: Sequence[OutboxEvent]) -> float | None:
@@ -285,44 +340,60 @@ def _remember_burst(rows: Sequence[OutboxEvent], using: str) -> None:
         _last_burst[using] = _Burst(_clock(), pace)
 
 
-def _claim(limit: int, using: str) -> list[OutboxEvent]:
-    now = timezone.now()
-    lease = timedelta(seconds=settings.float_setting("REACTIVE_RELAY_LEASE", 60.0))
+def _claim(limit: int, using: str, lease: _Lease) -> list[OutboxEvent]:
     skip_locked = connections[using].features.has_select_for_update_skip_locked
     with transaction.atomic(using=using):
         rows = list(
             OutboxEvent.objects.using(using)
             .select_for_update(skip_locked=skip_locked)
-            .filter(sent_at__isnull=True, next_attempt_at__lte=now)
+            .filter(sent_at__isnull=True, next_attempt_at__lte=timezone.now())
             .order_by("id")[:limit]
         )
         if rows:
-            OutboxEvent.objects.using(using).filter(id__in=[r.id for r in rows]).update(
-                next_attempt_at=now + lease
-            )
+            ids = [r.id for r in rows]
+            OutboxEvent.objects.using(using).filter(id__in=ids).update(next_attempt_at=lease.until)
+            lease.owned.update(ids)
     return rows
 
 
+Outgoing = list[tuple[OutboxEvent, OutgoingMessage]]  # rows with their messages, in id order
+
+
 def _publish(
-    transport: Transport, target: str, rows: list[OutboxEvent]
+    transport: Transport, target: str, batch: Outgoing
+) -> tuple[list[OutboxEvent], list[tuple[OutboxEvent, str]]]:
+    """One PublishBatch (or SendMessageBatch for a resync row): which rows went out, which failed and why.
+
+    When AWS refuses a call of several rows as such (a 4xx, not throttling), the rows go again one by
+    one, so that one row it cannot take does not hold back the others for ever.
+    """
+    messages = [message for _, message in batch]
+    try:
+        if target == TOPIC:
+            outcome = transport.publish(messages)
+        else:
+            outcome = transport.send(settings.names().queue(target), messages)
+    except ReactiveError as exc:
+        if len(batch) > 1 and isinstance(exc, TransportError) and exc.refused_request:
+            return _publish_one_by_one(transport, target, batch)
+        return [], [(row, str(exc)) for row, _ in batch]
+    ok_ids = set(outcome.succeeded)
+    ok = [row for row, _ in batch if str(row.id) in ok_ids]
+    failed = [
+        (r, outcome.failed.get(str(r.id), "not acknowledged")) for r, _ in batch if str(r.id) not in ok_ids
+    ]
+    return ok, failed
+
+
+def _publish_one_by_one(
+    transport: Transport, target: str, batch: Outgoing
 ) -> tuple[list[OutboxEvent], list[tuple[OutboxEvent, str]]]:
     ok: list[OutboxEvent] = []
     failed: list[tuple[OutboxEvent, str]] = []
-    for batch in chunks(rows):  # PublishBatch / SendMessageBatch take 10 entries a call
-        messages = [_message(row) for row in batch]
-        try:
-            if target == TOPIC:
-                outcome = transport.publish(messages)
-            else:
-                outcome = transport.send(settings.names().queue(target), messages)
-        except ReactiveError as exc:
-            failed += [(row, str(exc)) for row in batch]
-            continue
-        ok_ids = set(outcome.succeeded)
-        ok += [row for row in batch if str(row.id) in ok_ids]
-        failed += [
-            (r, outcome.failed.get(str(r.id), "not acknowledged")) for r in batch if str(r.id) not in ok_ids
-        ]
+    for entry in batch:
+        one_ok, one_failed = _publish(transport, target, [entry])
+        ok += one_ok
+        failed += one_failed
     return ok, failed
 
 
@@ -355,12 +426,17 @@ def backoff(attempts: int) -> timedelta:
     """Exponential, from REACTIVE_RELAY_BACKOFF seconds (default 1) up to REACTIVE_RELAY_BACKOFF_MAX (300)."""
     base = settings.float_setting("REACTIVE_RELAY_BACKOFF", 1.0)
     cap = settings.float_setting("REACTIVE_RELAY_BACKOFF_MAX", 300.0)
-    return timedelta(seconds=min(cap, base * 2 ** max(0, attempts - 1)))
+    doublings = min(max(0, attempts - 1), 64)  # a row refused for days must not overflow the float
+    return timedelta(seconds=min(cap, base * 2.0**doublings))
 
 
 def prune_sent(*, older_than: timedelta | None = None, using: str = "default") -> int:
     """Delete rows sent before the retention period (REACTIVE_OUTBOX_RETENTION_HOURS, default 168)."""
-    retention = older_than or timedelta(hours=settings.float_setting("REACTIVE_OUTBOX_RETENTION_HOURS", 168))
+    retention = (
+        older_than
+        if older_than is not None
+        else timedelta(hours=settings.float_setting("REACTIVE_OUTBOX_RETENTION_HOURS", 168))
+    )
     deleted, _ = OutboxEvent.objects.using(using).filter(sent_at__lt=timezone.now() - retention).delete()
     return deleted
 
@@ -369,6 +445,8 @@ def prune_sent(*, older_than: timedelta | None = None, using: str = "default") -
 class Backlog:
     pending: int
     oldest: datetime | None
+    failing: int = 0  # pending rows whose publishing failed at least once
+    last_error: str = ""  # why the oldest of those failed last
 
     @property
     def oldest_age_seconds(self) -> float | None:
@@ -378,7 +456,9 @@ class Backlog:
 def backlog(using: str = "default") -> Backlog:
     pending = OutboxEvent.objects.using(using).filter(sent_at__isnull=True)
     stats = pending.aggregate(oldest=Min("occurred_at"))
-    return Backlog(pending=pending.count(), oldest=stats["oldest"])
+    failing = pending.filter(attempts__gt=0)
+    error = failing.order_by("id").values_list("last_error", flat=True).first()
+    return Backlog(pending.count(), stats["oldest"], failing.count(), error or "")
 
 
 def _first(errors: dict[str, str]) -> str:

@@ -59,11 +59,16 @@ class OutboxStatus:
     pending: int | None = None
     oldest_age_seconds: float | None = None
     detail: str = ""  # why it is not available
+    failing: int | None = None  # pending rows whose publishing failed at least once
+    last_error: str = ""  # why the oldest of them failed last
 
     def problems(self, max_age: float) -> list[str]:
         age = self.oldest_age_seconds
         if self.available and age is not None and age > max_age:
-            return [f"master: the oldest pending outbox row is {age:.0f} s old (more than {max_age:.0f} s)"]
+            why = f"; {self.failing} failing, last error: {self.last_error}" if self.failing else ""
+            return [
+                f"master: the oldest pending outbox row is {age:.0f} s old (more than {max_age:.0f} s){why}"
+            ]
         return []
 
 
@@ -160,7 +165,13 @@ def outbox_status(using: str = "default") -> OutboxStatus:
     except DatabaseError as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return OutboxStatus(False, detail=f"cannot read the master's outbox: {reason}")
-    return OutboxStatus(True, pending=found.pending, oldest_age_seconds=found.oldest_age_seconds)
+    return OutboxStatus(
+        True,
+        pending=found.pending,
+        oldest_age_seconds=found.oldest_age_seconds,
+        failing=found.failing,
+        last_error=found.last_error,
+    )
 
 
 def collect(

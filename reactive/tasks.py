@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 
@@ -19,17 +20,25 @@ def relay_outbox() -> int:
 
 @shared_task(name="reactive.sweep_outbox", ignore_result=True)
 def sweep_outbox() -> int:
-    """Retry rows left pending (SNS or broker down, worker killed) and prune old sent rows."""
+    """Prune old sent rows, then retry rows left pending (SNS or broker down, worker killed).
+
+    Relays until a run sends nothing, one fails, or a sweep interval has gone by: under steady load
+    there is always something to send, and the next sweep (or the relay each commit asks for) goes on.
+    """
+    from reactive import settings
     from reactive.outbox import prune_sent, relay_pending
     from reactive.transport import get_transport
 
+    pruned = prune_sent()
+    budget = max(1.0, settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
+    deadline = time.monotonic() + budget
     sent = 0
-    while True:
-        result = relay_pending(get_transport())
+    transport = get_transport()
+    while time.monotonic() < deadline:
+        result = relay_pending(transport)
         sent += result.sent
         if result.sent == 0 or result.failed:
             break
-    pruned = prune_sent()
     if sent or pruned:
         log.info("sweep: relayed %d, pruned %d", sent, pruned)
     return sent

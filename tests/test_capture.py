@@ -12,7 +12,7 @@ from django.db import connection, models, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reactive import capture
+from reactive import capture, outbox
 from reactive.outbox import OutboxEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("captured")]
@@ -89,7 +89,7 @@ def test_one_relay_is_requested_per_transaction(django_capture_on_commit_callbac
         for i in range(5):
             User.objects.create_user(f"user{i}")
     assert OutboxEvent.objects.count() == 5
-    assert len(callbacks) == 1
+    assert [c for c in callbacks if c is outbox._request_relay] == [outbox._request_relay]
 
 
 def test_staff_flip_deletes_then_reinserts_on_clients() -> None:
@@ -470,3 +470,64 @@ def test_changes_made_through_a_proxy_model_are_captured(member: Any) -> None:
 def test_tracking_a_proxy_tracks_its_concrete_model(member: Any) -> None:
     assert capture.track(member, predicate=capture.non_staff).model is User
     assert capture.tracking_for(member) is capture.tracking_for(User)
+
+
+class Retry(Exception):
+    """What a deadlock or a serialization failure makes a retry loop do: roll back and try again."""
+
+
+def test_a_save_retried_after_its_transaction_rolled_back_is_published() -> None:
+    user = User.objects.create_user("ria", first_name="Ria")
+    user.first_name = "Rianne"
+    with pytest.raises(Retry), transaction.atomic():
+        user.save()
+        raise Retry
+    before = OutboxEvent.objects.count()
+    user.save()  # the retry: the row still holds "Ria"
+    assert User.objects.get(pk=user.pk).first_name == "Rianne"
+    assert events()[before:] == [("update", str(user.pk), ["first_name"])]
+
+
+def test_a_rolled_back_savepoint_undoes_only_its_own_snapshot() -> None:
+    user = User.objects.create_user("sal", first_name="Sal", last_name="One")
+    with transaction.atomic():
+        user.last_name = "Two"
+        user.save()  # stands: the outer transaction commits
+        user.first_name = "Sally"
+        with pytest.raises(Retry), transaction.atomic():
+            user.save()
+            raise Retry
+        before = OutboxEvent.objects.count()
+        user.save()
+    assert events()[before:] == [("update", str(user.pk), ["first_name"])]
+    user.save()  # nothing changed since
+    assert OutboxEvent.objects.count() == before + 1
+
+
+def test_an_instance_read_in_a_rolled_back_transaction_is_published_whole() -> None:
+    created = User.objects.create_user("tam", first_name="Tam")
+    with pytest.raises(Retry), transaction.atomic():
+        User.objects.filter(pk=created.pk).update(
+            first_name="Tamsin"
+        )  # uncommitted, as the read below sees it
+        user = User.objects.get(pk=created.pk)
+        raise Retry
+    before = OutboxEvent.objects.count()
+    user.save()  # writes "Tamsin", which the clients have never had
+    assert [(a, k) for a, k, _ in events()[before:]] == [("update", str(user.pk))]
+    assert OutboxEvent.objects.order_by("id").last().data["first_name"] == "Tamsin"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snapshot_taken_in_a_committed_transaction_stands() -> None:
+    user = User.objects.create_user("una", first_name="Una")
+    with transaction.atomic():
+        user.first_name = "Unity"
+        user.save()
+    before = OutboxEvent.objects.count()
+    user.save()  # nothing changed since the committed save
+    assert OutboxEvent.objects.count() == before
+    with transaction.atomic():
+        loaded = User.objects.get(pk=user.pk)
+    loaded.save()  # read in a transaction that committed: its snapshot stands
+    assert OutboxEvent.objects.count() == before

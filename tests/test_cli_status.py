@@ -32,7 +32,14 @@ def test_json_lists_each_client_and_the_outbox(sqs: SqsTransport) -> None:
     alpha = report["clients"][0]
     assert alpha["queue_depth"] == {"visible": 0, "in_flight": 0, "delayed": 0}
     assert alpha["subscription"]["present"] and alpha["subscription"]["raw_delivery"]
-    assert report["outbox"] == {"available": True, "pending": 0, "oldest_age_seconds": None, "detail": ""}
+    assert report["outbox"] == {
+        "available": True,
+        "pending": 0,
+        "oldest_age_seconds": None,
+        "detail": "",
+        "failing": 0,
+        "last_error": "",
+    }
     assert report["ok"] is True
 
 
@@ -74,3 +81,20 @@ def test_the_aws_part_is_shown_when_the_master_database_is_unreachable(provision
     assert "alpha" in done.stdout and "raw delivery" in done.stdout
     assert "master outbox: unknown (cannot read the master's outbox" in done.stdout
     assert "AWS side all good" in done.stdout
+
+
+def test_the_outbox_line_says_how_many_rows_fail_and_why() -> None:
+    from rich.console import Console
+
+    from cli.status import _outbox_line
+    from reactive.status import OutboxStatus
+
+    line = _outbox_line(
+        OutboxStatus(True, pending=3, oldest_age_seconds=42, failing=1, last_error="Bad [entry]")
+    )
+    console = Console(width=200, record=True)
+    console.print(line)
+    assert (
+        console.export_text().strip()
+        == "master outbox: 3 pending, oldest 42 s old, 1 failing (last error: Bad [entry])"
+    )

@@ -57,7 +57,7 @@ def test_dead_letters_missing_queues_and_non_raw_delivery_are_problems(sqs: SqsT
 
 @pytest.mark.django_db
 def test_the_outbox_backlog_and_its_age_threshold() -> None:
-    assert status.outbox_status() == status.OutboxStatus(True, pending=0, oldest_age_seconds=None)
+    assert status.outbox_status() == status.OutboxStatus(True, pending=0, oldest_age_seconds=None, failing=0)
     OutboxEvent.objects.create(
         model="auth.user",
         action="update",
@@ -75,3 +75,23 @@ def test_the_outbox_backlog_and_its_age_threshold() -> None:
     assert found.oldest_age_seconds is not None and 590 < found.oldest_age_seconds < 700
     assert found.problems(max_age=900) == []
     assert "oldest pending outbox row is 6" in found.problems(max_age=300)[0]
+    assert "failing" not in found.problems(max_age=300)[0]
+
+
+@pytest.mark.django_db
+def test_the_outbox_status_says_why_rows_are_failing() -> None:
+    for attempts, error in ((0, ""), (7, "MessageTooLong: 300000 bytes"), (2, "Throttling")):
+        OutboxEvent.objects.create(
+            model="auth.user",
+            action="update",
+            key="1",
+            event_id=uuid.uuid4(),
+            occurred_at=timezone.now() - timedelta(minutes=10),
+            attempts=attempts,
+            last_error=error,
+        )
+
+    found = status.outbox_status()
+
+    assert (found.pending, found.failing, found.last_error) == (3, 2, "MessageTooLong: 300000 bytes")
+    assert found.problems(max_age=300)[0].endswith("; 2 failing, last error: MessageTooLong: 300000 bytes")

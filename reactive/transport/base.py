@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 BATCH_LIMIT = 10  # SNS PublishBatch and SQS SendMessageBatch/DeleteMessageBatch take at most 10 entries
+# SNS takes at most 256 KiB a message and a PublishBatch in all (body and message attributes); SQS's batches
+# take the same.
+MAX_BATCH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,46 @@ class Transport(Protocol):
 
 def chunks(items: Sequence, size: int = BATCH_LIMIT) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def message_size(message: OutgoingMessage) -> int:
+    """Bytes SNS and SQS count against their limits: the body, and each attribute's name, type and value."""
+    attributes = message.raw_attributes or {
+        name: {"DataType": "String", "StringValue": str(value)} for name, value in message.attributes.items()
+    }
+    size = len(message.body.encode())
+    for name, attribute in attributes.items():
+        size += len(name.encode()) + len(str(attribute.get("DataType", "")).encode())
+        value = attribute.get("StringValue", attribute.get("BinaryValue", ""))
+        size += len(value) if isinstance(value, bytes) else len(str(value).encode())
+    return size
+
+
+def packed(messages: Sequence[OutgoingMessage]) -> tuple[list[list[OutgoingMessage]], list[OutgoingMessage]]:
+    """Batches of at most BATCH_LIMIT messages and MAX_BATCH_BYTES in all, in order; and the messages that
+    exceed MAX_BATCH_BYTES on their own, which no call can carry.
+    """
+    batches: list[list[OutgoingMessage]] = []
+    too_big: list[OutgoingMessage] = []
+    current: list[OutgoingMessage] = []
+    current_bytes = 0
+    for message in messages:
+        size = message_size(message)
+        if size > MAX_BATCH_BYTES:
+            too_big.append(message)
+            continue
+        if current and (len(current) == BATCH_LIMIT or current_bytes + size > MAX_BATCH_BYTES):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(message)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches, too_big
+
+
+def too_big_reason(message: OutgoingMessage) -> str:
+    return (
+        f"MessageTooLong: {message_size(message)} bytes with its attributes, over the {MAX_BATCH_BYTES}-byte "
+        "limit of SNS and SQS; it cannot be sent"
+    )

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reactive.errors import ResourceNotFound, TransportError
-from reactive.transport.base import BATCH_LIMIT, BatchResult, OutgoingMessage, QueueDepth, ReceivedMessage
+from reactive.transport.base import (
+    BATCH_LIMIT,
+    MAX_BATCH_BYTES,
+    BatchResult,
+    OutgoingMessage,
+    QueueDepth,
+    ReceivedMessage,
+    message_size,
+    too_big_reason,
+)
 
 
 @dataclass
@@ -64,21 +73,21 @@ class MemoryTransport:
                 self._subscribers.append(queue)
 
     def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
-        _check_batch(messages)
+        fits, refused = _check_batch(messages)
         self.calls.append("publish")
         with self._lock:
             for queue in self._subscribers:
-                self._append(queue, messages)
+                self._append(queue, fits)
             self._lock.notify_all()
-        return BatchResult(succeeded=tuple(m.id for m in messages))
+        return BatchResult(succeeded=tuple(m.id for m in fits), failed=refused)
 
     def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
-        _check_batch(messages)
+        fits, refused = _check_batch(messages)
         self.calls.append("send")
         with self._lock:
-            self._append(queue, messages)
+            self._append(queue, fits)
             self._lock.notify_all()
-        return BatchResult(succeeded=tuple(m.id for m in messages))
+        return BatchResult(succeeded=tuple(m.id for m in fits), failed=refused)
 
     def receive(
         self,
@@ -173,6 +182,13 @@ class MemoryTransport:
             raise ResourceNotFound(f"queue {name} does not exist") from None
 
 
-def _check_batch(messages: Sequence[OutgoingMessage]) -> None:
+def _check_batch(messages: Sequence[OutgoingMessage]) -> tuple[list[OutgoingMessage], dict[str, str]]:
+    """As SqsTransport does: a message too big for any call is refused on its own; a call that would carry
+    too many entries or bytes in all is refused as a whole (the caller should have packed it)."""
     if len(messages) > BATCH_LIMIT:
         raise TransportError(f"TooManyEntriesInBatchRequest: {len(messages)} entries (at most {BATCH_LIMIT})")
+    fits = [m for m in messages if message_size(m) <= MAX_BATCH_BYTES]
+    size = sum(message_size(m) for m in fits)
+    if size > MAX_BATCH_BYTES:
+        raise TransportError(f"BatchRequestTooLong: {size} bytes (at most {MAX_BATCH_BYTES})")
+    return fits, {m.id: too_big_reason(m) for m in messages if m not in fits}

@@ -19,6 +19,8 @@ from reactive.transport.base import (
     QueueDepth,
     ReceivedMessage,
     chunks,
+    packed,
+    too_big_reason,
 )
 
 NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NotFound", "NotFoundException"}
@@ -58,7 +60,8 @@ def aws_errors(what: str) -> Iterator[None]:
             raise CredentialsError(
                 f"AWS refused the credentials while trying to {what}: {code}: {message}"
             ) from exc
-        raise TransportError(f"{what}: {code}: {message}") from exc
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        raise TransportError(f"{what}: {code}: {message}", code, status) from exc
     except bexc.BotoCoreError as exc:
         raise TransportError(f"{what}: {exc}") from exc
 
@@ -105,10 +108,11 @@ class SqsTransport:
 
     # -- sending --------------------------------------------------------------------------------
     def publish(self, messages: Sequence[OutgoingMessage]) -> BatchResult:
+        batches, too_big = packed(messages)
         succeeded: list[str] = []
-        failed: dict[str, str] = {}
-        for chunk in chunks(messages):
-            entries = [self._sns_entry(m) for m in chunk]
+        failed: dict[str, str] = {m.id: too_big_reason(m) for m in too_big}  # refused here, not by SNS
+        for batch in batches:
+            entries = [self._sns_entry(m) for m in batch]
             with aws_errors(f"publish to topic {self.topic_name}"):
                 response = self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
             succeeded += [e["Id"] for e in response.get("Successful", [])]
@@ -119,10 +123,11 @@ class SqsTransport:
 
     def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> BatchResult:
         url = self.queue_url(queue)
+        batches, too_big = packed(messages)
         succeeded: list[str] = []
-        failed: dict[str, str] = {}
-        for chunk in chunks(messages):
-            entries = [self._sqs_entry(m, queue.endswith(".fifo")) for m in chunk]
+        failed: dict[str, str] = {m.id: too_big_reason(m) for m in too_big}
+        for batch in batches:
+            entries = [self._sqs_entry(m, queue.endswith(".fifo")) for m in batch]
             with aws_errors(f"send to queue {queue}"):
                 response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
             succeeded += [e["Id"] for e in response.get("Successful", [])]
