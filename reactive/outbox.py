@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -163,21 +163,47 @@ def _insert_sql(connection: Any) -> str:
 def relay_on_commit(using: str) -> None:
     """Schedule one relay per transaction (not one per row)."""
     connection = connections[using]
-    if connection.in_atomic_block and any(entry[1] is _request_relay for entry in connection.run_on_commit):
+    request = _relay_request(using)
+    if connection.in_atomic_block and any(entry[1] is request for entry in connection.run_on_commit):
         return
-    transaction.on_commit(_request_relay, using=using, robust=True)
+    transaction.on_commit(request, using=using, robust=True)
 
 
-def _request_relay() -> None:
+def _request_relay(using: str = "default") -> None:
     mode = str(settings.env_or_setting("REACTIVE_RELAY", "celery"))
     if mode == "celery":
         from celery import current_app
 
-        current_app.send_task("reactive.relay_outbox")
+        current_app.send_task(
+            "reactive.relay_outbox", kwargs={"using": using} if using != "default" else None
+        )
     elif mode == "inline":
         from reactive.transport import get_transport
 
-        relay_pending(get_transport())
+        relay_pending(get_transport(), using=using)
+
+
+_relay_requests: dict[
+    str, Callable[[], None]
+] = {}  # one callable per alias: relay_on_commit finds it by identity
+
+
+def _relay_request(using: str) -> Callable[[], None]:
+    if using == "default":
+        return _request_relay
+    return _relay_requests.setdefault(using, functools.partial(_request_relay, using))
+
+
+def databases() -> list[str]:
+    """The aliases outbox rows are written to: where each tracked model's rows are ("default" if none is)."""
+    from django.db import router
+
+    from reactive import capture
+
+    found: set[str] = set()
+    for tracking in capture.tracked_models():
+        found.update(tracking.databases or {router.db_for_write(tracking.model)})
+    return sorted(found) or ["default"]
 
 
 def relay_pending(transport: Transport, *, limit: int = 500, using: str = "default") -> RelayResult:

@@ -11,11 +11,12 @@ log = logging.getLogger("reactive.tasks")
 
 
 @shared_task(name="reactive.relay_outbox", ignore_result=True)
-def relay_outbox() -> int:
+def relay_outbox(using: str = "default") -> int:
+    """Publish the due rows of the database a commit wrote them to."""
     from reactive.outbox import relay_pending
     from reactive.transport import get_transport
 
-    return relay_pending(get_transport()).sent
+    return relay_pending(get_transport(), using=using).sent
 
 
 @shared_task(name="reactive.sweep_outbox", ignore_result=True)
@@ -25,20 +26,21 @@ def sweep_outbox() -> int:
     Relays until a run sends nothing, one fails, or a sweep interval has gone by: under steady load
     there is always something to send, and the next sweep (or the relay each commit asks for) goes on.
     """
-    from reactive import settings
-    from reactive.outbox import prune_sent, relay_pending
+    from reactive import outbox, settings
     from reactive.transport import get_transport
 
-    pruned = prune_sent()
+    aliases = outbox.databases()  # where capture writes rows: each tracked model's database
+    pruned = sum(outbox.prune_sent(using=using) for using in aliases)
     budget = max(1.0, settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
     deadline = time.monotonic() + budget
     sent = 0
     transport = get_transport()
-    while time.monotonic() < deadline:
-        result = relay_pending(transport)
-        sent += result.sent
-        if result.sent == 0 or result.failed:
-            break
+    for using in aliases:
+        while time.monotonic() < deadline:
+            result = outbox.relay_pending(transport, using=using)
+            sent += result.sent
+            if result.sent == 0 or result.failed:
+                break
     if sent or pruned:
         log.info("sweep: relayed %d, pruned %d", sent, pruned)
     return sent

@@ -201,10 +201,41 @@ def test_the_sweep_prunes_and_returns_under_steady_load(monkeypatch, settings) -
     OutboxEvent.objects.filter(id=old.id).update(sent_at=timezone.now() - timedelta(days=30))
     runs: list[int] = []
 
-    def always_more(transport: Any) -> RelayResult:  # changes keep arriving: every run sends some
+    def always_more(transport: Any, using: str) -> RelayResult:  # changes keep arriving: every run sends some
         runs.append(1)
         return RelayResult(sent=10)
 
     monkeypatch.setattr(outbox, "relay_pending", always_more)
     assert tasks.sweep_outbox() == 10 * len(runs)
     assert len(runs) > 1 and not OutboxEvent.objects.filter(id=old.id).exists()
+
+
+def test_rows_written_to_another_database_are_relayed_from_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A project whose router keeps users in their own database: its outbox rows live there too."""
+    from celery import current_app
+    from django.contrib.auth import get_user_model
+
+    from reactive import capture
+
+    capture.track(get_user_model(), databases=["users"])
+    try:
+        assert outbox.databases() == ["users"]
+    finally:
+        capture.untrack(get_user_model())
+    sent: list[dict[str, Any] | None] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, kwargs=None: sent.append(kwargs))
+    monkeypatch.setenv("REACTIVE_RELAY", "celery")
+    outbox._relay_request("users")()
+    outbox._relay_request("default")()
+    assert sent == [{"using": "users"}, None]
+    assert outbox._relay_request("users") is outbox._relay_request("users")  # one relay per transaction
+
+    relayed: list[str] = []
+    monkeypatch.setattr(outbox, "databases", lambda: ["default", "users"])
+    monkeypatch.setattr(outbox, "prune_sent", lambda using: relayed.append(f"prune {using}") or 0)
+    monkeypatch.setattr(
+        outbox, "relay_pending", lambda transport, using: relayed.append(using) or RelayResult()
+    )
+    tasks.sweep_outbox()
+    tasks.relay_outbox(using="users")
+    assert relayed == ["prune default", "prune users", "default", "users", "users"]
