@@ -34,9 +34,21 @@ def replay_dlq(
 
     Example: [bold]reactive replay-dlq --client alpha --limit 100 --rate 50[/bold]
     """
+    if move_task and limit is not None:
+        raise typer.BadParameter(
+            "--limit cannot be used with --move-task: an SQS move task moves the whole DLQ",
+            param_hint="--limit",
+        )
+    if move_task and rate is not None and rate > dlq.MOVE_TASK_MAX_RATE:
+        raise typer.BadParameter(
+            f"at most {dlq.MOVE_TASK_MAX_RATE} messages a second with --move-task (SQS)", param_hint="--rate"
+        )
     transport = get_transport()
     queues = dlq.queues_of(transport, client)
     planned = dlq.planned_count(transport, queues, limit)
+    if move_task and dry_run:
+        _print_move_task_plan(client, queues, planned, as_json)
+        return
     if not dry_run and not yes and planned:
         typer.confirm(f"Move {planned} message(s) from {queues.dlq} back to {queues.queue}?", abort=True)
     if move_task:
@@ -96,6 +108,15 @@ def render(report: dlq.ReplayReport, queues: dlq.ClientQueues) -> None:
         common.err_console.print(f"[red]not moved[/] {message_id}: {reason}")
     for message_id, reason in report.duplicated.items():
         common.err_console.print(f"[yellow]moved, but still in the DLQ too[/] {message_id}: {reason}")
+
+
+def _print_move_task_plan(client: str, queues: dlq.ClientQueues, planned: int, as_json: bool) -> None:
+    if as_json:
+        common.print_json({"client": client, "dry_run": True, "move_task": True, "planned": planned})
+    else:
+        common.console.print(
+            f"would start an SQS move task for {planned} message(s) {queues.dlq} -> {queues.queue}"
+        )
 
 
 def _run_move_task(transport: object, queues: dlq.ClientQueues, rate: float | None, as_json: bool) -> None:

@@ -26,6 +26,10 @@ from reactive.transport.base import OutgoingMessage, QueueDepth, ReceivedMessage
 
 PEEK_VISIBILITY = 30  # seconds a looked-at message stays hidden if this process dies before releasing it
 REPLAY_VISIBILITY = 60  # seconds a message in hand stays hidden while it is sent and deleted
+# Receives in a row that bring only messages this replay has handled (they reappear once REPLAY_VISIBILITY
+# has passed) before it stops: what is left is what it sent and the listener refused again.
+GIVE_UP_AFTER_RECEIVES = 3
+MOVE_TASK_MAX_RATE = 500  # StartMessageMoveTask's MaxNumberOfMessagesPerSecond
 POLL_SECONDS = 1  # a short long-poll: it asks every SQS server (a 0 s poll samples some), and returns at once
 DEFAULT_MOVER = "SendMessageBatch + DeleteMessageBatch (replay-dlq without --move-task)"
 Progress = Callable[[int], None]
@@ -126,12 +130,12 @@ def pretty_body(body: str) -> str:
     """The body indented when it is JSON (an SNS envelope's Message too), as it is otherwise."""
     try:
         payload = json.loads(body)
-    except ValueError:
+        if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
+            with contextlib.suppress(ValueError):
+                payload = {**payload, "Message": json.loads(payload["Message"])}
+        return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: shown as it is
         return body
-    if isinstance(payload, dict) and isinstance(payload.get("Message"), str):
-        with contextlib.suppress(ValueError):
-            payload = {**payload, "Message": json.loads(payload["Message"])}
-    return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 # -- looking without consuming -----------------------------------------------------------------------
@@ -255,19 +259,29 @@ def replay(
         report.would_move = inspect(transport, queues, limit=limit or 10_000)
         report.left = _total(transport.depth(queues.dlq))
         return report
-    held: list[str] = []  # receipts of messages whose send failed: released at the end, still in the DLQ
-    seen: set[str] = set()
+    held: list[
+        str
+    ] = []  # receipts of what stays in the DLQ (send failed, or seen already): released at the end
+    seen: set[str] = set()  # ids of the dead letters this replay took
+    # Ids SQS gave the copies this replay sent: a copy that fails again and comes back to the DLQ while the
+    # replay runs is left for the next one, or a replay with a listener still refusing it would never end.
+    sent: set[str] = set()
     pacer = Pacer(rate)
+    nothing_new = 0
     try:
-        while limit is None or len(seen) < limit:
+        while (limit is None or len(seen) < limit) and nothing_new < GIVE_UP_AFTER_RECEIVES:
             wanted = 10 if limit is None else min(10, limit - len(seen))
             received = _receive(transport, queues.dlq, wanted, REPLAY_VISIBILITY)
-            batch = [m for m in received if m.message_id not in seen]
-            if not batch:
+            if not received:
                 break
+            batch = [m for m in received if m.message_id not in seen and m.message_id not in sent]
+            held += [m.receipt for m in received if m not in batch]
+            nothing_new = 0 if batch else nothing_new + 1
+            if not batch:
+                continue
             seen.update(m.message_id for m in batch)
             pacer.wait(len(batch))
-            held += _move_batch(transport, queues, batch, report)
+            held += _move_batch(transport, queues, batch, report, sent)
             if progress:
                 progress(len(batch))
     finally:
@@ -279,13 +293,18 @@ def replay(
 
 
 def _move_batch(
-    transport: Transport, queues: ClientQueues, batch: Sequence[ReceivedMessage], report: ReplayReport
+    transport: Transport,
+    queues: ClientQueues,
+    batch: Sequence[ReceivedMessage],
+    report: ReplayReport,
+    sent_message_ids: set[str],
 ) -> list[str]:
     """Send one batch, delete what was sent; return the receipts of what stays in the DLQ."""
     outgoing = [replay_message(str(i), m) for i, m in enumerate(batch)]
     try:
         result = transport.send(queues.queue, outgoing)
         sent_ids, send_failures = set(result.succeeded), dict(result.failed)
+        sent_message_ids.update(result.message_ids.values())
     except TransportError as exc:
         if type(exc) is not TransportError:  # missing queue, credentials: stop, nothing was sent
             raise
@@ -370,8 +389,8 @@ def start_move_task(transport: Any, queues: ClientQueues, *, rate: float | None 
         "SourceArn": _queue_arn(transport, queues.dlq),
         "DestinationArn": _queue_arn(transport, queues.queue),
     }
-    if rate:
-        kwargs["MaxNumberOfMessagesPerSecond"] = int(rate)
+    if rate:  # SQS takes a whole number from 1 to MOVE_TASK_MAX_RATE
+        kwargs["MaxNumberOfMessagesPerSecond"] = min(MOVE_TASK_MAX_RATE, max(1, round(rate)))
     with _move_task_errors(transport):
         return str(transport.sqs.start_message_move_task(**kwargs)["TaskHandle"])
 

@@ -7,6 +7,7 @@ original prototype's legacy envelope ``{"user": {...}, "action": 0|1|2}`` keyed 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ SCHEMA_VERSION = 1
 ACTIONS = ("insert", "update", "delete")
 LEGACY_ACTIONS = {0: "insert", 1: "update", 2: "delete"}
 MAX_BODY_BYTES = 256 * 1024
+MAX_VERSION = 2**63 - 1  # a signed 64-bit column holds it on every database
+MAX_KEY_LENGTH = 255  # ReplicaState.key
+MODEL_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL refuses NUL in text; none belongs in a key
 USER_MODEL = "auth.user"  # the wire name of the user model, whatever AUTH_USER_MODEL says
 Action = Literal["insert", "update", "delete"]
 KeyField = Literal["pk", "username"]
@@ -68,9 +73,13 @@ def format_time(value: datetime) -> str:
 def parse_time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (AttributeError, ValueError) as exc:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (
+        AttributeError,
+        ValueError,
+        OverflowError,
+    ) as exc:  # 9999-12-31T23:59-14:00 is past year 9999 in UTC
         raise MessageError(f"bad timestamp {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def encode(event: Event) -> str:
@@ -81,7 +90,18 @@ def decode(body: str | bytes, *, sent_timestamp: int | None = None) -> Event:
     """Decode any accepted body into an Event, or raise MessageError saying why not.
 
     ``sent_timestamp`` (SQS SentTimestamp, ms) orders legacy messages, which carry no version.
+    Whatever a body holds, the only error that leaves here is MessageError: a listener must never
+    stop on a message it cannot read.
     """
+    try:
+        return _decode(body, sent_timestamp)
+    except MessageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nesting too deep for the parser, and whatever else a body can do
+        raise MessageError(f"body cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _decode(body: str | bytes, sent_timestamp: int | None) -> Event:
     if isinstance(body, bytes):
         body = body.decode("utf-8", errors="replace")
     if len(body.encode("utf-8")) > MAX_BODY_BYTES:
@@ -108,12 +128,11 @@ def from_dict(payload: Mapping[str, Any]) -> Event:
     if action not in ACTIONS:
         raise MessageError(f"unknown action {action!r}")
     model, key, version = payload.get("model"), payload.get("key"), payload.get("version")
-    if not isinstance(model, str) or "." not in model:
-        raise MessageError(f"bad model {model!r}")
-    if not isinstance(key, str) or not key:
-        raise MessageError(f"bad key {key!r}")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise MessageError(f"bad version {version!r}")
+    if not isinstance(model, str) or not MODEL_LABEL.fullmatch(model):
+        raise MessageError(f"bad model {_shown(model)}")
+    key = _checked_key(key, "key")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
+        raise MessageError(f"bad version {_shown(version)}")
     data = payload.get("data", {})
     changed = payload.get("changed", [])
     if not isinstance(data, dict) or not isinstance(changed, list):
@@ -135,8 +154,9 @@ def _from_legacy(payload: Mapping[str, Any], stamp: int | None, message_id: str 
     user, code = payload.get("user"), payload.get("action")
     if not isinstance(user, dict) or not isinstance(user.get("username"), str) or not user["username"]:
         raise MessageError("legacy message without user.username")
-    if code not in LEGACY_ACTIONS:
-        raise MessageError(f"unknown legacy action {code!r}")
+    _checked_key(user["username"], "legacy username")
+    if not isinstance(code, int) or isinstance(code, bool) or code not in LEGACY_ACTIONS:
+        raise MessageError(f"unknown legacy action {_shown(code)}")
     if stamp is None:
         raise MessageError("legacy message without a SentTimestamp to order it")
     data = {k: v for k, v in user.items() if k not in ("password", "last_login", "id", "pk")}
@@ -153,6 +173,21 @@ def _from_legacy(payload: Mapping[str, Any], stamp: int | None, message_id: str 
     )
 
 
+def _checked_key(key: Any, what: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise MessageError(f"bad {what} {_shown(key)}")
+    if len(key) > MAX_KEY_LENGTH - 10 or CONTROL_CHARACTERS.search(key):  # room for the legacy prefix
+        raise MessageError(
+            f"bad {what} {_shown(key)}: longer than {MAX_KEY_LENGTH - 10} or a control character"
+        )
+    return key
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _envelope_timestamp(envelope: Mapping[str, Any]) -> int | None:
     value = envelope.get("Timestamp")
     if not isinstance(value, str):
@@ -167,6 +202,8 @@ def _load_object(text: Any, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageError(f"{what} is not JSON ({exc.msg} at {exc.pos})") from exc
+    except RecursionError as exc:
+        raise MessageError(f"{what} is JSON nested too deep to read") from exc
     if not isinstance(value, dict):
         raise MessageError(f"{what} is JSON but not an object")
     return value

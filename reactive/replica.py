@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 from django.utils import timezone
 
@@ -102,7 +102,15 @@ def _apply_one(event: Event, known: _Known) -> Outcome:
     try:
         with transaction.atomic(using=known.using):
             return _apply(event, known)
-    except (ReactiveError, IntegrityError, DataError, ValueError, TypeError) as exc:  # this event's values
+    except (  # this event's values
+        ReactiveError,
+        IntegrityError,
+        DataError,
+        ValidationError,
+        ValueError,
+        TypeError,
+        ArithmeticError,  # a date the database cannot hold (OverflowError)
+    ) as exc:
         known.forget(event)  # its savepoint is gone: what this event did to the cache is not true
         reason = str(exc) if isinstance(exc, ReactiveError) else f"{type(exc).__name__}: {exc}"
         return Outcome(event, "failed", reason)

@@ -84,3 +84,16 @@ def test_the_pacer_holds_the_rate() -> None:
     assert time.monotonic() - started < 0.2
     pacer.wait(10)  # the next waits until 10 messages at 20 a second have had their time
     assert time.monotonic() - started >= 0.45
+
+
+def test_a_move_task_dry_run_starts_nothing(sqs: SqsTransport) -> None:
+    put(sqs, names(sqs)[1], "m")
+    result = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--move-task", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would start an SQS move task for 1 message(s)" in result.stdout
+    assert total(sqs, names(sqs)[1]) == 1
+
+
+def test_a_move_task_cannot_take_a_limit(sqs: SqsTransport) -> None:
+    result = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--move-task", "--limit", "5", "--yes"])
+    assert result.exit_code == 2 and "--limit cannot be used with --move-task" in result.stderr

@@ -235,3 +235,51 @@ def test_the_listener_asks_for_less_than_the_dlq_tools(sqs: SqsTransport, prefix
     assert lean.receive_count == 1 and lean.sent_timestamp is not None
     (full,) = sqs.receive(queue, wait_seconds=0)
     assert full.message_attributes and full.receive_count == 2
+
+
+class RefusedAgain(SqsTransport):
+    """While the replay runs, the listener refuses each copy at once and the redrive puts it back in the DLQ."""
+
+    dlq_name = ""
+    sends = 0
+
+    def send(self, queue: str, messages: Any) -> BatchResult:
+        self.sends += 1
+        if self.sends > 20:
+            raise AssertionError("the replay never ends")
+        return super().send(self.dlq_name, messages)  # the copy, with the new message id SQS gives it
+
+
+def test_a_replay_ends_when_what_it_sent_dies_again(sqs: SqsTransport, alpha: dlq.ClientQueues) -> None:
+    for i in range(3):
+        put(sqs, alpha.dlq, f"poison {i}")
+    bouncing = RefusedAgain(sqs.topic_name, sqs.sns, sqs.sqs)
+    bouncing.dlq_name = alpha.dlq
+
+    report = dlq.replay(bouncing, alpha)
+
+    assert (report.moved, report.left) == (3, 3)  # moved once each; the copies wait for the next replay
+    assert sqs.depth(alpha.dlq).visible == 3  # released at the end, not hidden for the replay's timeout
+
+
+def test_a_move_task_rate_is_a_whole_number_sqs_takes() -> None:
+    calls: list[dict[str, Any]] = []
+
+    class Sqs:
+        def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
+            return {"Attributes": {"QueueArn": f"arn:{QueueUrl}"}}
+
+        def start_message_move_task(self, **kwargs: Any) -> dict[str, str]:
+            calls.append(kwargs)
+            return {"TaskHandle": "h"}
+
+    class Transport:
+        sqs = Sqs()
+
+        def queue_url(self, queue: str) -> str:
+            return queue
+
+    queues = dlq.ClientQueues("alpha", "q", "q-dlq")
+    for rate in (0.5, 2.6, 10_000):
+        dlq.start_move_task(Transport(), queues, rate=rate)
+    assert [c["MaxNumberOfMessagesPerSecond"] for c in calls] == [1, 3, 500]

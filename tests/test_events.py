@@ -66,6 +66,19 @@ def test_legacy_envelope_is_keyed_by_username_and_ordered_by_sent_timestamp() ->
     assert event.data == {"username": "alice", "first_name": "Alice"}
 
 
+def v1(**fields: str) -> str:
+    """A v1 body with these fields, each given as JSON text, in place of good ones."""
+    body = {
+        "schema": "1",
+        "action": '"update"',
+        "model": '"auth.user"',
+        "key": '"1"',
+        "version": "1",
+        **fields,
+    }
+    return "{" + ", ".join(f'"{name}": {value}' for name, value in body.items()) + "}"
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -86,6 +99,15 @@ def test_legacy_envelope_is_keyed_by_username_and_ordered_by_sent_timestamp() ->
             "legacy",
         ),
         ("x" * 300_000, "larger than"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+        ('{"user": {"username": "a"}, "action": []}', r"unknown legacy action \[\]"),
+        ('{"user": {"username": "a\\u0000b"}, "action": 1}', "bad legacy username"),
+        (v1(version=str(10**20)), "bad version"),
+        (v1(key='"7\\u0000"'), "control character"),
+        (v1(key='"' + "k" * 300 + '"'), "longer than"),
+        (v1(model='"auth.user\\u0000"'), "bad model"),
+        (v1(occurred_at='"9999-12-31T23:59:59-14:00"'), "bad timestamp"),
+        (v1(version="1" * 5000), r"body cannot be read \(ValueError"),  # past Python's digit limit
     ],
 )
 def test_bad_bodies_say_why(body: str, reason: str) -> None:

@@ -58,16 +58,25 @@ def test_poison_is_left_for_the_dlq_while_good_messages_apply(memory) -> None:  
         '{"schema": 99}',
         "x" * 210_000,
         event_body("insert", "2", 2, username="bob"),
+        "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser goes
+        '{"user": {"username": "a"}, "action": []}',
+        event_body("insert", "3", 10**20, username="carol"),  # more than a 64-bit version column holds
+        event_body("insert", "4\u0000", 4, username="dave"),  # PostgreSQL refuses NUL in text
     ]
-    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    year_9999 = event_body("insert", "5", 5, username="erin", date_joined="9999-12-31T23:59:59-14:00")
+    for i, body in enumerate([*bodies, year_9999]):  # one a call: together they pass SNS's 256 KiB
+        memory.publish([message(body, i)])
     first = listener.process(memory.receive(listener.queue, wait_seconds=0))
-    assert (first.applied, first.failed, first.acked) == (2, 4, 2)
+    second = listener.process(memory.receive(listener.queue, wait_seconds=0))
+    assert (first.applied, first.failed, first.acked) == (2, 8, 2)
+    assert (second.applied, second.failed, second.acked) == (0, 1, 0)
     assert sorted(User.objects.values_list("username", flat=True)) == ["alice", "bob"]
     # After max receives (2 here) the redrive moves every bad message to the DLQ.
     for _ in range(3):
         memory.release(listener.queue, [m.receipt for m in memory._queue(listener.queue).messages])
-        listener.process(memory.receive(listener.queue, wait_seconds=0))
-    assert memory.depth(f"{listener.queue}-dlq").visible == 4
+        while listener.process(memory.receive(listener.queue, wait_seconds=0)).received:
+            pass
+    assert memory.depth(f"{listener.queue}-dlq").visible == 9
     assert memory.depth(listener.queue).visible + memory.depth(listener.queue).in_flight == 0
 
 

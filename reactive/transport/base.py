@@ -53,6 +53,7 @@ class BatchResult:
 
     succeeded: tuple[str, ...] = ()
     failed: Mapping[str, str] = field(default_factory=dict)  # id -> reason
+    message_ids: Mapping[str, str] = field(default_factory=dict)  # id -> the message id SQS gave it (send)
 
 
 @dataclass(frozen=True)

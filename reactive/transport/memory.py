@@ -85,9 +85,13 @@ class MemoryTransport:
         fits, refused = _check_batch(messages)
         self.calls.append("send")
         with self._lock:
-            self._append(queue, fits)
+            ids = self._append(queue, fits)
             self._lock.notify_all()
-        return BatchResult(succeeded=tuple(m.id for m in fits), failed=refused)
+        return BatchResult(
+            succeeded=tuple(m.id for m in fits),
+            failed=refused,
+            message_ids=dict(zip([m.id for m in fits], ids, strict=True)),
+        )
 
     def receive(
         self,
@@ -139,11 +143,12 @@ class MemoryTransport:
         with self._lock:
             self._queue(queue).messages.clear()
 
-    def _append(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+    def _append(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         q = self._queue(queue)
         now_ms = int(time.time() * 1000)
-        for m in messages:
-            q.messages.append(_Stored(str(uuid.uuid4()), m.body, dict(m.attributes), now_ms))
+        stored = [_Stored(str(uuid.uuid4()), m.body, dict(m.attributes), now_ms) for m in messages]
+        q.messages.extend(stored)
+        return [m.message_id for m in stored]
 
     def _take(self, q: _Queue, limit: int, visibility: int | None) -> list[ReceivedMessage]:
         now = time.monotonic()

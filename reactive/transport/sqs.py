@@ -126,15 +126,19 @@ class SqsTransport:
         batches, too_big = packed(messages)
         succeeded: list[str] = []
         failed: dict[str, str] = {m.id: too_big_reason(m) for m in too_big}
+        message_ids: dict[str, str] = {}
         for batch in batches:
             entries = [self._sqs_entry(m, queue.endswith(".fifo")) for m in batch]
             with aws_errors(f"send to queue {queue}"):
                 response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
             succeeded += [e["Id"] for e in response.get("Successful", [])]
+            message_ids.update(
+                {e["Id"]: e["MessageId"] for e in response.get("Successful", []) if "MessageId" in e}
+            )
             failed.update(
                 {e["Id"]: f"{e.get('Code')}: {e.get('Message', '')}" for e in response.get("Failed", [])}
             )
-        return BatchResult(tuple(succeeded), failed)
+        return BatchResult(tuple(succeeded), failed, message_ids)
 
     # -- receiving ------------------------------------------------------------------------------
     def receive(
