@@ -68,7 +68,7 @@ CELERY_BEAT_SCHEDULE = {
     "clock-tick": {
         "task": "reactive.clock_tick",
         # Read leniently here (every client process imports this); `reactive beat` checks its own value.
-        "schedule": reactive_settings.float_setting("REACTIVE_CLOCK_INTERVAL", 0.5),
+        "schedule": reactive_settings.clock_schedule_interval(),
         # A tick queued while the workers were down is dropped, not replayed late.
         "options": {"expires": 1.0},
     }

@@ -126,6 +126,12 @@ CHANNEL_LAYER_BACKENDS = {
 DEFAULT_CHANNEL_LAYER = "redis"
 
 
+# A consumer waits on Redis with a 5 s blocking pop (channels-redis); redis-py 8 gives up reading a socket
+# after 5 s by default, which ended every websocket of a quiet page. Longer than the pop, so that a dead
+# connection is still found.
+LAYER_SOCKET_TIMEOUT = 30.0
+
+
 def channel_layers(client: str) -> dict[str, Any]:
     """CHANNEL_LAYERS of a client site: channels-redis at REDIS_URL, keys under "{prefix}-{client}".
 
@@ -139,7 +145,7 @@ def channel_layers(client: str) -> dict[str, Any]:
     # redis-py's asyncio pool refuses a 101st concurrent connection (MaxConnectionsError) instead of waiting:
     # a reconnect storm of pages (each connect is a group_add) would fail handshakes with the default.
     pool_size = int(env_or_setting("REACTIVE_REDIS_MAX_CONNECTIONS", 1000))
-    host = {"address": redis_url(), "max_connections": pool_size}
+    host = {"address": redis_url(), "max_connections": pool_size, "socket_timeout": LAYER_SOCKET_TIMEOUT}
     return {
         "default": {
             "BACKEND": CHANNEL_LAYER_BACKENDS[kind],
@@ -203,6 +209,12 @@ def clock_interval() -> float:
             f"REACTIVE_CLOCK_INTERVAL must be at least {MIN_CLOCK_INTERVAL} s, got {interval:g}"
         )
     return interval
+
+
+def clock_schedule_interval() -> float:
+    """clock_interval() for the client's Celery beat schedule: a value under the minimum is raised to it
+    rather than refused, since every client process (web, listener) imports the settings that hold it."""
+    return max(MIN_CLOCK_INTERVAL, float_setting("REACTIVE_CLOCK_INTERVAL", 0.5))
 
 
 def float_setting(name: str, default: float) -> float:

@@ -181,3 +181,15 @@ def test_a_clock_interval_that_is_no_clock_is_a_clear_error(
     monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", value)
     with pytest.raises(ConfigError, match="REACTIVE_CLOCK_INTERVAL must be"):
         settings.clock_interval()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.01"])
+def test_the_client_beat_never_ticks_faster_than_the_minimum(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    """A clock interval of 0 made Celery beat queue thousands of ticks a second."""
+    from reactive.settings import MIN_CLOCK_INTERVAL
+
+    monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", value)
+    schedule = fresh_client_settings(monkeypatch, tmp_path).CELERY_BEAT_SCHEDULE["clock-tick"]["schedule"]
+    assert schedule == MIN_CLOCK_INTERVAL

@@ -51,3 +51,22 @@ def test_a_hanging_layer_costs_a_warning_not_the_listener(
     with caplog.at_level(logging.WARNING, logger="reactive.groups"):
         assert groups.send_sync("user.1", {"type": "user.changed"}) is False
     assert "could not notify group user.1" in caplog.text
+
+
+def test_a_consumer_outlives_a_quiet_group(redis_layer: str) -> None:
+    """A page open on a user nobody changes waits longer than channels-redis's 5 s blocking pop (and redis-py
+    8's 5 s default socket timeout): the wait must go on, not end the socket."""
+    from channels.layers import get_channel_layer
+
+    async def scenario() -> dict[str, Any]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("user.quiet", channel)
+        waiting = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(6)
+        await layer.group_send("user.quiet", {"type": "user.changed", "late": True})
+        message: dict[str, Any] = await asyncio.wait_for(waiting, 5)
+        await layer.group_discard("user.quiet", channel)
+        return message
+
+    assert run(scenario) == {"type": "user.changed", "late": True}
