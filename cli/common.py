@@ -25,6 +25,25 @@ def setup_django(site: str, client: str | None = None) -> None:
 
     if not apps.ready:
         django.setup()
+    if site == "client" and client:
+        _require_client_settings(client)
+
+
+def _require_client_settings(client: str) -> None:
+    """The settings in use must be this client's: the master's (DJANGO_SETTINGS_MODULE exported for `sync`,
+    say) would apply the client's queue to the master's own users, and capture would publish them."""
+    from django.conf import settings
+
+    from reactive.errors import ConfigError
+
+    configured = getattr(settings, "REACTIVE_CLIENT", None)
+    if configured != client:
+        module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        found = f"the settings of client {configured!r}" if configured else "not a client site's settings"
+        raise ConfigError(
+            f"DJANGO_SETTINGS_MODULE={module} is {found}, not client {client!r}'s: "
+            "unset it (client_site.settings is the default) or point it at this client's settings"
+        )
 
 
 def print_json(data: Any) -> None:

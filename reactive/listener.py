@@ -126,6 +126,10 @@ class Listener:
                 except ResourceNotFound:
                     raise
                 except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
+                    if (
+                        once
+                    ):  # a one-shot drain that cannot apply what it holds fails (exit 3), it does not wait
+                        raise
                     failures += 1
                     delay = min(30.0, 0.5 * 2**failures)
                     log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)

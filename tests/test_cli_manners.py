@@ -179,3 +179,46 @@ def test_every_command_help_has_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert f"Example: reactive {' '.join(command)}" in " ".join(result.stdout.split())
+
+
+def test_a_client_command_refuses_the_masters_settings(provisioned: dict[str, str], tmp_path: Path) -> None:
+    """DJANGO_SETTINGS_MODULE exported for `sync` must not make a listener write into the master's users."""
+    env = {**provisioned, "DJANGO_SETTINGS_MODULE": "master_site.settings"}
+    full = {**os.environ, **env, "REACTIVE_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    done = subprocess.run(
+        [REACTIVE, "listen", "--client", "alpha", "--once"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "DJANGO_SETTINGS_MODULE=master_site.settings is not a client site's settings" in one_error_line(
+        done
+    )
+    assert not (tmp_path / "var" / "master.sqlite3").exists()
+
+
+def test_manage_py_listener_errors_are_one_line_with_the_exit_code_of_reactive_listen(
+    aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**os.environ, **aws_env, "REACTIVE_VAR_DIR": str(tmp_path / "var"), "REACTIVE_CLIENT": "alpha"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    manage = [sys.executable, "client_site/manage.py"]
+    migrated = subprocess.run(
+        [*manage, "migrate", "-v0"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    for endpoint, code, said in (
+        (aws_env["AWS_ENDPOINT_URL"], 1, "does not exist"),  # nothing provisioned
+        (f"http://127.0.0.1:{free_port()}", 3, "cannot reach"),
+    ):
+        done = subprocess.run(
+            [*manage, "listener", "--once"],
+            env={**env, "AWS_ENDPOINT_URL": endpoint},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == code, done.stderr
+        assert "Traceback" not in done.stderr and said in done.stderr

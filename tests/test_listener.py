@@ -201,3 +201,19 @@ def test_acks_never_linger_near_the_visibility_timeout(memory) -> None:  # type:
     listener.run(once=True)  # learns the queue's visibility timeout
     memory.publish([message(event_body("insert", "1", 1, username="alice"), 0)])
     assert listener.process(memory.receive(listener.queue, wait_seconds=0)).acked == 1  # not kept for later
+
+
+def test_once_fails_when_the_database_is_down_instead_of_reporting_a_drain(memory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from django.db import OperationalError
+
+    import reactive.listener
+
+    def database_down(events, using):  # type: ignore[no-untyped-def]
+        raise OperationalError("connection refused")
+
+    listener = make_listener(memory)
+    memory.publish([message(event_body("insert", "1", 1, username="alice"), 0)])
+    monkeypatch.setattr(reactive.listener, "apply_batch", database_down)
+    with pytest.raises(OperationalError):
+        listener.run(once=True)
+    assert memory.depth(listener.queue).in_flight == 1  # not applied, not deleted: it comes back

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -17,6 +17,15 @@ class Command(BaseCommand):
         parser.add_argument("--wait", type=float, default=20)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from cli.main import translate
         from reactive.listener import serve
 
-        serve(settings.REACTIVE_CLIENT, once=options["once"], batch=options["batch"], wait=options["wait"])
+        try:
+            serve(
+                settings.REACTIVE_CLIENT, once=options["once"], batch=options["batch"], wait=options["wait"]
+            )
+        except Exception as exc:  # as `reactive listen` does: one line and its exit code, not a traceback
+            error = translate(exc)
+            if error is None:
+                raise
+            raise CommandError(str(error), returncode=error.exit_code) from exc
