@@ -55,7 +55,12 @@ def up(
         max=65535,
         help="Port of each client site, in order (default 8000, 8002, ...).",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address every site and our Redis bind to."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address every site (and our Redis and moto) binds to, added to DJANGO_ALLOWED_HOSTS; "
+        "0.0.0.0 or :: binds the sites to every address, Redis and moto to 127.0.0.1.",
+    ),
     aws: AwsChoice = typer.Option(
         AwsChoice.auto,
         "--aws",

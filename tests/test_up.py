@@ -3,13 +3,29 @@ the live view's login links. The whole run is proven in tests/e2e/test_up.py."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from reactive.errors import UsageError
-from reactive.up import UpOptions, port_free, process_specs, resolve_aws_mode
+from reactive.up import (
+    Up,
+    UpEvent,
+    UpOptions,
+    choose_port,
+    free_port,
+    port_free,
+    process_specs,
+    resolve_aws_mode,
+    run_environment,
+)
 
 
 def options(tmp_path: Path, **extra: object) -> UpOptions:
@@ -88,8 +104,6 @@ def test_a_port_someone_listens_on_is_not_free() -> None:
 def test_the_live_view_offers_login_links_only_while_the_demo_user_can_use_them(tmp_path: Path) -> None:
     from django.contrib.auth import get_user_model
 
-    from reactive.up import Up, UpEvent
-
     events: list[UpEvent] = []
     up = Up(options(tmp_path), on_event=events.append)
     alice = get_user_model().objects.create_user("alice")
@@ -111,3 +125,157 @@ def test_the_live_view_offers_login_links_only_while_the_demo_user_can_use_them(
     alice.save()
     up._make_login_links(announce=False)
     assert sorted(up.links) == ["alpha as alice", "beta as alice"]
+
+
+# -- --host: the sites accept the address they are reached at ---------------------------------------------
+def validate_host(netloc: str, allowed: list[str]) -> bool:
+    """Whether Django, given these ALLOWED_HOSTS, answers a request whose Host is ``netloc`` (else 400)."""
+    from django.core.exceptions import DisallowedHost
+    from django.test import RequestFactory, override_settings
+
+    with override_settings(ALLOWED_HOSTS=allowed, DEBUG=False):
+        try:
+            RequestFactory(HTTP_HOST=netloc).get("/health").get_host()
+        except DisallowedHost:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["192.0.2.2", "fd00::2"])
+def test_sites_bound_to_an_address_accept_requests_for_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str
+) -> None:
+    monkeypatch.delenv("DJANGO_ALLOWED_HOSTS", raising=False)
+    env = run_environment(options(tmp_path, host=host, master_port=9001, client_ports=(9000, 9002)))
+    allowed = env["DJANGO_ALLOWED_HOSTS"].split(",")
+    up = Up(options(tmp_path, host=host, master_port=9001, client_ports=(9000, 9002)))
+    for url in [
+        *up._web_urls().values(),
+        *(u.split("=", 1)[1] for u in env["REACTIVE_CLIENT_URLS"].split(",")),
+    ]:
+        netloc = url.removeprefix("http://")
+        assert netloc.rsplit(":", 1)[0].strip("[]") == host, url  # health checks and links use the address
+        assert validate_host(netloc, allowed), f"{netloc} would be answered 400 DisallowedHost"
+    for name in ("localhost", "127.0.0.1", "[::1]"):
+        assert validate_host(f"{name}:9000", allowed), "the loopback names stay allowed"
+
+
+def test_a_wildcard_host_is_reached_on_loopback_and_keeps_what_the_operator_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", "demo.example.org")
+    for host in ("0.0.0.0", "::"):
+        env = run_environment(options(tmp_path, host=host))
+        allowed = env["DJANGO_ALLOWED_HOSTS"].split(",")
+        assert env["REACTIVE_CLIENT_URLS"] == "alpha=http://127.0.0.1:8000,beta=http://127.0.0.1:8002"
+        assert Up(options(tmp_path, host=host))._web_urls() == {
+            "master-web": "http://127.0.0.1:8001",
+            "alpha-web": "http://127.0.0.1:8000",
+            "beta-web": "http://127.0.0.1:8002",
+        }
+        assert validate_host("127.0.0.1:8001", allowed) and validate_host("demo.example.org", allowed)
+        assert validate_host(f"{socket.gethostname()}:8001", allowed)
+        assert "*" not in allowed and host not in allowed
+
+
+# -- moto never takes a site's port -----------------------------------------------------------------------
+def test_a_port_reserved_for_a_site_is_never_chosen_for_a_service() -> None:
+    port = free_port()
+    assert choose_port(port, "127.0.0.1") == port
+    assert choose_port(port, "127.0.0.1", reserved={port}) != port
+    assert choose_port(0, "127.0.0.1", reserved={port}) != port
+
+
+def test_the_embedded_moto_leaves_a_sites_port_to_the_site(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "REACTIVE_MAX_RECEIVES", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)  # and restored after: _start_aws exports them
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    site_port = free_port()
+    # `reactive up --client-port P --moto-port P`: P is free until the site binds it, after moto started.
+    up = Up(options(tmp_path, aws="embedded", moto_port=site_port, client_ports=(site_port, free_port())))
+    with contextlib.ExitStack() as stack:
+        up._start_aws(stack)
+        assert up.moto_port and up.moto_port != site_port
+        assert port_free(site_port, "127.0.0.1")
+        assert os.environ["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{up.moto_port}"
+
+
+# -- var/up.env: another terminal sees the names, backends and databases of this run ------------------------
+def sourced(env_file: Path, before: dict[str, str]) -> dict[str, str]:
+    """The environment of a shell that had ``before`` and then ran `source var/up.env`."""
+    script = f"source {env_file} && env -0"
+    output = subprocess.run(
+        ["bash", "-c", script], env={"PATH": "/usr/bin:/bin", **before}, capture_output=True, check=True
+    ).stdout.decode()
+    return dict(item.split("=", 1) for item in output.split("\0") if "=" in item)
+
+
+def test_the_env_file_carries_every_setting_that_changes_names_backends_or_databases(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    run = {
+        "REACTIVE_FIFO": "1",
+        "REACTIVE_CHANNEL_LAYER": "pubsub",
+        "REACTIVE_PREFIX": "probe",
+        "DATABASE_URL": "postgres://u:p@db/{client}",
+        "DATABASE_URL_ALPHA": "sqlite:////tmp/alpha's.sqlite3",
+        "REACTIVE_SSO_KEY": "k e y",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5999",
+    }
+    for name, value in run.items():
+        monkeypatch.setenv(name, value)
+    up = Up(options(tmp_path))
+    up.moto_port = 5999
+    env_file = up._write_env_file()
+    other_terminal = sourced(env_file, {})
+    for name, value in run.items():
+        assert other_terminal.get(name) == value, name
+    assert other_terminal["REDIS_URL"] == up.redis_url
+    assert "DATABASE_URL_BETA" not in other_terminal
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "it holds the SSO key"
+
+
+def test_the_env_file_unsets_what_this_run_does_not_have(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stale = {"REACTIVE_FIFO": "1", "REACTIVE_CHANNEL_LAYER": "pubsub", "DATABASE_URL_BETA": "postgres://x/y"}
+    for name in [*stale, "REACTIVE_SSO_KEY", "DATABASE_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    up = Up(options(tmp_path))
+    other_terminal = sourced(up._write_env_file(), {**stale, "HOME": "/nowhere"})
+    assert not set(stale) & set(other_terminal), "a terminal that sourced a FIFO run's file follows this one"
+    assert other_terminal["HOME"] == "/nowhere"
+
+
+# -- Ctrl-C during start-up ---------------------------------------------------------------------------------
+def test_ctrl_c_during_start_up_stops_what_was_started_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stopped: list[str] = []
+
+    def stop_redis() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while stopping must not cut a stop short
+        stopped.append("redis")
+
+    def prepare(self: Up, stack: contextlib.ExitStack) -> list[object]:
+        stack.callback(stopped.append, "moto")
+        stack.callback(stop_redis)
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)  # the signal is handled at once; this only bounds a failure
+        raise AssertionError("SIGINT did not interrupt the start-up")
+
+    monkeypatch.setattr(Up, "prepare", prepare)
+    events: list[UpEvent] = []
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = Up(options(tmp_path), on_event=events.append).run()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during start-up escaped Up.run (the CLI would exit 130)")
+    assert code == 0
+    assert stopped == ["redis", "moto"]
+    assert events[-1].kind == "stopped"
+    assert signal.getsignal(signal.SIGINT) is before
