@@ -89,7 +89,8 @@ def encode(event: Event) -> str:
 def decode(body: str | bytes, *, sent_timestamp: int | None = None) -> Event:
     """Decode any accepted body into an Event, or raise MessageError saying why not.
 
-    ``sent_timestamp`` (SQS SentTimestamp, ms) orders legacy messages, which carry no version.
+    Legacy messages carry no version: the SNS envelope's Timestamp orders them, or where a body has no
+    envelope, ``sent_timestamp`` (SQS SentTimestamp, ms).
     Whatever a body holds, the only error that leaves here is MessageError: a listener must never
     stop on a message it cannot read.
     """
@@ -112,7 +113,9 @@ def _decode(body: str | bytes, sent_timestamp: int | None) -> Event:
         if "schema" in inner:
             return from_dict(inner)
         if "user" in inner:
-            stamp = sent_timestamp or _envelope_timestamp(payload)
+            # SNS stamped the envelope when the prototype published it; SQS's SentTimestamp is when this
+            # copy entered the queue, which a replay from the DLQ makes later than newer changes.
+            stamp = _envelope_timestamp(payload) or sent_timestamp
             return _from_legacy(inner, stamp, payload.get("MessageId"))
         raise MessageError("SNS envelope holds neither a v1 event nor a legacy message")
     if "user" in payload and "schema" not in payload:

@@ -113,3 +113,16 @@ def v1(**fields: str) -> str:
 def test_bad_bodies_say_why(body: str, reason: str) -> None:
     with pytest.raises(MessageError, match=reason):
         decode(body, sent_timestamp=1)
+
+
+def test_a_replayed_legacy_envelope_keeps_its_place_by_the_time_sns_published_it() -> None:
+    """A replay from the DLQ gives the copy a new SentTimestamp, later than changes made since."""
+    inner = {"user": {"username": "alice", "first_name": "Old"}, "action": 1}
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m1",
+        "Message": json.dumps(inner),
+        "Timestamp": "2023-11-14T22:13:20.123Z",
+    }
+    replayed = decode(json.dumps(envelope), sent_timestamp=1_800_000_000_000)
+    assert replayed.version == 1_700_000_000_123
