@@ -39,13 +39,19 @@ def list_(
 
     Example: [bold]reactive dlq list --client alpha --limit 20[/bold]
     """
-    letters = _letters(client, limit, diagnose)
+    letters, in_dlq = _letters(client, limit, diagnose)
     if as_json:
         common.print_json(
-            {"client": client, "count": len(letters), "messages": [x.to_dict() for x in letters]}
+            {
+                "client": client,
+                "count": len(letters),
+                "in_dlq": in_dlq,
+                "messages": [x.to_dict() for x in letters],
+            }
         )
         return
-    table = Table(title=f"dead letters of {client} ({len(letters)})")
+    shown = f"{len(letters)} of {in_dlq}" if len(letters) < in_dlq else str(len(letters))
+    table = Table(title=f"dead letters of {client} ({shown})")
     table.add_column("message id", no_wrap=True)
     table.add_column("sent (UTC)", no_wrap=True)
     table.add_column("recv", justify="right")
@@ -63,8 +69,14 @@ def list_(
             _short(letter.message.body),
         )
     common.console.print(table)
-    if not letters:
+    if not letters and not in_dlq:
         common.console.print("[green]The DLQ is empty.[/]")
+    elif len(letters) < min(limit, in_dlq):
+        common.console.print(
+            f"[yellow]{in_dlq - len(letters)} more not shown[/]: in flight (a replay or another look holds "
+            "them), or, on a FIFO queue, behind the first messages of their group, which SQS locks while "
+            "they are looked at. Look again, or replay."
+        )
 
 
 @app.command()
@@ -121,13 +133,16 @@ def purge(
     common.console.print(f"Purged {queues.dlq} ({count} message(s)).")
 
 
-def _letters(client: str, limit: int, diagnose: bool) -> list[dlq.DeadLetter]:
+def _letters(client: str, limit: int, diagnose: bool) -> tuple[list[dlq.DeadLetter], int]:
+    """What a look found, and how many messages the DLQ holds (visible, in flight or delayed)."""
     transport = get_transport()
-    letters = dlq.inspect(transport, dlq.queues_of(transport, client), limit=limit)
+    queues = dlq.queues_of(transport, client)
+    letters = dlq.inspect(transport, queues, limit=limit)
+    depth = transport.depth(queues.dlq)
     if diagnose and any(x.event for x in letters):
         common.setup_django("client", client)
         letters = dlq.diagnose(letters)
-    return letters
+    return letters, max(len(letters), depth.visible + depth.in_flight + depth.delayed)
 
 
 def _event(letter: dlq.DeadLetter) -> str:

@@ -176,7 +176,8 @@ def find(transport: Transport, queues: ClientQueues, message_id: str, *, limit: 
             return letter
     raise ResourceNotFound(
         f"message {message_id} is not in {queues.dlq} "
-        "(replayed or purged already, or being looked at elsewhere)"
+        "(replayed or purged already, being looked at elsewhere, or on a FIFO queue behind the first "
+        "messages of its group, which SQS locks while they are looked at)"
     )
 
 

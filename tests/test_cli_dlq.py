@@ -40,7 +40,7 @@ def test_list_json_shows_whole_bodies_and_why_without_consuming(
 def test_list_table_and_limit(sqs: SqsTransport, dead: dict[str, str]) -> None:
     result = runner.invoke(app, ["dlq", "list", "--client", "alpha", "--limit", "2"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "dead letters of alpha (2)" in result.stdout
+    assert "dead letters of alpha (2 of 3)" in result.stdout and "not shown" not in result.stdout
     assert result.stdout.count("not decodable") == 2
 
 
@@ -82,3 +82,22 @@ def test_list_diagnose_tries_events_against_the_replica(sqs: SqsTransport) -> No
     assert result.exit_code == 0, result.output
     (message,) = json.loads(result.stdout)["messages"]
     assert "the replica refuses it: username 'carol' is held by a local staff user" in message["why"]
+
+
+def test_a_fifo_list_says_what_it_could_not_show(sqs: SqsTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS locks a FIFO message group while its first messages are looked at: a look sees ten of them."""
+    from reactive.provision import Options, Provisioner
+
+    monkeypatch.setenv("REACTIVE_FIFO", "1")
+    Provisioner(Options(clients=["alpha"], fifo=True, max_receives=2)).run()
+    dlq = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq.fifo"
+    for n in range(15):
+        put(sqs, dlq, f"poison {n}", MessageGroupId="7", MessageDeduplicationId=str(n))
+
+    result = runner.invoke(app, ["dlq", "list", "--client", "alpha"])
+
+    assert result.exit_code == 0, result.output
+    assert "dead letters of alpha (10 of 15)" in result.stdout
+    assert "5 more not shown" in result.stdout and "FIFO" in result.stdout
+    listed = json.loads(runner.invoke(app, ["dlq", "list", "--client", "alpha", "--json"]).stdout)
+    assert (listed["count"], listed["in_dlq"]) == (10, 15)
