@@ -108,12 +108,112 @@ def test_a_deleted_account_is_told_and_the_socket_closed(alice: Any) -> None:
     assert closed == {"type": "websocket.close", "code": 4004}
 
 
+def test_a_deactivated_account_is_told_then_closed_for_good(alice: Any) -> None:
+    """The master sets is_active=False: HTTP signs the user out, and the open socket ends too (4003)."""
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], bool]:
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        group = groups.user_group(alice.pk)
+        off = {"key": "17", "version": 4, "username": "alice", "is_active": False}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": off})
+        message = await ws.receive_json_from(timeout=5)
+        closed = await ws.receive_output(timeout=5)
+        later = {"key": "17", "version": 5, "username": "alice", "first_name": "Secret"}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": later})
+        quiet = await ws.receive_nothing(timeout=0.5)
+        await ws.wait()
+        return message, closed, quiet
+
+    message, closed, quiet = run(scenario)
+    assert message["profile"]["is_active"] is False
+    assert closed == {"type": "websocket.close", "code": 4003}
+    assert quiet  # a later change of the disabled account is not sent
+
+
+def test_an_inactive_account_is_refused_even_by_a_backend_that_admits_it(
+    redis_layer: str, settings: Any
+) -> None:
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.AllowAllUsersModelBackend"]
+    erin = replica("erin", "Erin", key="19", version=2)
+    erin.is_active = False
+    erin.save()
+    cookie = session_cookie(erin)
+
+    async def scenario() -> list[bool]:
+        return [await refused(path, cookie) for path in ("/ws/erin", "/ws/", "/time/tic/")]
+
+    assert run(scenario) == [True, True, True]
+
+
+@pytest.mark.parametrize("username", ["alice", ".", ".."])
+def test_the_session_room_serves_the_signed_in_user_whatever_the_name(
+    redis_layer: str, username: str
+) -> None:
+    """``/ws/`` (the page's path) holds no username: "." and ".." connect from a browser too."""
+    user = replica(username, "Dot", key="23", version=2)
+    cookie = session_cookie(user)
+
+    async def scenario() -> list[dict[str, Any]]:
+        received = []
+        for path in ("/ws/", "/ws", f"/ws/{username}"):
+            ws = communicator(path, cookie)
+            assert (await ws.connect(timeout=5))[0], path
+            received.append(await ws.receive_json_from(timeout=5))
+            await groups.send(
+                groups.user_group(user.pk), {"type": groups.USER_CHANGED, "profile": {"version": 3}}
+            )
+            received.append(await ws.receive_json_from(timeout=5))
+            await ws.disconnect()
+        return received
+
+    received = run(scenario)
+    assert [m["type"] for m in received] == ["profile", "user.changed"] * 3
+    assert {m["profile"]["username"] for m in received[::2]} == {username}
+
+
+def test_after_a_rename_missed_offline_the_page_path_still_reaches_the_room(alice: Any) -> None:
+    """The page's reconnect after a rename it never saw: its path names no user, so it is not refused."""
+    cookie = session_cookie(alice)
+    alice.username, alice.first_name = "alicia", "Alicia"
+    alice.save()
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        profile = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return profile, await refused("/ws/alice", cookie)  # the old name is no longer this user's room
+
+    profile, old_room_refused = run(scenario)
+    assert profile["profile"]["username"] == "alicia" and profile["profile"]["version"] == 3
+    assert old_room_refused
+
+
+def test_a_legacy_replicas_profile_carries_the_key_its_changes_carry(redis_layer: str) -> None:
+    """Pushes of a legacy replica are keyed by the bare username: the page compares their versions."""
+    user = replica("gus", "Gus", key="username:gus", version=1764600000000)
+    cookie = session_cookie(user)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator("/ws/gus", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        first = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return first
+
+    assert run(scenario)["profile"]["key"] == "gus"
+
+
 def test_refused_without_session_in_another_room_or_from_another_origin(alice: Any, bob: Any) -> None:
     cookie = session_cookie(alice)
 
     async def scenario() -> dict[str, bool]:
         return {
             "no session": await refused("/ws/alice"),
+            "own room by session, no session": await refused("/ws/"),
             "bad session": await refused("/ws/alice", "not-a-session"),
             "bob's room": await refused("/ws/bob", cookie),
             "foreign origin": await refused("/ws/alice", cookie, origin="http://evil.example"),
@@ -125,6 +225,7 @@ def test_refused_without_session_in_another_room_or_from_another_origin(alice: A
     assert run(scenario) == dict.fromkeys(
         [
             "no session",
+            "own room by session, no session",
             "bad session",
             "bob's room",
             "foreign origin",

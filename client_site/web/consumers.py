@@ -1,8 +1,8 @@
 """Websocket consumers: a user's personal room and the clock.
 
 Both refuse by closing before ``accept()``: the handshake is answered 403, so nothing is ever sent to an
-unauthenticated or foreign client. Each joins its group *before* reading the current state, so a change
-committed in between is delivered too (the page's version check drops whichever copy is older).
+unauthenticated, disabled or foreign client. Each joins its group *before* reading the current state, so a
+change committed in between is delivered too (the page's version check drops whichever copy is older).
 """
 
 from __future__ import annotations
@@ -16,24 +16,43 @@ from client_site.web.broadcast import SERVER_SEND, LocalBroadcast, broadcast
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
 
-# Close codes the page understands (4000-4999 are for applications).
+# Close codes the page understands (4000-4999 are for applications): both mean "never reconnect".
+CLOSE_ACCOUNT_DISABLED = 4003
 CLOSE_ACCOUNT_REMOVED = 4004
 
 
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
+    # Django's default backend already signs out a disabled user; a backend that lets one in
+    # (AllowAllUsersModelBackend) must still not open a socket: HTTP and sockets say the same.
     user = scope.get("user")
-    return user if user is not None and user.is_authenticated else None
+    if user is None or not user.is_authenticated or not getattr(user, "is_active", True):
+        return None
+    return user
+
+
+def _final_code(profile: dict[str, Any]) -> int | None:
+    """The close code a pushed profile ends the socket with, if any."""
+    if profile.get("deleted"):
+        return CLOSE_ACCOUNT_REMOVED
+    if profile.get("is_active") is False:
+        return CLOSE_ACCOUNT_DISABLED
+    return None
 
 
 class UserConsumer(AsyncJsonWebsocketConsumer):
-    """``/ws/<username>``: the signed-in user's own room; sends the profile, then every committed change."""
+    """The signed-in user's own room; sends the profile, then every committed change.
+
+    ``/ws/<username>`` names the room, and must name the session's user. ``/ws/`` is the same room keyed
+    on the session alone: the page uses it, since its path then holds no username that a rename could
+    make stale, nor one ("." or "..") that a browser would resolve to another path.
+    """
 
     group: str | None = None
 
     async def connect(self) -> None:
         user = _authenticated_user(self.scope)
-        room = self.scope["url_route"]["kwargs"]["username"]
-        if user is None or user.get_username() != room:
+        room = self.scope["url_route"]["kwargs"].get("username")
+        if user is None or (room is not None and user.get_username() != room):
             await self.close()
             return
         self.group = groups.user_group(user.pk)
@@ -42,12 +61,21 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
         profile = await database_sync_to_async(profile_by_pk)(user.pk)
         if profile is not None:
             await self.send_json({"type": "profile", "profile": profile})
+            await self._end_if_final(profile)
 
     async def user_changed(self, event: dict[str, Any]) -> None:
         profile = event.get("profile") or {}
         await self.send_json({"type": groups.USER_CHANGED, "profile": profile})
-        if profile.get("deleted"):
-            await self.close(code=CLOSE_ACCOUNT_REMOVED)
+        await self._end_if_final(profile)
+
+    async def _end_if_final(self, profile: dict[str, Any]) -> None:
+        code = _final_code(profile)
+        if code is None:
+            return
+        if self.group is not None:  # nothing more reaches this socket, even before the client's close frame
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         if self.group is not None:

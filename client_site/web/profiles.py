@@ -13,7 +13,8 @@ from reactive.replica import LEGACY_PREFIX, ReplicaState, master_key_of, privile
 def current_profile(user: Any) -> dict[str, Any]:
     """The profile the listener would send for this user now; version 0 for a user that is no replica."""
     key, version = master_key_of(user.pk) or ("", 0)
-    return profile_of(user, key, version)
+    # The listener's profiles carry the event's key: a legacy replica's is the bare username.
+    return profile_of(user, key.removeprefix(LEGACY_PREFIX), version)
 
 
 def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:

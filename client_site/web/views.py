@@ -59,7 +59,7 @@ def _current_tick() -> clock.Tick:
 @login_required(login_url="login")
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """The live page: "Hello <first name>", kept current over /ws/<username>."""
+    """The live page: "Hello <first name>", kept current over the user's own room (/ws/)."""
     return render(request, "web/home.html", {"profile": current_profile(request.user)})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ state = ReplicaState.objects.get()
 profile = {{"key": state.key, "username": "alice", "last_name": "", "email": "", "is_active": True}}
 groups.notify_profiles([(state.local_pk, {{**profile, "version": {stale}, "first_name": "Stale"}})])
 groups.notify_profiles([(state.local_pk, {{**profile, "version": {marker}, "first_name": "Marker"}})])
+"""
+APPLY_EVENT = """
+from django.db import transaction
+from reactive.events import Event
+from reactive.groups import notify_profiles
+from reactive.replica import apply_batch
+event = Event(model="auth.user", action={action!r}, key={key!r}, version={version}, key_field={key_field!r},
+              data={data!r}, changed=tuple({data!r}))
+with transaction.atomic():
+    outcome = apply_batch([event])[0]
+assert outcome.status == "applied", outcome
+notify_profiles([(outcome.local_pk, outcome.profile)])
 """
 LATER_TIME = (
     "before => Date.parse(document.getElementById('clock').getAttribute('datetime')) > Date.parse(before)"
@@ -114,6 +127,39 @@ def system(moto_endpoint: str, redis_url: str, tmp_path_factory: pytest.TempPath
             what="alice replicated",
         )
         yield System(deployment, master, alpha)
+    finally:
+        deployment.stop_all()
+
+
+@dataclass
+class AlphaAlone:
+    """Alpha's web alone: events are applied and pushed as its listener would, without SQS or a master."""
+
+    deployment: Deployment
+    alpha: Served
+
+    def event(self, action: str, key: str, version: int, key_field: str = "pk", **data: Any) -> None:
+        code = APPLY_EVENT.format(action=action, key=key, version=version, key_field=key_field, data=data)
+        self.deployment.python("alpha", code)
+
+    def live_page(self, context: Any, username: str) -> Any:
+        from playwright.sync_api import expect
+
+        cookie = session_cookie(self.deployment, "alpha", username)
+        context.add_cookies([{"name": "sessionid", "value": cookie, "url": self.alpha.url}])
+        page = context.new_page()
+        page.goto(self.alpha.url + "/")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        return page
+
+
+@pytest.fixture(scope="module")
+def alpha_alone(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlphaAlone]:
+    env = {"REDIS_URL": redis_url, "REACTIVE_PREFIX": f"t{uuid.uuid4().hex[:10]}"}
+    deployment = Deployment(workdir=tmp_path_factory.mktemp("alone"), base_env=env, clients=("alpha",))
+    deployment.run("alpha", [sys.executable, "-m", "django", "migrate", "--noinput"])
+    try:
+        yield AlphaAlone(deployment, Served(deployment, "alpha", free_port()).start())
     finally:
         deployment.stop_all()
 
@@ -219,3 +265,57 @@ def advanced(page: Any) -> None:
     """The clock shows a later time than now, within a few seconds."""
     before = page.locator("#clock").get_attribute("datetime")
     page.wait_for_function(LATER_TIME, arg=before, timeout=10 * SECONDS)
+
+
+def test_a_rename_missed_while_offline_shows_on_reconnect(alpha_alone: AlphaAlone, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    alpha_alone.event("insert", "31", 1, username="carol", first_name="Carol", is_active=True)
+    page = alpha_alone.live_page(context, "carol")
+    state = page.locator("#connection")
+    alpha_alone.alpha.stop()
+    expect(state).to_have_attribute("data-state", "reconnecting")
+    alpha_alone.event("update", "31", 2, username="caroline", first_name="Caroline")
+    alpha_alone.alpha.start()
+    expect(page.locator("#username")).to_have_text("caroline")
+    expect(state).to_have_attribute("data-state", "live")
+
+
+def test_the_page_follows_a_legacy_replica_onto_the_masters_versions(
+    alpha_alone: AlphaAlone, context: Any
+) -> None:
+    """Shown at a legacy version (an SQS timestamp in ms), then the master's keyed events (outbox ids)."""
+    from playwright.sync_api import expect
+
+    legacy = {"username": "dave", "first_name": "Dave", "is_active": True}
+    alpha_alone.event("insert", "dave", 1764600000000, key_field="username", **legacy)
+    page = alpha_alone.live_page(context, "dave")
+    expect(page.locator("#version")).to_have_text("1764600000000")
+    alpha_alone.event("update", "41", 5, username="dave", first_name="Davina")
+    expect(page.locator("#first-name")).to_have_text("Davina")
+    alpha_alone.event("update", "41", 6, first_name="Dee")
+    expect(page.locator("#first-name")).to_have_text("Dee")
+
+
+def test_a_disabled_account_page_ends_signed_out(alpha_alone: AlphaAlone, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    alpha_alone.event("insert", "51", 1, username="erin", first_name="Erin", is_active=True)
+    page = alpha_alone.live_page(context, "erin")
+    alpha_alone.event("update", "51", 2, is_active=False)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "ended")
+    expect(page.locator("#connection")).to_have_text("account disabled: signed out")
+    expect(page.locator("#notice")).to_contain_text("disabled")
+
+
+@pytest.mark.parametrize(("key", "username"), [("61", "."), ("62", "..")])
+def test_users_named_dot_or_dot_dot_go_live(
+    alpha_alone: AlphaAlone, context: Any, key: str, username: str
+) -> None:
+    """The page's socket path holds no username, so the URL parser has no dot segment to resolve away."""
+    from playwright.sync_api import expect
+
+    alpha_alone.event("insert", key, 1, username=username, first_name="Dot", is_active=True)
+    page = alpha_alone.live_page(context, username)
+    alpha_alone.event("update", key, 2, first_name="Dotty")
+    expect(page.locator("#first-name")).to_have_text("Dotty")

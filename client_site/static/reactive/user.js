@@ -1,8 +1,9 @@
-// The live user page: the profile from the page, then from /ws/<username>. Text only (textContent), and
-// an update older than the one shown never replaces it.
+// The live user page: the profile from the page, then from the user's own room (/ws/). Text only
+// (textContent), and an update older than the one shown never replaces it.
 "use strict";
 
 (function () {
+  const ACCOUNT_DISABLED = 4003;
   const ACCOUNT_REMOVED = 4004;
   let shown = JSON.parse(document.getElementById("initial-profile").textContent);
 
@@ -26,25 +27,35 @@
     notice.hidden = false;
   }
 
-  function accept(profile) {
+  // Versions only order the changes of one key. A different key is another version space (a legacy
+  // replica, versioned by SQS timestamps, taken over by the master's key): the server pushes only what
+  // it applied, so that change is the newer one. The profile sent on (re)connect is read from the
+  // database after every change the page was sent, so it is the current truth whatever its version.
+  function accept(profile, current) {
     if (!profile || typeof profile.version !== "number") return;
-    if (profile.version < shown.version) return;
+    if (!current && profile.key === shown.key && profile.version < shown.version) return;
     if (profile.deleted) {
-      shown = Object.assign({}, shown, { version: profile.version, deleted: true });
+      shown = Object.assign({}, shown, { key: profile.key, version: profile.version, deleted: true });
       showNotice("This account was removed on the master.");
       return;
     }
     shown = profile;
     render(profile);
+    if (profile.is_active === false) showNotice("This account was disabled on the master: you are signed out.");
   }
 
   const socket = new window.Reactive.LiveSocket({
-    // The room follows renames: a reconnect after a rename uses the new username.
-    path: () => "/ws/" + encodeURIComponent(shown.username),
+    // The session's own room: no username in the path, so a rename missed while offline cannot point the
+    // reconnect at a stale room, and names like ".." cannot be resolved away by the URL parser.
+    path: () => "/ws/",
     stateElement: document.getElementById("connection"),
-    finalCodes: { [ACCOUNT_REMOVED]: "account removed" },
+    finalCodes: {
+      [ACCOUNT_DISABLED]: "account disabled: signed out",
+      [ACCOUNT_REMOVED]: "account removed",
+    },
     onMessage: (message) => {
-      if (message.type === "profile" || message.type === "user.changed") accept(message.profile);
+      if (message.type === "profile") accept(message.profile, true);
+      else if (message.type === "user.changed") accept(message.profile, false);
     },
   });
   socket.start();
