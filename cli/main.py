@@ -68,12 +68,14 @@ def translate(exc: BaseException) -> ReactiveError | None:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from django.db import OperationalError
+        from django.db import DatabaseError, OperationalError
 
         if is_missing_schema(exc):
             return ReactiveError(_not_migrated(exc))
         if isinstance(exc, OperationalError):
             return ServiceUnavailable(f"cannot use the database: {exc}".strip())
+        if isinstance(exc, DatabaseError):
+            return ReactiveError(f"the database refused: {exc}".strip())
     except ImportError:  # pragma: no cover
         pass
     try:

@@ -275,8 +275,10 @@ def current_snapshot(instance: models.Model) -> tuple[Mapping[str, Any] | None, 
     while undo is not None and not undo.token.open():
         if undo.token.committed:
             undo = None  # what is there now was committed: nothing left to undo
-        else:
+        elif undo.token.rolled_back():
             state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], undo = undo.values, undo.source, undo.undo
+        else:  # committed or not, nothing says (commits.py): every field counts as changed
+            state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], undo = None, None, None
     state[SNAPSHOT_UNDO_ATTR] = undo
     return state.get(SNAPSHOT_ATTR), state.get(SNAPSHOT_DB_ATTR)
 

@@ -195,7 +195,10 @@ def _envelope_timestamp(envelope: Mapping[str, Any]) -> int | None:
     value = envelope.get("Timestamp")
     if not isinstance(value, str):
         return None
-    return int(parse_time(value).timestamp() * 1000)
+    try:
+        return int(parse_time(value).timestamp() * 1000)
+    except MessageError:
+        return None  # the SQS SentTimestamp orders it then
 
 
 def _load_object(text: Any, what: str) -> dict[str, Any]:

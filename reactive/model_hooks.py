@@ -118,4 +118,7 @@ def _join(instance: models.Model, tracking: capture.Tracking, stored: models.Mod
         merged = {**old, **values}
         verdict = fresh.get(capture.SYNCED)
         merged[capture.SYNCED] = verdict if verdict is not None else old.get(capture.SYNCED)
-    capture.keep_snapshot(instance, merged, source, read_on=stored._state.db)
+    # Undone with the transaction of the database saves go to, which a reload from a replica is not in.
+    capture.keep_snapshot(
+        instance, merged, source, read_on=router.db_for_write(type(instance), instance=instance)
+    )

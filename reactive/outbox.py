@@ -244,7 +244,7 @@ def _batches(
     rows: Sequence[OutboxEvent], messages: dict[int, OutgoingMessage]
 ) -> list[tuple[str, list[OutboxEvent]]]:
     """The calls to make: per target (the topic, or one client's queue for resync rows), in id order, at
-    most ten rows and 256 KiB a call; a row too big for any call goes alone and is refused by the transport.
+    most ten rows and 256 KiB a call; then each row too big for any call alone, which the transport refuses.
     """
     by_target: dict[str, list[OutboxEvent]] = defaultdict(list)
     for row in rows:
@@ -400,8 +400,8 @@ def _publish(
         else:
             outcome = transport.send(settings.names().queue(target), messages)
     except ReactiveError as exc:
-        if len(batch) > 1 and isinstance(exc, TransportError) and exc.refused_request:
-            return _publish_one_by_one(transport, target, batch)
+        if len(batch) > 1 and type(exc) is TransportError and exc.refused_request:
+            return _publish_one_by_one(transport, target, batch, exc)
         return [], [(row, str(exc)) for row, _ in batch]
     ok_ids = set(outcome.succeeded)
     ok = [row for row, _ in batch if str(row.id) in ok_ids]
@@ -412,11 +412,15 @@ def _publish(
 
 
 def _publish_one_by_one(
-    transport: Transport, target: str, batch: Outgoing
+    transport: Transport, target: str, batch: Outgoing, refusal: TransportError
 ) -> tuple[list[OutboxEvent], list[tuple[OutboxEvent, str]]]:
-    ok: list[OutboxEvent] = []
-    failed: list[tuple[OutboxEvent, str]] = []
-    for entry in batch:
+    """Each row alone; when the first is refused just as the whole call was, AWS refuses the topic or the
+    queue (a policy, a key), not a row: the others are not tried."""
+    first_ok, first_failed = _publish(transport, target, batch[:1])
+    if first_failed and refusal.code and refusal.code in first_failed[0][1]:
+        return [], first_failed + [(row, str(refusal)) for row, _ in batch[1:]]
+    ok, failed = list(first_ok), list(first_failed)
+    for entry in batch[1:]:
         one_ok, one_failed = _publish(transport, target, [entry])
         ok += one_ok
         failed += one_failed

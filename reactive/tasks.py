@@ -32,10 +32,10 @@ def sweep_outbox() -> int:
     aliases = outbox.databases()  # where capture writes rows: each tracked model's database
     pruned = sum(outbox.prune_sent(using=using) for using in aliases)
     budget = max(1.0, settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
-    deadline = time.monotonic() + budget
     sent = 0
     transport = get_transport()
-    for using in aliases:
+    for using in aliases:  # each its share: a busy one must not starve a quiet one's retries
+        deadline = time.monotonic() + budget / len(aliases)
         while time.monotonic() < deadline:
             result = outbox.relay_pending(transport, using=using)
             sent += result.sent

@@ -254,13 +254,16 @@ class OwnRedis:
             )
         own = cls(process, port, f"redis://{url_host(host)}:{port}/0", binary)
         deadline = time.monotonic() + 10
-        while not redis_answers(own.url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                own.stop()
-                raise ServiceUnavailable(
-                    f"the redis-server started on :{port} did not answer (see var/log/redis.log)"
-                )
-            time.sleep(0.05)  # polling a fresh server, under the deadline above
+        try:
+            while not redis_answers(own.url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ServiceUnavailable(
+                        f"the redis-server started on :{port} did not answer (see var/log/redis.log)"
+                    )
+                time.sleep(0.05)  # polling a fresh server, under the deadline above
+        except BaseException:  # Ctrl-C while it starts, too: it runs in its own session, nobody else stops it
+            own.stop()
+            raise
         return own
 
     def stop(self) -> None:

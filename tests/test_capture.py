@@ -531,3 +531,53 @@ def test_a_snapshot_taken_in_a_committed_transaction_stands() -> None:
         loaded = User.objects.get(pk=user.pk)
     loaded.save()  # read in a transaction that committed: its snapshot stands
     assert OutboxEvent.objects.count() == before
+
+
+def test_a_captured_instance_still_pickles_and_deep_copies() -> None:
+    """setUpTestData deep-copies instances; caches and task queues pickle them."""
+    import copy
+    import pickle
+
+    user = User.objects.create_user("vic", first_name="Vic")
+    with transaction.atomic():
+        loaded = User.objects.get(pk=user.pk)
+    for instance in (user, loaded):
+        assert pickle.loads(pickle.dumps(instance)).first_name == "Vic"
+        copied = copy.deepcopy(instance)
+        before = OutboxEvent.objects.count()
+        copied.save()  # read in the same transaction as the original: nothing changed
+        assert OutboxEvent.objects.count() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_after_a_rolled_back_transaction_sends_only_what_changed() -> None:
+    user = User.objects.create_user("wes", first_name="Wes")
+    user.first_name = "Wesley"
+    with pytest.raises(Retry), transaction.atomic():
+        user.save()
+        raise Retry
+    before = OutboxEvent.objects.count()
+    user.save()
+    assert events()[before:] == [("update", str(user.pk), ["first_name"])]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_whose_earlier_hook_failed_is_not_taken_for_a_rollback() -> None:
+    """Django stops running on_commit callbacks at the first that raises: capture's own never runs."""
+
+    def fail() -> None:
+        raise Retry
+
+    user = User.objects.create_user("xia", first_name="Xia")
+    with pytest.raises(Retry), transaction.atomic():
+        transaction.on_commit(fail)
+        user.first_name = "Xiadani"
+        user.save()  # committed, and its event with it
+    assert User.objects.get(pk=user.pk).first_name == "Xiadani"
+    user.first_name = "Xia"
+    before = OutboxEvent.objects.count()
+    user.save()  # back to the old name: the clients hold "Xiadani", so this must go out
+    assert [
+        (a, row["first_name"])
+        for a, row in OutboxEvent.objects.order_by("id")[before:].values_list("action", "data")
+    ] == [("update", "Xia")]

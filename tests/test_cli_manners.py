@@ -222,3 +222,13 @@ def test_manage_py_listener_errors_are_one_line_with_the_exit_code_of_reactive_l
         )
         assert done.returncode == code, done.stderr
         assert "Traceback" not in done.stderr and said in done.stderr
+
+
+def test_a_database_refusal_is_one_line_exit_1() -> None:
+    from django.db import ProgrammingError
+
+    from cli.main import translate
+
+    error = translate(ProgrammingError("permission denied for table auth_user"))
+    assert error is not None and error.exit_code == 1
+    assert str(error) == "the database refused: permission denied for table auth_user"

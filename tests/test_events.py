@@ -126,3 +126,9 @@ def test_a_replayed_legacy_envelope_keeps_its_place_by_the_time_sns_published_it
     }
     replayed = decode(json.dumps(envelope), sent_timestamp=1_800_000_000_000)
     assert replayed.version == 1_700_000_000_123
+
+
+def test_a_legacy_envelope_with_a_bad_timestamp_falls_back_to_sent_timestamp() -> None:
+    inner = {"user": {"username": "alice"}, "action": 1}
+    envelope = {"Type": "Notification", "Message": json.dumps(inner), "Timestamp": "yesterday"}
+    assert decode(json.dumps(envelope), sent_timestamp=1_700_000_000_123).version == 1_700_000_000_123

@@ -239,3 +239,30 @@ def test_rows_written_to_another_database_are_relayed_from_it(monkeypatch) -> No
     tasks.sweep_outbox()
     tasks.relay_outbox(using="users")
     assert relayed == ["prune default", "prune users", "default", "users", "users"]
+
+
+def test_a_refusal_of_the_topic_itself_is_not_retried_for_every_row() -> None:
+    rows(10)
+
+    def refuse_everything(_: int, ids: list[str]) -> BatchResult:
+        raise TransportError("publish: AuthorizationError: not allowed to publish", "AuthorizationError", 403)
+
+    transport = Recording(refuse_everything)
+    result = relay_pending(transport)  # type: ignore[arg-type]
+    assert result.failed == 10 and all("AuthorizationError" in e for e in result.errors.values())
+    assert len(transport.calls) == 2  # the batch, then one row alone: refused the same way, so that is all
+
+
+def test_a_busy_database_does_not_starve_the_sweep_of_another(monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.REACTIVE_SWEEP_INTERVAL = 1
+    relayed: list[str] = []
+
+    def default_always_busy(transport: Any, using: str) -> RelayResult:
+        relayed.append(using)
+        return RelayResult(sent=10 if using == "default" else 0)
+
+    monkeypatch.setattr(outbox, "databases", lambda: ["default", "users"])
+    monkeypatch.setattr(outbox, "prune_sent", lambda using: 0)
+    monkeypatch.setattr(outbox, "relay_pending", default_always_busy)
+    tasks.sweep_outbox()
+    assert relayed.count("users") == 1 and relayed.count("default") > 1
