@@ -126,9 +126,7 @@ class Listener:
                 except ResourceNotFound:
                     raise
                 except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
-                    if (
-                        once
-                    ):  # a one-shot drain that cannot apply what it holds fails (exit 3), it does not wait
+                    if once:  # a one-shot drain that cannot apply what it holds fails; it does not wait
                         raise
                     failures += 1
                     delay = min(30.0, 0.5 * 2**failures)
