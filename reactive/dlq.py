@@ -260,9 +260,8 @@ def replay(
         report.would_move = inspect(transport, queues, limit=limit or 10_000)
         report.left = _total(transport.depth(queues.dlq))
         return report
-    held: list[
-        str
-    ] = []  # receipts of what stays in the DLQ (send failed, or seen already): released at the end
+    # Receipts of what stays in the DLQ (its send failed, or it was seen already): released at the end.
+    held: list[str] = []
     seen: set[str] = set()  # ids of the dead letters this replay took
     # Ids SQS gave the copies this replay sent: a copy that fails again and comes back to the DLQ while the
     # replay runs is left for the next one, or a replay with a listener still refusing it would never end.

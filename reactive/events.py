@@ -74,11 +74,7 @@ def parse_time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except (
-        AttributeError,
-        ValueError,
-        OverflowError,
-    ) as exc:  # 9999-12-31T23:59-14:00 is past year 9999 in UTC
+    except (AttributeError, ValueError, OverflowError) as exc:  # OverflowError: 9999-12-31T23:59-14:00 in UTC
         raise MessageError(f"bad timestamp {value!r}") from exc
 
 
