@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from reactive import settings
+from reactive import orphans, settings
 from reactive.errors import ConfigError
 
 GRACE_SECONDS = 10.0
@@ -145,7 +145,7 @@ class Supervisor:
             output = open(spec.log_path, "ab")  # noqa: SIM115 - closed in shutdown
             self._logs.append(output)
         child.process = subprocess.Popen(
-            list(spec.argv),
+            orphans.guarded(spec.argv),  # stops when this process dies, even by SIGKILL (Linux)
             env={**os.environ, **spec.env},
             stdin=subprocess.DEVNULL,  # the terminal belongs to the supervisor (and its live view)
             stdout=output,

@@ -4,6 +4,7 @@ restarted with growing delays and reported; a stop ends every child, its own chi
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from reactive.supervisor import Child, ProcessSpec, Supervisor
 
+ROOT = Path(__file__).resolve().parent.parent
 DIES = [sys.executable, "-c", "import sys; print('dying'); sys.exit(3)"]
 # A child that starts a grandchild in its own process group, as uvicorn and celery start workers.
 FAMILY = [sys.executable, "-c", "import signal, subprocess, sys; subprocess.Popen([sys.executable, '-c', "
@@ -79,3 +81,37 @@ def test_each_listener_gets_its_own_database_and_a_shared_one_is_refused(
     assert listener_spec("my-app").env["DATABASE_URL"] == "postgres://db/my_app"
     monkeypatch.setenv("DATABASE_URL", "postgres://db/{client}")
     assert listener_spec("beta").env["DATABASE_URL"] == "postgres://db/beta"
+
+
+SUPERVISES_A_SLEEPER = """
+import sys
+from reactive.supervisor import ProcessSpec, Supervisor
+
+supervisor = Supervisor([ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"])])
+said = []
+
+def tick():
+    child = supervisor.children[0]
+    if child.pid and child.state == "running" and not said:
+        said.append(child.pid)
+        print(child.pid, flush=True)
+
+supervisor.run(tick=tick)
+"""
+
+
+def test_children_die_with_a_supervisor_killed_by_sigkill() -> None:
+    """SIGKILL leaves a supervisor no moment to stop its children: Linux stops them (PR_SET_PDEATHSIG)."""
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISES_A_SLEEPER], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert supervisor.stdout is not None
+        child = psutil.Process(int(supervisor.stdout.readline()))
+        assert "time.sleep(120)" in " ".join(child.cmdline())  # the command itself, not a wrapper around it
+        supervisor.kill()
+        supervisor.wait(5)
+        _, alive = psutil.wait_procs([child], timeout=5)
+        assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        supervisor.kill()
