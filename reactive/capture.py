@@ -30,7 +30,7 @@ NEVER_TRACKED = frozenset({"password", "last_login"})
 DEFAULT_PREDICATE = "reactive.capture.non_staff"
 SNAPSHOT_ATTR = "_reactive_snapshot"
 SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
-SNAPSHOT_UNDO_ATTR = "_reactive_snapshot_undo"  # what the snapshot was, should its transaction roll back
+SNAPSHOT_TOKEN_ATTR = "_reactive_snapshot_token"  # the transaction the snapshot holds only if it commits
 SYNCED = "__synced__"
 UNKNOWN: Mapping[str, Any] = {SYNCED: None}  # a snapshot of nothing: every field counts as changed
 
@@ -254,50 +254,30 @@ def known_before(instance: models.Model, using: str) -> Mapping[str, Any]:
     return before
 
 
-@dataclass(frozen=True)
-class _Undo:
-    """The snapshot before the writes or reads of a transaction that may still roll back."""
-
-    token: commits.Token
-    values: Mapping[str, Any] | None
-    source: str | None
-    undo: _Undo | None  # the same, for an enclosing transaction or savepoint still open
-
-
 def current_snapshot(instance: models.Model) -> tuple[Mapping[str, Any] | None, str | None]:
-    """The snapshot of what is stored and the alias it was read from, as of the transactions that stand.
+    """The snapshot of what is stored and the alias it was read from, when it can be trusted.
 
-    Taken in a transaction that rolled back, it gives way to the one before (none, for an instance
-    loaded in that transaction: every field then counts as changed).
+    One taken in a transaction that did not commit (or whose commit cannot be told, commits.py) is
+    dropped: every field then counts as changed, so the next save publishes the whole state.
     """
     state = instance.__dict__
-    undo: _Undo | None = state.get(SNAPSHOT_UNDO_ATTR)
-    while undo is not None and not undo.token.open():
-        if undo.token.committed:
-            undo = None  # what is there now was committed: nothing left to undo
-        elif undo.token.rolled_back():
-            state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], undo = undo.values, undo.source, undo.undo
-        else:  # committed or not, nothing says (commits.py): every field counts as changed
-            state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], undo = None, None, None
-    state[SNAPSHOT_UNDO_ATTR] = undo
+    token: commits.Token | None = state.get(SNAPSHOT_TOKEN_ATTR)
+    if token is not None and not token.open():
+        if not token.committed:
+            state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR] = None, None
+        state[SNAPSHOT_TOKEN_ATTR] = None  # committed, or dropped: either way settled
     return state.get(SNAPSHOT_ATTR), state.get(SNAPSHOT_DB_ATTR)
 
 
 def keep_snapshot(
     instance: models.Model, values: Mapping[str, Any], source: str | None, *, read_on: str | None = None
 ) -> None:
-    """Make ``values`` (read from ``source``) the snapshot, until the transaction open on ``read_on``
-    (default ``source``), if one is, rolls back."""
-    before, before_source = current_snapshot(instance)
-    state = instance.__dict__
-    undo: _Undo | None = state[SNAPSHOT_UNDO_ATTR]
+    """Make ``values`` (read from ``source``) the snapshot; in a transaction open on ``read_on`` (default
+    ``source``), only until that transaction turns out not to have committed."""
     alias = read_on or source
-    token = commits.current(alias) if alias is not None else None
-    if token is None:
-        undo = None  # autocommit: what was read or written stands
-    elif undo is None or undo.token is not token:
-        undo = _Undo(token, before, before_source, undo)
-    state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR], state[SNAPSHOT_UNDO_ATTR] = values, source, undo
+    state = instance.__dict__
+    state[SNAPSHOT_ATTR], state[SNAPSHOT_DB_ATTR] = values, source
+    state[SNAPSHOT_TOKEN_ATTR] = commits.current(alias) if alias is not None else None
 
 
 def _after_partial_save(
