@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from cli import common
 from cli.completion import client_names
@@ -64,9 +66,9 @@ def list_(
             letter.message_id,
             sent,
             str(letter.message.receive_count),
-            _event(letter),
-            f"[red]{letter.why}[/]" if letter.error else letter.why,
-            _short(letter.message.body),
+            Text(_event(letter)),  # what a message holds is text, never markup: a poison body may hold "[/x]"
+            Text(letter.why, style="red" if letter.error else ""),
+            Text(_short(letter.message.body)),
         )
     common.console.print(table)
     if not letters and not in_dlq:
@@ -102,11 +104,11 @@ def show(
     data = letter.to_dict()
     for name in ("message_id", "sent_at", "receive_count", "group_id", "action", "key", "version", "why"):
         if data[name] is not None:
-            facts.add_row(f"[bold]{name}[/]", str(data[name]))
+            facts.add_row(f"[bold]{name}[/]", Text(str(data[name])))
     for name, value in data["message_attributes"].items():
         facts.add_row(
-            f"[bold]attribute {name}[/]",
-            f"{value.get('StringValue', value.get('BinaryValue'))} ({value['DataType']})",
+            f"[bold]attribute {escape(name)}[/]",
+            Text(f"{value.get('StringValue', value.get('BinaryValue'))} ({value['DataType']})"),
         )
     common.console.print(Panel(facts, title=f"dead letter of {client}"))
     from rich.syntax import Syntax  # only `show` needs it, and it is slow to import
@@ -130,7 +132,7 @@ def purge(
     if not yes:
         typer.confirm(f"Delete every message in {queues.dlq}? This cannot be undone", abort=True)
     count = dlq.purge(transport, queues)
-    common.console.print(f"Purged {queues.dlq} ({count} message(s)).")
+    common.console.print(f"Purged {queues.dlq} ({count} message(s)).", markup=False)
 
 
 def _letters(client: str, limit: int, diagnose: bool) -> tuple[list[dlq.DeadLetter], int]:

@@ -8,6 +8,7 @@ import traceback
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
+from rich.markup import escape
 
 from cli import common
 from reactive.errors import ReactiveError, ServiceUnavailable, is_missing_schema
@@ -124,5 +125,5 @@ def run() -> None:
             traceback.print_exc()
         if error is None:
             sys.exit(1)
-        common.err_console.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        common.err_console.print(f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False)
         sys.exit(error.exit_code)

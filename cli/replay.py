@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cli import common
 from cli.completion import client_names
@@ -90,8 +92,8 @@ def render(report: dlq.ReplayReport, queues: dlq.ClientQueues) -> None:
             event = letter.event
             table.add_row(
                 letter.message_id,
-                f"{event.action} {event.key} v{event.version}" if event else "-",
-                letter.why,
+                Text(f"{event.action} {event.key} v{event.version}" if event else "-"),
+                Text(letter.why),  # from the message: text, never markup
             )
         common.console.print(table)
         return
@@ -105,9 +107,9 @@ def render(report: dlq.ReplayReport, queues: dlq.ClientQueues) -> None:
     )
     common.console.print(table)
     for message_id, reason in report.failed.items():
-        common.err_console.print(f"[red]not moved[/] {message_id}: {reason}")
+        common.err_console.print(f"[red]not moved[/] {message_id}: {escape(reason)}")
     for message_id, reason in report.duplicated.items():
-        common.err_console.print(f"[yellow]moved, but still in the DLQ too[/] {message_id}: {reason}")
+        common.err_console.print(f"[yellow]moved, but still in the DLQ too[/] {message_id}: {escape(reason)}")
 
 
 def _print_move_task_plan(client: str, queues: dlq.ClientQueues, planned: int, as_json: bool) -> None:

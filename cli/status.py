@@ -90,7 +90,7 @@ def render(report: Report) -> None:
     common.console.print(_outbox_line(report.outbox))
     problems = report.problems()
     for problem in problems:
-        common.console.print(f"[yellow]![/] {problem}")
+        common.console.print(f"[yellow]![/] {escape(problem)}")
     if not problems:
         checked = (
             "All good." if report.outbox.available else "AWS side all good (the outbox was not checked)."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -65,7 +66,7 @@ def render(report: object) -> None:
     table.add_row(str(report.examined), str(report.updates), str(report.deletes), str(report.sent), pending)
     common.console.print(table)
     for error in report.errors:
-        common.err_console.print(f"[red]relay:[/] {error}")
+        common.err_console.print(f"[red]relay:[/] {escape(str(error))}")
     if report.pending:
         common.err_console.print(
             f"{report.pending} row(s) wait in the outbox; the master's outbox sweep will send them."

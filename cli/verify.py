@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cli import common
 from cli.completion import client_names
@@ -62,11 +63,11 @@ def render(report: object) -> None:
     for d in report.differences:
         table.add_row(
             f"[{STYLE[d.kind]}]{d.kind}[/]",
-            d.key,
-            d.username,
+            Text(d.key),
+            Text(d.username),
             _version(d.master_version),
             _version(d.replica_version),
-            d.detail,
+            Text(d.detail),  # holds users' values: text, never markup
         )
     common.console.print(table)
     counts = ", ".join(f"{report.count(k)} {k}" for k in ("missing", "extra", "stale"))

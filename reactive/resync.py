@@ -138,7 +138,9 @@ def write_chunk(
     """Outbox rows for one chunk of keys, written under the users' row locks; (row ids, updates, deletes)."""
     manager = spec.model._default_manager.using(using)
     with transaction.atomic(using=using):
-        users = {u.pk: u for u in manager.select_for_update().filter(pk__in=list(keys))}
+        # In key order, as captured updates lock them (bulk.py): two lockers in one order cannot deadlock.
+        locked = manager.select_for_update().filter(pk__in=list(keys)).order_by("pk")
+        users = {u.pk: u for u in locked}
         rows = []
         for key in keys:
             user = users.get(key)

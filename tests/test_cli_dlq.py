@@ -101,3 +101,11 @@ def test_a_fifo_list_says_what_it_could_not_show(sqs: SqsTransport, monkeypatch:
     assert "5 more not shown" in result.stdout and "FIFO" in result.stdout
     listed = json.loads(runner.invoke(app, ["dlq", "list", "--client", "alpha", "--json"]).stdout)
     assert (listed["count"], listed["in_dlq"]) == (10, 15)
+
+
+def test_a_body_that_looks_like_markup_is_listed_as_text(sqs: SqsTransport) -> None:
+    dlq = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq"
+    put(sqs, dlq, "[/x] [bold]poison")
+    result = runner.invoke(app, ["dlq", "list", "--client", "alpha"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[/x] [bold]poison" in result.stdout

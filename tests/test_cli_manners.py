@@ -232,3 +232,10 @@ def test_a_database_refusal_is_one_line_exit_1() -> None:
     error = translate(ProgrammingError("permission denied for table auth_user"))
     assert error is not None and error.exit_code == 1
     assert str(error) == "the database refused: permission denied for table auth_user"
+
+
+def test_an_error_holding_brackets_is_printed_as_text(aws_env: dict[str, str], tmp_path: Path) -> None:
+    """Errors quote what they were given; rich markup in it must neither vanish nor crash the line."""
+    done = reactive("provision", "--client", "[/x]", "--dry-run", env=aws_env, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "invalid client name '[/x]'" in one_error_line(done)

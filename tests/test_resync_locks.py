@@ -81,3 +81,17 @@ def rename(pk: int) -> None:
         user.save()
     finally:
         connections.close_all()
+
+
+def test_a_sync_chunk_locks_users_in_key_order_as_captured_updates_do() -> None:
+    """Two lockers of the same rows in different orders deadlock: PostgreSQL would lock in disk order."""
+    from django.test.utils import CaptureQueriesContext
+
+    users = [User.objects.create_user(f"order{i}") for i in range(3)]
+    User.objects.filter(pk=users[0].pk).update(first_name="moved")  # its row version now sits last on disk
+    tracking = capture.tracking_for(User)
+    assert tracking is not None
+    with CaptureQueriesContext(connection) as queries:
+        write_chunk(tracking, "alpha", [u.pk for u in users], prune=False)
+    locks = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert locks and all('ORDER BY "auth_user"."id" ASC' in sql for sql in locks), locks
