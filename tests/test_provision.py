@@ -113,3 +113,21 @@ def redrive_of(queue: str) -> dict[str, object]:
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]
     return dict(json.loads(attrs["RedrivePolicy"]))
+
+
+@pytest.mark.parametrize(
+    ("region", "prefix"), [("cn-north-1", "arn:aws-cn:"), ("us-gov-west-1", "arn:aws-us-gov:")]
+)
+def test_arns_name_the_partition_of_the_region(
+    monkeypatch: pytest.MonkeyPatch, region: str, prefix: str
+) -> None:
+    from reactive.transport.sqs import SqsTransport
+
+    class Sts:
+        def get_caller_identity(self) -> dict[str, str]:
+            return {"Account": "123456789012"}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    transport = SqsTransport("reactive-users", sns=object(), sqs=object(), sts=Sts())
+    assert transport.topic_arn == f"{prefix}sns:{region}:123456789012:reactive-users"
+    assert transport.queue_arn("reactive-alpha").startswith(f"{prefix}sqs:{region}:")

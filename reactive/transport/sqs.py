@@ -66,6 +66,14 @@ def aws_errors(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: {exc}") from exc
 
 
+def partition() -> str:
+    """The ARN partition of the region: aws, aws-cn (China), aws-us-gov (GovCloud), ..."""
+    try:
+        return str(boto3.session.Session().get_partition_for_region(settings.aws_region()))
+    except bexc.UnknownRegionError:  # a region botocore does not know yet (or moto's own): the usual one
+        return "aws"
+
+
 def make_client(service: str) -> Any:
     return boto3.session.Session().client(
         service,
@@ -96,10 +104,10 @@ class SqsTransport:
 
     @functools.cached_property
     def topic_arn(self) -> str:
-        return f"arn:aws:sns:{settings.aws_region()}:{self.account_id}:{self.topic_name}"
+        return f"arn:{partition()}:sns:{settings.aws_region()}:{self.account_id}:{self.topic_name}"
 
     def queue_arn(self, queue: str) -> str:
-        return f"arn:aws:sqs:{settings.aws_region()}:{self.account_id}:{queue}"
+        return f"arn:{partition()}:sqs:{settings.aws_region()}:{self.account_id}:{queue}"
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one transport per process; URLs never change
     def queue_url(self, queue: str) -> str:
