@@ -133,8 +133,14 @@ def test_beats_run_once_and_webs_are_probed_on_health() -> None:
         if name.endswith("-web"):
             port = box["args"][box["args"].index("--port") + 1]
             assert [p["containerPort"] for p in box["ports"]] == [int(port)], f"{name}: port mismatch"
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert box[probe]["httpGet"]["path"] == "/health", f"{name}: {probe} is not on /health"
+            ready = box["readinessProbe"]["httpGet"]
+            assert ready["path"] == "/health", f"{name}: readiness is not on /health"
+            # The kubelet sends the pod's IP as Host: Django answers 400 to a host ALLOWED_HOSTS lacks.
+            hosts = {h["value"] for h in ready.get("httpHeaders", []) if h["name"] == "Host"}
+            allowed = k8s_named("ConfigMap")["reactive-config"]["data"]["DJANGO_ALLOWED_HOSTS"].split(",")
+            assert hosts and hosts <= set(allowed), f"{name}: readiness asks for a host the site refuses"
+            # Liveness must not restart every web pod when Redis or the database is out.
+            assert box["livenessProbe"]["tcpSocket"]["port"] == "http", f"{name}: liveness depends on services"
             service = k8s_named("Service")[name]
             assert service["spec"]["selector"] == spec["selector"]["matchLabels"], (
                 f"{name}: service selects nothing"
