@@ -58,6 +58,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"
 LOGIN_URL = "/login/"
 LOGGING = reactive_settings.logging_config()
+globals().update(reactive_settings.web_settings(REACTIVE_CLIENT))
 
 # The fields a replica accepts from events: REACTIVE_REPLICA_FIELDS, default reactive.capture.DEFAULT_USER_FIELDS.
 

@@ -56,6 +56,7 @@ STATIC_URL = "/static/"
 STATIC_ROOT = reactive_settings.var_dir() / "static-master"
 LOGIN_URL = "/admin/login/"
 LOGGING = reactive_settings.logging_config()
+globals().update(reactive_settings.web_settings("master"))
 
 # What is synced: the tracked fields of auth.User (REACTIVE_TRACKED_FIELDS, default
 # reactive.capture.DEFAULT_USER_FIELDS; never password or last_login), for users the predicate accepts.

@@ -179,10 +179,24 @@ def database_url(site: str, client: str | None = None) -> str:
 def sso_key(debug: bool) -> str:
     key = os.environ.get("REACTIVE_SSO_KEY")
     if key:
-        return key
+        return key if debug else _production_key("REACTIVE_SSO_KEY", key)
     if not debug:
         raise ConfigError("REACTIVE_SSO_KEY is not set; the development key is refused when DEBUG is off")
     return DEV_SSO_KEY
+
+
+MIN_KEY_LENGTH = 32
+PLACEHOLDER_KEY = re.compile(r"change-me|replace-me|changeme|secret-key-here", re.IGNORECASE)
+
+
+def _production_key(name: str, key: str) -> str:
+    """With DEBUG off a key must be one nobody else has: not the examples' placeholder, not short."""
+    if PLACEHOLDER_KEY.search(key) or len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            f"{name} is a placeholder or shorter than {MIN_KEY_LENGTH} characters; with DEBUG off set a random "
+            "one: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    return key
 
 
 def debug() -> bool:
@@ -233,7 +247,9 @@ def django_database(site: str, client: str | None = None) -> dict[str, Any]:
     import dj_database_url
 
     url = database_url(site, client)
-    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    # No persistent connections: under ASGI each request may run on another thread, and Django's docs say to
+    # disable them there (they piled up until PostgreSQL refused new ones). The listener keeps its own.
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
     if config["ENGINE"].endswith("sqlite3"):
         Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
         config["CONN_MAX_AGE"] = 0
@@ -253,10 +269,34 @@ DEV_SECRET_KEY = "reactive-development-secret-key-not-for-production"
 def secret_key(debug: bool) -> str:
     key = os.environ.get("DJANGO_SECRET_KEY")
     if key:
-        return key
+        return key if debug else _production_key("DJANGO_SECRET_KEY", key)
     if not debug:
         raise ConfigError("DJANGO_SECRET_KEY is not set; the development key is refused when DEBUG is off")
     return DEV_SECRET_KEY
+
+
+def web_settings(site: str) -> dict[str, Any]:
+    """Cookies and HTTPS settings of a site ("master", or a client's name).
+
+    Browsers keep cookies per host, not per port: the master and its clients on one host (reactive up,
+    compose) would overwrite each other's CSRF cookie, and the master's session cookie would sign the
+    master out whenever a client signs in. The master's are named after it; a client's session cookie
+    stays Django's "sessionid", the name its websocket clients send. Behind a TLS-terminating proxy
+    (DJANGO_SECURE_PROXY=1) the sites trust its X-Forwarded-Proto and send cookies over HTTPS only;
+    DJANGO_CSRF_TRUSTED_ORIGINS lists the https:// origins forms are posted from.
+    """
+    values: dict[str, Any] = {"CSRF_COOKIE_NAME": f"{prefix()}-{site}-csrftoken"}
+    if site == "master":
+        values["SESSION_COOKIE_NAME"] = f"{prefix()}-master-session"
+    origins = os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+    values["CSRF_TRUSTED_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()]
+    if os.environ.get("DJANGO_SECURE_PROXY", "").lower() in ("1", "true", "yes", "on"):
+        values.update(
+            SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
+            SESSION_COOKIE_SECURE=True,
+            CSRF_COOKIE_SECURE=True,
+        )
+    return values
 
 
 def allowed_hosts() -> list[str]:
@@ -315,5 +355,9 @@ def logging_config() -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
-        "loggers": {"reactive": {"handlers": ["stderr"], "level": level, "propagate": False}},
+        "loggers": {
+            "reactive": {"handlers": ["stderr"], "level": level, "propagate": False},
+            # A 500's traceback: Django only prints it itself under DEBUG, and mails nobody here.
+            "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
+        },
     }

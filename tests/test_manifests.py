@@ -140,7 +140,9 @@ def test_beats_run_once_and_webs_are_probed_on_health() -> None:
             allowed = k8s_named("ConfigMap")["reactive-config"]["data"]["DJANGO_ALLOWED_HOSTS"].split(",")
             assert hosts and hosts <= set(allowed), f"{name}: readiness asks for a host the site refuses"
             # Liveness must not restart every web pod when Redis or the database is out.
-            assert box["livenessProbe"]["tcpSocket"]["port"] == "http", f"{name}: liveness depends on services"
+            assert box["livenessProbe"]["tcpSocket"]["port"] == "http", (
+                f"{name}: liveness depends on services"
+            )
             service = k8s_named("Service")[name]
             assert service["spec"]["selector"] == spec["selector"]["matchLabels"], (
                 f"{name}: service selects nothing"
@@ -207,18 +209,37 @@ def test_every_setting_the_manifests_give_is_one_that_is_read() -> None:
 
 
 # -- commands ---------------------------------------------------------------------------------------------
+# What an operator puts in compose/.env or the Secret: the sites refuse the examples' placeholders.
+OPERATOR_KEYS = {"DJANGO_SECRET_KEY": "s" * 48, "REACTIVE_SSO_KEY": "k" * 48}
+
+
 def commands_by_site() -> dict[tuple[str, ...], list[list[str]]]:
     """Every command our image runs, grouped by the environment it runs in (source and variables)."""
     groups: dict[tuple[str, ...], list[list[str]]] = defaultdict(list)
     example = env_example()
     for service in compose_services().values():
         if ours(service):
-            env = {**example, **service.get("environment", {})}
+            env = {**example, **OPERATOR_KEYS, **service.get("environment", {})}
             groups[_site_key(env, "compose")].append([str(a) for a in service["command"]])
     for doc in k8s_documents():
         if doc["kind"] in WORKLOADS:
-            groups[_site_key(k8s_env(doc), "k8s")].append(list(container(doc)["args"]))
+            groups[_site_key({**k8s_env(doc), **OPERATOR_KEYS}, "k8s")].append(list(container(doc)["args"]))
     return groups
+
+
+def test_the_examples_keys_are_placeholders_the_sites_refuse() -> None:
+    """Shipped keys are public: a site that accepted one would let anybody mint login links."""
+    from reactive.errors import ConfigError
+    from reactive.settings import secret_key, sso_key
+
+    (secret,) = k8s_named("Secret").values()
+    for given in (env_example(), secret["stringData"]):
+        for name, read in (("DJANGO_SECRET_KEY", secret_key), ("REACTIVE_SSO_KEY", sso_key)):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv(name, given[name])
+                if given[name]:
+                    with pytest.raises(ConfigError):
+                        read(False)
 
 
 def _site_key(env: dict[str, str], source: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.test import Client
+from django.utils import timezone
 
 from reactive import sso
 from reactive.replica import ReplicaState
@@ -132,6 +134,26 @@ def test_a_valid_link_signs_the_replica_user_in_once() -> None:
     assert response.status_code == 403
     assert "already been used" in response.content.decode()
     assert signed_in_username(again) is None
+
+
+def test_a_used_link_stays_refused_when_the_masters_clock_runs_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link signed 90 s in the client's future is still valid two minutes after its first use."""
+    import time as clock
+
+    from client_site.web.models import UsedLoginLink
+
+    replica("alice", master_key="42")
+    real = clock.time
+    monkeypatch.setattr(clock, "time", lambda: real() + 90)  # the master's clock
+    token = sso.issue("42", "alice", "alpha")
+    monkeypatch.setattr(clock, "time", real)
+    assert Client().get("/sso/login", {"token": token}).status_code == 302
+    UsedLoginLink.objects.update(used_at=timezone.now() - timedelta(seconds=121))
+    replica("bob", master_key="43")
+    Client().get(
+        "/sso/login", {"token": sso.issue("43", "bob", "alpha")}
+    )  # a later sign-in prunes old nonces
+    assert Client().get("/sso/login", {"token": token}).status_code == 403
 
 
 def test_identity_is_the_master_key_not_the_username() -> None:

@@ -21,6 +21,9 @@ from reactive.errors import ServiceUnavailable
 from reactive.health import check_services
 
 log = logging.getLogger("reactive.web")
+# A link's age is measured with the master's clock, its use with ours: kept far longer than a link lives, a
+# used nonce stays refused even where the two clocks disagree by minutes.
+USED_LINKS_KEPT = timedelta(days=1)
 View = Callable[..., HttpResponse]
 
 # The pages run only their own scripts: even if some user text reached the DOM as markup, no inline
@@ -106,7 +109,7 @@ def sso_login(request: HttpRequest) -> HttpResponse:
             )
         if not user.is_active:
             raise sso.LinkRefused("inactive", f"The account {claim.username} is disabled on {client}.")
-        if not mark_used(claim.nonce, claim.username, keep=timedelta(seconds=2 * sso.MAX_AGE_SECONDS)):
+        if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):
             raise sso.LinkRefused(
                 "used", "This login link has already been used; ask the master for a new one."
             )

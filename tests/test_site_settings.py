@@ -1,0 +1,63 @@
+"""What the sites' settings make of the environment: keys, cookies, HTTPS behind a proxy, logs, connections."""
+
+from __future__ import annotations
+
+import pytest
+
+from reactive import settings
+from reactive.errors import ConfigError
+
+GOOD_KEY = "q3J0cI3S2m3bqkzqg1oPp2r9kqH8y7s1T2uVwXyZ"
+
+
+@pytest.mark.parametrize(
+    "value", ["change-me-to-another-long-random-string", "replace-me-with-a-long-random-string", "short"]
+)
+@pytest.mark.parametrize(
+    ("name", "read"), [("REACTIVE_SSO_KEY", settings.sso_key), ("DJANGO_SECRET_KEY", settings.secret_key)]
+)
+def test_with_debug_off_a_placeholder_or_short_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, read: object, value: str
+) -> None:
+    """The examples' placeholders are public: a link signed with one would sign anybody in."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name} is a placeholder or shorter than 32"):
+        read(False)  # type: ignore[operator]
+    assert read(True) == value  # type: ignore[operator]  # a development machine may use anything
+    monkeypatch.setenv(name, GOOD_KEY)
+    assert read(False) == GOOD_KEY  # type: ignore[operator]
+
+
+def test_the_master_and_each_client_keep_cookies_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Browsers keep cookies per host, not per port: the sites of `reactive up` share 127.0.0.1."""
+    monkeypatch.setenv("REACTIVE_PREFIX", "reactive")
+    master, alpha, beta = (settings.web_settings(site) for site in ("master", "alpha", "beta"))
+    assert master["SESSION_COOKIE_NAME"] == "reactive-master-session"
+    assert "SESSION_COOKIE_NAME" not in alpha  # Django's sessionid: what websocket clients send
+    assert len({s["CSRF_COOKIE_NAME"] for s in (master, alpha, beta)}) == 3
+    assert "SECURE_PROXY_SSL_HEADER" not in master and master["CSRF_TRUSTED_ORIGINS"] == []
+
+
+def test_behind_a_tls_proxy_the_sites_trust_its_scheme_and_the_listed_origins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DJANGO_SECURE_PROXY", "1")
+    monkeypatch.setenv("DJANGO_CSRF_TRUSTED_ORIGINS", "https://master.example.com, https://alpha.example.com")
+    found = settings.web_settings("master")
+    assert found["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert found["SESSION_COOKIE_SECURE"] and found["CSRF_COOKIE_SECURE"]
+    assert found["CSRF_TRUSTED_ORIGINS"] == ["https://master.example.com", "https://alpha.example.com"]
+
+
+def test_a_server_error_is_logged_whatever_debug_says() -> None:
+    assert settings.logging_config()["loggers"]["django.request"] == {
+        "handlers": ["stderr"],
+        "level": "ERROR",
+        "propagate": False,
+    }
+
+
+def test_web_processes_keep_no_database_connection_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ASGI persistent connections pile up (Django's docs): they filled PostgreSQL's 100 slots."""
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/{client}")
+    assert settings.django_database("client", "alpha")["CONN_MAX_AGE"] == 0
