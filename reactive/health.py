@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from reactive import settings
+
+log = logging.getLogger("reactive.health")
 
 
 def check_database() -> str | None:
@@ -31,7 +34,15 @@ def check_redis() -> str | None:
 
 
 def check_services() -> dict[str, Any]:
+    """{"ok": ..., "failed": {service: why}}. /health is public: with DEBUG off it names only the error's
+    type (a driver's message may hold a host, a user or a path), and the whole message goes to the log."""
+    from django.conf import settings as django_settings
+
     failures = {
         name: error for name, error in (("database", check_database()), ("redis", check_redis())) if error
     }
+    for name, error in failures.items():
+        log.warning("health: %s unavailable: %s", name, error)
+    if not django_settings.DEBUG:
+        failures = {name: error.split(":", 1)[0] for name, error in failures.items()}
     return {"ok": not failures, "failed": failures}
