@@ -63,9 +63,11 @@ class Provisioner:
 
     def run(self, *, dry_run: bool = False) -> Plan:
         plan = Plan(applied=not dry_run)
+        for client in self.options.clients:  # every name checked before anything is created
+            settings.validate_client(client)
+            self.names.dlq(client)
         topic_arn = self._topic(plan, dry_run)
         for client in self.options.clients:
-            settings.validate_client(client)
             dlq_arn = self._queue(plan, "dlq", self.names.dlq(client), self._dlq_attributes(), dry_run)
             queue_attrs = self._queue_attributes(
                 dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client))

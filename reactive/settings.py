@@ -63,10 +63,22 @@ class Names:
         return f"{self.prefix}-users{self._suffix}"
 
     def queue(self, client: str) -> str:
-        return f"{self.prefix}-{client}{self._suffix}"
+        return _queue_name(f"{self.prefix}-{client}{self._suffix}")
 
     def dlq(self, client: str) -> str:
-        return f"{self.prefix}-{client}-dlq{self._suffix}"
+        return _queue_name(f"{self.prefix}-{client}-dlq{self._suffix}")
+
+
+MAX_QUEUE_NAME = 80  # SQS
+
+
+def _queue_name(name: str) -> str:
+    if len(name) > MAX_QUEUE_NAME:
+        raise ConfigError(
+            f"queue name {name!r} is {len(name)} characters, SQS allows {MAX_QUEUE_NAME}: "
+            "shorten REACTIVE_PREFIX or the client's name"
+        )
+    return name
 
 
 def prefix() -> str:

@@ -131,3 +131,16 @@ def test_arns_name_the_partition_of_the_region(
     transport = SqsTransport("reactive-users", sns=object(), sqs=object(), sts=Sts())
     assert transport.topic_arn == f"{prefix}sns:{region}:123456789012:reactive-users"
     assert transport.queue_arn("reactive-alpha").startswith(f"{prefix}sqs:{region}:")
+
+
+def test_a_queue_name_sqs_would_refuse_stops_provisioning_before_anything_is_created(
+    monkeypatch: pytest.MonkeyPatch, aws_env: dict[str, str]
+) -> None:
+    from reactive.errors import ConfigError
+    from reactive.provision import Options, Provisioner
+
+    monkeypatch.setenv("REACTIVE_PREFIX", "p" * 40)
+    with pytest.raises(ConfigError, match="SQS allows 80"):
+        Provisioner(Options(clients=["c" * 36])).run()
+    topics = boto3.client("sns", endpoint_url=aws_env["AWS_ENDPOINT_URL"]).list_topics()["Topics"]
+    assert not [t for t in topics if "p" * 40 in t["TopicArn"]]
