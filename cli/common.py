@@ -29,6 +29,18 @@ def setup_django(site: str, client: str | None = None) -> None:
         _require_client_settings(client)
 
 
+def require_database(site: str) -> None:
+    """Refuse to work on a SQLite file that does not exist: opening it would create an empty database."""
+    from django.db import connections
+
+    from reactive.errors import ConfigError
+    from reactive.status import missing_sqlite_file
+
+    missing = missing_sqlite_file(connections["default"].settings_dict)
+    if missing:
+        raise ConfigError(f"no {site} database at {missing}: set DATABASE_URL (or source var/up.env)")
+
+
 def _require_client_settings(client: str) -> None:
     """The settings in use must be this client's: the master's (DJANGO_SETTINGS_MODULE exported for `sync`,
     say) would apply the client's queue to the master's own users, and capture would publish them."""

@@ -19,6 +19,7 @@ def login_link(
     Example: [bold]reactive login-link alice --client alpha[/bold]
     """
     common.setup_django("master")
+    common.require_database("master")
     from django.contrib.auth import get_user_model
 
     from reactive import settings, sso

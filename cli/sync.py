@@ -28,6 +28,7 @@ def sync(
     """
     settings.validate_client(client)
     common.setup_django("master")
+    common.require_database("master")
     from reactive import resync
     from reactive.dlq import queues_of
     from reactive.transport import get_transport

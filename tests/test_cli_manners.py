@@ -239,3 +239,15 @@ def test_an_error_holding_brackets_is_printed_as_text(aws_env: dict[str, str], t
     done = reactive("provision", "--client", "[/x]", "--dry-run", env=aws_env, tmp_path=tmp_path)
     assert done.returncode == 1
     assert "invalid client name '[/x]'" in one_error_line(done)
+
+
+@pytest.mark.parametrize(
+    "command", [["sync", "--client", "alpha"], ["login-link", "alice", "--client", "alpha"]]
+)
+def test_a_master_command_never_creates_an_empty_master_database(
+    command: list[str], aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = reactive(*command, env=aws_env, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "no master database at" in one_error_line(done)
+    assert not (tmp_path / "var" / "master.sqlite3").exists()
