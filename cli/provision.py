@@ -33,6 +33,11 @@ def provision(
     receives = max_receives or settings.max_receives()
     options = Options(clients=clients, fifo=fifo or settings.fifo(), max_receives=receives)
     plan = Provisioner(options).run(dry_run=dry_run)
+    if fifo and not settings.fifo():  # everything else reads REACTIVE_FIFO, not this flag
+        common.err_console.print(
+            "[yellow]warning:[/] --fifo made the FIFO topic and queues; set REACTIVE_FIFO=1 where the relay, "
+            "the listeners and `reactive status` run, or they keep using the standard ones"
+        )
     if as_json:
         common.print_json(plan.to_dict())
     else:

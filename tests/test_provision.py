@@ -144,3 +144,19 @@ def test_a_queue_name_sqs_would_refuse_stops_provisioning_before_anything_is_cre
         Provisioner(Options(clients=["c" * 36])).run()
     topics = boto3.client("sns", endpoint_url=aws_env["AWS_ENDPOINT_URL"]).list_topics()["Topics"]
     assert not [t for t in topics if "p" * 40 in t["TopicArn"]]
+
+
+def test_provision_fifo_says_the_other_processes_need_reactive_fifo(
+    monkeypatch: pytest.MonkeyPatch, aws_env: dict[str, str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.delenv("REACTIVE_FIFO", raising=False)
+    result = CliRunner().invoke(app, ["provision", "--client", "alpha", "--fifo", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "set REACTIVE_FIFO=1" in result.stderr
+    monkeypatch.setenv("REACTIVE_FIFO", "1")
+    quiet = CliRunner().invoke(app, ["provision", "--client", "alpha", "--fifo", "--dry-run"])
+    assert "REACTIVE_FIFO" not in quiet.stderr
