@@ -38,7 +38,11 @@ def require_database(site: str) -> None:
 
     missing = missing_sqlite_file(connections["default"].settings_dict)
     if missing:
-        raise ConfigError(f"no {site} database at {missing}: set DATABASE_URL (or source var/up.env)")
+        module = os.environ.get("DJANGO_SETTINGS_MODULE", f"{site}_site.settings")
+        raise ConfigError(
+            f"no {site} database at {missing} (never migrated?): run `DJANGO_SETTINGS_MODULE={module} "
+            "python -m django migrate`, or point DATABASE_URL at it (`source var/up.env` for `reactive up`'s)"
+        )
 
 
 def _require_client_settings(client: str) -> None:

@@ -44,7 +44,12 @@ def test_an_unreachable_endpoint_is_exit_3_in_one_line(
     command: list[str], aws_env: dict[str, str], tmp_path: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    done = reactive(*command, env={**aws_env, "AWS_ENDPOINT_URL": dead}, tmp_path=tmp_path)
+    env = {
+        **aws_env,
+        "AWS_ENDPOINT_URL": dead,
+        "DATABASE_URL": "sqlite://:memory:",
+    }  # a master database exists
+    done = reactive(*command, env=env, tmp_path=tmp_path)
     assert done.returncode == 3, done.stderr
     assert f"cannot reach {dead}" in one_error_line(done)
 
@@ -110,8 +115,9 @@ def test_a_database_never_migrated_says_how_to_migrate(tmp_path: Path) -> None:
     done = reactive("login-link", "alice", "--client", "alpha", env={"DATABASE_URL": ""}, tmp_path=tmp_path)
     assert done.returncode == 1, done.stderr  # not an outage (3): the database answered
     line = one_error_line(done)
-    assert f"{tmp_path / 'var' / 'master.sqlite3'} is not migrated (no such table: auth_user)" in line
+    assert f"no master database at {tmp_path / 'var' / 'master.sqlite3'} (never migrated?)" in line
     assert "run `DJANGO_SETTINGS_MODULE=master_site.settings python -m django migrate`" in line
+    assert not (tmp_path / "var" / "master.sqlite3").exists()  # looking created no empty database
 
 
 def test_a_listener_on_a_database_never_migrated_stops_at_once_and_says_how_to_migrate(
