@@ -141,7 +141,7 @@ def main() -> None:
         "REACTIVE_PREFIX": f"lat{uuid.uuid4().hex[:8]}",
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
         "REACTIVE_VAR_DIR": str(workdir),
-        "REACTIVE_SSO_KEY": "bench-sso",
+        "REACTIVE_SSO_KEY": "bench-sso-key-0123456789abcdefghijklm",
         "REACTIVE_TRANSPORT": "sqs",
         "REACTIVE_LOG_LEVEL": "WARNING",
         **{name: os.environ[name] for name in AWS_VARIABLES},

@@ -388,8 +388,8 @@ def site_env(workdir: Path, prefix: str, layer: str) -> dict[str, str]:
         "REACTIVE_CHANNEL_LAYER": layer,
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
         "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "bench-secret",
-        "REACTIVE_SSO_KEY": "bench-sso",
+        "DJANGO_SECRET_KEY": "bench-secret-key-0123456789abcdefghij",
+        "REACTIVE_SSO_KEY": "bench-sso-key-0123456789abcdefghijklm",
         "REACTIVE_SERVE_STATIC": "0",
         "REACTIVE_LOG_LEVEL": "ERROR",
     }

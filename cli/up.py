@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -138,12 +139,16 @@ def print_event(event: UpEvent) -> None:
     style = EVENT_STYLE.get(event.kind, "")
     common.console.print(Text(f"{stamp} {event.text}", style=style), soft_wrap=True)
     for label, url in event.data.get("links", {}).items():
-        common.console.print(f"  {label}: {url}", soft_wrap=True, highlight=False)
+        common.console.print(f"  {label}: {url}", soft_wrap=True, highlight=False, markup=False)
     if event.kind == "ready":
         for line in sign_in_hints(event.data.get("admin"), event.data.get("demo_password")):
             common.console.print(f"  {line}", highlight=False)
-        common.console.print(f"  other terminals: source {event.data.get('env_file')}", highlight=False)
-        common.console.print(f"  logs: {event.data.get('log_dir')}; Ctrl-C stops everything", highlight=False)
+        common.console.print(
+            f"  other terminals: source {event.data.get('env_file')}", highlight=False, markup=False
+        )
+        common.console.print(
+            f"  logs: {event.data.get('log_dir')}; Ctrl-C stops everything", highlight=False, markup=False
+        )
 
 
 def sign_in_hints(admin: dict[str, str] | None, demo_password: str | None) -> list[str]:
@@ -173,7 +178,10 @@ def render(snapshot: Snapshot, options: UpOptions) -> RenderableType:
     parts.append(events_panel(snapshot))
     status = "[bold green]ready[/]" if snapshot.ready else "[yellow]starting[/]"
     env_file = options.var_dir / ENV_FILE
-    parts.append(Text.from_markup(f"{status}  other terminals: source {env_file}   logs: {options.log_dir}/"))
+    paths = escape(
+        f"  other terminals: source {env_file}   logs: {options.log_dir}/"
+    )  # paths are text, not markup
+    parts.append(Text.from_markup(f"{status}{paths}"))
     parts.append(Text("Ctrl-C stops everything", style="dim"))
     return Group(*parts)
 

@@ -369,7 +369,12 @@ def logging_config() -> dict[str, Any]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
         "loggers": {
             "reactive": {"handlers": ["stderr"], "level": level, "propagate": False},
-            # A 500's traceback: Django only prints it itself under DEBUG, and mails nobody here.
-            "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
+            # A 500's traceback: Django only prints it itself under DEBUG, and mails nobody here. Under DEBUG
+            # its 4xx warnings ("Not Found: ...") too, as Django's own console handler did.
+            "django.request": {
+                "handlers": ["stderr"],
+                "level": "WARNING" if debug() else "ERROR",
+                "propagate": False,
+            },
         },
     }

@@ -26,3 +26,6 @@ def test_a_failed_service_is_named_and_its_details_stay_in_the_log(
     if not debug:
         assert failed["redis"] == shown
     assert "redis unavailable: ConnectionError" in caplog.text
+    assert not [
+        r for r in caplog.records if r.name == "django.request"
+    ]  # a probe's 503 is logged once, above

@@ -49,12 +49,32 @@ def test_behind_a_tls_proxy_the_sites_trust_its_scheme_and_the_listed_origins(
     assert found["CSRF_TRUSTED_ORIGINS"] == ["https://master.example.com", "https://alpha.example.com"]
 
 
-def test_a_server_error_is_logged_whatever_debug_says() -> None:
-    assert settings.logging_config()["loggers"]["django.request"] == {
-        "handlers": ["stderr"],
-        "level": "ERROR",
-        "propagate": False,
+@pytest.mark.parametrize(("debug", "warnings_shown"), [("0", False), ("1", True)])
+def test_a_server_error_reaches_stderr_whatever_debug_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: str, warnings_shown: bool
+) -> None:
+    """Django prints a 500's traceback itself only under DEBUG, and mails it to ADMINS, which we have none of."""
+    import logging
+    import logging.config
+
+    monkeypatch.setenv("DJANGO_DEBUG", debug)
+    names = ("reactive", "django.request")
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
+        for n in names
     }
+    try:
+        logging.config.dictConfig(settings.logging_config())
+        request_log = logging.getLogger("django.request")
+        request_log.error("Internal Server Error: /boom")
+        request_log.warning("Not Found: /nowhere")
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    err = capsys.readouterr().err
+    assert "ERROR django.request: Internal Server Error: /boom" in err
+    assert ("Not Found: /nowhere" in err) is warnings_shown
 
 
 def test_web_processes_keep_no_database_connection_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:

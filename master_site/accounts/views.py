@@ -24,7 +24,10 @@ LOGIN_URL = reverse_lazy("login")
 def health(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer, 503 naming what failed."""
     report = check_services()
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    response = JsonResponse(report, status=200 if report["ok"] else 503)
+    # check_services logged why; Django would log each probe's 503 again, every few seconds.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 @login_required(login_url=LOGIN_URL)
