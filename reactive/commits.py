@@ -46,9 +46,6 @@ class Token:
         hooks = self.connection.run_on_commit
         return self.index < len(hooks) and hooks[self.index][1] is self
 
-    def trusted(self) -> bool:
-        return self.committed or self.open()
-
     # A copy of an instance (setUpTestData deep-copies them) was read in the same transaction: same token.
     def __copy__(self) -> Token:
         return self

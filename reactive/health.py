@@ -46,3 +46,14 @@ def check_services() -> dict[str, Any]:
     if not django_settings.DEBUG:
         failures = {name: error.split(":", 1)[0] for name, error in failures.items()}
     return {"ok": not failures, "failed": failures}
+
+
+def response() -> Any:
+    """/health of either site: 200 when the database and Redis answer, 503 naming what failed."""
+    from django.http import JsonResponse
+
+    report = check_services()
+    answer = JsonResponse(report, status=200 if report["ok"] else 503)
+    # check_services logged why; Django would log each probe's 503 again, every few seconds.
+    answer._has_been_logged = True
+    return answer

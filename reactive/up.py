@@ -104,6 +104,11 @@ class UpOptions:
         --host address, or loopback when it is a wildcard (0.0.0.0, ::)."""
         return "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
 
+    @property
+    def site_ports(self) -> set[int]:
+        """The ports the sites will bind: free now, taken only once they start."""
+        return {self.master_port, *self.ports().values()}
+
     def ports(self) -> dict[str, int]:
         ports = self.client_ports or tuple(settings.default_client_ports(len(self.clients)))
         if len(ports) != len(self.clients):
@@ -642,10 +647,8 @@ class Up:
             self.emit("phase", f"AWS: {where}", endpoint=self.aws_endpoint)
             return
         options = self.options
-        # The sites' ports are free now but bound only later: moto must not take one of them.
-        reserved = {options.master_port, *options.ports().values()}
         endpoint, self.moto_port = stack.enter_context(
-            embedded_moto(options.local_host, options.moto_port, reserved)
+            embedded_moto(options.local_host, options.moto_port, options.site_ports)
         )
         self.aws_endpoint = endpoint
         self._export(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=settings.aws_region(), **MOTO_CREDENTIALS)
@@ -658,8 +661,7 @@ class Up:
             self.emit("phase", f"Redis: {self.redis_url}", url=self.redis_url, own=False)
             return
         self.emit("phase", f"nothing answers at {self.redis_url}: starting a redis-server of our own")
-        reserved = {self.options.master_port, *self.options.ports().values()}
-        self.redis = OwnRedis.start(self.options.var_dir, self.options.local_host, reserved)
+        self.redis = OwnRedis.start(self.options.var_dir, self.options.local_host, self.options.site_ports)
         stack.callback(self.redis.stop)
         self.redis_url = self.redis.url
         self._export(REDIS_URL=self.redis.url)

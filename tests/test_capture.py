@@ -477,6 +477,10 @@ class Retry(Exception):
     """What a deadlock or a serialization failure makes a retry loop do: roll back and try again."""
 
 
+def raise_retry() -> None:
+    raise Retry
+
+
 def published_first_names(since: int) -> list[tuple[str, str]]:
     rows = OutboxEvent.objects.order_by("id")[since:].values_list("action", "data")
     return [(action, data.get("first_name")) for action, data in rows]
@@ -572,12 +576,9 @@ def test_a_retry_after_a_rolled_back_transaction_is_published_whole() -> None:
 def test_a_commit_whose_earlier_hook_failed_is_not_taken_for_a_rollback() -> None:
     """Django stops running on_commit callbacks at the first that raises: capture's own never runs."""
 
-    def fail() -> None:
-        raise Retry
-
     user = User.objects.create_user("xia", first_name="Xia")
     with pytest.raises(Retry), transaction.atomic():
-        transaction.on_commit(fail)
+        transaction.on_commit(raise_retry)
         user.first_name = "Xiadani"
         user.save()  # committed, and its event with it
     assert User.objects.get(pk=user.pk).first_name == "Xiadani"
@@ -589,12 +590,9 @@ def test_a_commit_whose_earlier_hook_failed_is_not_taken_for_a_rollback() -> Non
 
 @pytest.mark.django_db(transaction=True)
 def test_a_commit_after_a_rolled_back_savepoint_whose_earlier_hook_failed_stands() -> None:
-    def fail() -> None:
-        raise Retry
-
     user = User.objects.create_user("yan", first_name="Yan")
     with pytest.raises(Retry), transaction.atomic():
-        transaction.on_commit(fail)
+        transaction.on_commit(raise_retry)
         user.first_name = "Yannick"
         user.save()
         with contextlib.suppress(ValueError), transaction.atomic():  # get_or_create's savepoint, say

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from django.utils import timezone
 from typer.testing import CliRunner
 
 from cli.main import app
-from reactive.outbox import OutboxEvent
 from reactive.transport.sqs import SqsTransport
 from tests.test_dlq import put
+from tests.test_status import outbox_row
 
 runner = CliRunner()
 REACTIVE = str(Path(sys.executable).parent / "reactive")
@@ -53,13 +52,7 @@ def test_check_exits_1_on_dead_letters(sqs: SqsTransport) -> None:
 
 
 def test_check_exits_1_on_an_old_outbox_backlog(sqs: SqsTransport) -> None:
-    OutboxEvent.objects.create(
-        model="auth.user",
-        action="update",
-        key="1",
-        event_id=uuid.uuid4(),
-        occurred_at=timezone.now() - timedelta(hours=1),
-    )
+    outbox_row(occurred_at=timezone.now() - timedelta(hours=1))
     relaxed = runner.invoke(app, ["status", "--check", "--max-age", "7200"])
     assert relaxed.exit_code == 0, relaxed.output
     strict = runner.invoke(app, ["status", "--check", "--max-age", "60"], env={"COLUMNS": "160"})

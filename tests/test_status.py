@@ -55,19 +55,17 @@ def test_dead_letters_missing_queues_and_non_raw_delivery_are_problems(sqs: SqsT
     assert data["ok"] is False and data["clients"][2]["queue_depth"] is None
 
 
+def outbox_row(**fields: object) -> OutboxEvent:
+    return OutboxEvent.objects.create(
+        model="auth.user", action="update", key="1", event_id=uuid.uuid4(), **fields
+    )
+
+
 @pytest.mark.django_db
 def test_the_outbox_backlog_and_its_age_threshold() -> None:
     assert status.outbox_status() == status.OutboxStatus(True, pending=0, oldest_age_seconds=None, failing=0)
-    OutboxEvent.objects.create(
-        model="auth.user",
-        action="update",
-        key="1",
-        event_id=uuid.uuid4(),
-        occurred_at=timezone.now() - timedelta(minutes=10),
-    )
-    OutboxEvent.objects.create(
-        model="auth.user", action="update", key="2", event_id=uuid.uuid4(), sent_at=timezone.now()
-    )
+    outbox_row(occurred_at=timezone.now() - timedelta(minutes=10))
+    outbox_row(sent_at=timezone.now())
 
     found = status.outbox_status()
 
@@ -81,15 +79,7 @@ def test_the_outbox_backlog_and_its_age_threshold() -> None:
 @pytest.mark.django_db
 def test_the_outbox_status_says_why_rows_are_failing() -> None:
     for attempts, error in ((0, ""), (7, "MessageTooLong: 300000 bytes"), (2, "Throttling")):
-        OutboxEvent.objects.create(
-            model="auth.user",
-            action="update",
-            key="1",
-            event_id=uuid.uuid4(),
-            occurred_at=timezone.now() - timedelta(minutes=10),
-            attempts=attempts,
-            last_error=error,
-        )
+        outbox_row(occurred_at=timezone.now() - timedelta(minutes=10), attempts=attempts, last_error=error)
 
     found = status.outbox_status()
 

@@ -18,7 +18,7 @@ from client_site.web.models import mark_used
 from client_site.web.profiles import current_profile, replica_user
 from reactive import clock, settings, sso
 from reactive.errors import ServiceUnavailable
-from reactive.health import check_services
+from reactive.health import response as health_response
 
 log = logging.getLogger("reactive.web")
 # A link's age is measured with the master's clock, its use with ours: kept far longer than a link lives, a
@@ -46,11 +46,7 @@ def strict_csp(view: View) -> View:
 
 def health(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer, 503 naming what failed."""
-    report = check_services()
-    response = JsonResponse(report, status=200 if report["ok"] else 503)
-    # check_services logged why; Django would log each probe's 503 again, every few seconds.
-    response._has_been_logged = True  # type: ignore[attr-defined]
-    return response
+    return health_response()
 
 
 def _current_tick() -> clock.Tick:

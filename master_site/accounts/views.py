@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from reactive import sso
-from reactive.health import check_services
+from reactive.health import response as health_response
 
 # Synced users are not staff, so the admin's login page would refuse them: the master has its own.
 LOGIN_URL = reverse_lazy("login")
@@ -23,11 +23,7 @@ LOGIN_URL = reverse_lazy("login")
 
 def health(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer, 503 naming what failed."""
-    report = check_services()
-    response = JsonResponse(report, status=200 if report["ok"] else 503)
-    # check_services logged why; Django would log each probe's 503 again, every few seconds.
-    response._has_been_logged = True  # type: ignore[attr-defined]
-    return response
+    return health_response()
 
 
 @login_required(login_url=LOGIN_URL)
