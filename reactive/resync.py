@@ -17,6 +17,7 @@ inserts are held off: a table lock on PostgreSQL, the single writer on SQLite).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
 from django.db.models import Max
+from django.utils import timezone
 
-from reactive import capture
+from reactive import capture, settings
 from reactive.dlq import queues_of
 from reactive.errors import ReactiveError, UsageError
 from reactive.outbox import OutboxEvent, relay_pending
@@ -34,6 +36,8 @@ from reactive.transport.base import Transport
 
 Progress = Callable[[int], None]
 DEFAULT_BATCH = 200
+OTHER_RELAY_POLL_SECONDS = 0.05
+_pause = time.sleep  # tests replace this, not the process-wide time.sleep
 
 
 @dataclass
@@ -169,19 +173,39 @@ def _row(
 
 
 def relay_rows(transport: Transport, ids: Sequence[int], *, using: str = "default") -> tuple[int, str]:
-    """Relay until these rows are sent, or a round sends nothing of them; (sent, last error)."""
-    mine = OutboxEvent.objects.using(using).filter(id__in=list(ids))
-    remaining = mine.filter(sent_at__isnull=True).count()
+    """Relay until these rows are sent, or a round sends nothing of them; (sent, last error).
+
+    Another relay may hold them: the one their commit asked for, or the sweep. A round that finds them
+    held waits for that relay (one lease at most) instead of calling them pending.
+    """
+    unsent = OutboxEvent.objects.using(using).filter(id__in=list(ids), sent_at__isnull=True)
+    remaining = unsent.count()
     error = ""
     while remaining:
         result = relay_pending(transport, limit=max(100, len(ids)), using=using)
         if result.errors:
             error = next(iter(result.errors.values()))
-        now = mine.filter(sent_at__isnull=True).count()
-        if now == remaining:  # nothing of ours went out (failing, or leased by another relay)
+        now = unsent.count()
+        if now == remaining and (result.errors or not _outwait_other_relay(unsent)):
             break
-        remaining = now
+        remaining = unsent.count()
+    if remaining and not error:  # failed in another relay's hands: say why all the same
+        error = unsent.exclude(last_error="").values_list("last_error", flat=True).first() or ""
     return len(ids) - remaining, error
+
+
+def _outwait_other_relay(unsent: models.QuerySet[OutboxEvent]) -> bool:
+    """Wait while another relay holds some of these rows; True when a relay round may now send some.
+
+    Held means leased and never failed: a lease moves ``next_attempt_at`` ahead without an error, a
+    failure records one and backs the row off, which no wait here would shorten.
+    """
+    deadline = time.monotonic() + settings.float_setting("REACTIVE_RELAY_LEASE", 60.0) + 1
+    while time.monotonic() < deadline:
+        if not unsent.filter(next_attempt_at__gt=timezone.now(), last_error="").exists():
+            return not unsent.exists() or unsent.filter(next_attempt_at__lte=timezone.now()).exists()
+        _pause(OTHER_RELAY_POLL_SECONDS)
+    return False
 
 
 def sync(
