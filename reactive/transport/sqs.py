@@ -28,12 +28,16 @@ BAD_CREDENTIALS = {
     "InvalidClientTokenId",
     "UnrecognizedClientException",
     "SignatureDoesNotMatch",
-    "AccessDenied",
-    "AccessDeniedException",
-    "AuthorizationError",
+    "InvalidSignatureException",
     "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
     "InvalidAccessKeyId",
 }
+# The credentials are good but lack a permission: the IAM policy (or a resource policy) needs a change.
+PERMISSION_DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError"}
+# botocore's ways of saying that no answer came back: no connection, TLS or proxy failure, a silent peer.
+UNREACHABLE = (bexc.ConnectionError, bexc.HTTPClientError)
 # Long polls last up to 20 s, so the read timeout must be longer; connection problems fail fast.
 LEAN_ATTRIBUTES = ("SentTimestamp", "ApproximateReceiveCount")  # what the listener reads besides the body
 BOTO_CONFIG = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
@@ -44,7 +48,7 @@ def aws_errors(what: str) -> Iterator[None]:
     """Translate botocore's exceptions into reactive's tree, naming what was being done."""
     try:
         yield
-    except (bexc.EndpointConnectionError, bexc.ConnectTimeoutError, bexc.ConnectionClosedError) as exc:
+    except UNREACHABLE as exc:
         where = settings.aws_endpoint_url() or "AWS"
         raise ServiceUnavailable(f"cannot reach {where} while trying to {what}: {exc}") from exc
     except (bexc.NoCredentialsError, bexc.PartialCredentialsError) as exc:
@@ -59,6 +63,10 @@ def aws_errors(what: str) -> Iterator[None]:
         if code in BAD_CREDENTIALS:
             raise CredentialsError(
                 f"AWS refused the credentials while trying to {what}: {code}: {message}"
+            ) from exc
+        if code in PERMISSION_DENIED:
+            raise CredentialsError(
+                f"AWS denied the permission to {what} (check the IAM policy): {code}: {message}"
             ) from exc
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise TransportError(f"{what}: {code}: {message}", code, status) from exc
@@ -252,5 +260,11 @@ def _received(m: dict[str, Any]) -> ReceivedMessage:
         receipt=m["ReceiptHandle"],
         attributes=dict(m.get("Attributes", {})),
         message_attributes=attrs,
-        raw_message_attributes=dict(m.get("MessageAttributes", {})),
+        raw_message_attributes={k: _sendable(v) for k, v in m.get("MessageAttributes", {}).items()},
     )
+
+
+def _sendable(value: dict[str, Any]) -> dict[str, Any]:
+    """An attribute as SQS takes it back: it may also return StringListValues and BinaryListValues (empty,
+    "reserved for future use"), which a send refuses, so a replay would move nothing."""
+    return {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}

@@ -1,0 +1,89 @@
+"""The boto3 boundary: botocore's errors become reactive's, and received attributes go back as SQS takes them."""
+
+from __future__ import annotations
+
+import botocore.exceptions as bexc
+import pytest
+
+from reactive.errors import CredentialsError, ServiceUnavailable, TransportError
+from reactive.transport.sqs import _received, aws_errors
+
+URL = "https://sqs.eu-west-1.amazonaws.com/"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        bexc.EndpointConnectionError(endpoint_url=URL),
+        bexc.SSLError(endpoint_url=URL, error="certificate verify failed"),
+        bexc.ProxyConnectionError(proxy_url="http://proxy:3128", error="refused"),
+        bexc.ReadTimeoutError(endpoint_url=URL),
+    ],
+    ids=["no connection", "tls", "proxy", "silent endpoint"],
+)
+def test_no_answer_from_aws_is_a_service_unavailable(error: Exception) -> None:
+    unreachable = pytest.raises(ServiceUnavailable, match="cannot reach .* while trying to receive")
+    with unreachable as caught, aws_errors("receive"):
+        raise error
+    assert caught.value.exit_code == 3
+
+
+def client_error(code: str, status: int = 400) -> bexc.ClientError:
+    response = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return bexc.ClientError(response, "SendMessageBatch")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "code", ["ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidSignatureException"]
+)
+def test_expired_or_bad_credentials_are_named_as_such(code: str) -> None:
+    with (
+        pytest.raises(
+            CredentialsError, match=f"refused the credentials while trying to send: {code}"
+        ) as caught,
+        aws_errors("send"),
+    ):
+        raise client_error(code, 403)
+    assert not caught.value.refused_request  # the relay backs off; it does not retry row by row
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "AccessDeniedException", "AuthorizationError"])
+def test_a_missing_permission_points_at_the_iam_policy(code: str) -> None:
+    with (
+        pytest.raises(
+            CredentialsError, match=f"denied the permission to send .check the IAM policy.: {code}"
+        ),
+        aws_errors("send"),
+    ):
+        raise client_error(code, 403)
+
+
+def test_other_refusals_keep_their_code_and_status() -> None:
+    with pytest.raises(TransportError) as caught, aws_errors("send"):
+        raise client_error("InvalidParameterValue")
+    assert type(caught.value) is TransportError and caught.value.refused_request
+
+
+def test_received_attributes_keep_only_what_a_send_takes_back() -> None:
+    # Real SQS answers with empty list fields too; SendMessageBatch refuses them ("not supported").
+    received = _received(
+        {
+            "MessageId": "m",
+            "ReceiptHandle": "r",
+            "Body": "{}",
+            "MessageAttributes": {
+                "model": {
+                    "DataType": "String",
+                    "StringValue": "auth.user",
+                    "StringListValues": [],
+                    "BinaryListValues": [],
+                },
+                "blob": {"DataType": "Binary", "BinaryValue": b"\x00", "StringListValues": []},
+            },
+        }
+    )
+    assert received.raw_message_attributes == {
+        "model": {"DataType": "String", "StringValue": "auth.user"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00"},
+    }
+    assert received.message_attributes["model"] == "auth.user"
