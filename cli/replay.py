@@ -122,8 +122,9 @@ def _print_move_task_plan(client: str, queues: dlq.ClientQueues, planned: int, a
 
 
 def _run_move_task(transport: object, queues: dlq.ClientQueues, rate: float | None, as_json: bool) -> None:
+    before = dlq.latest_move_task(transport, queues)
     handle = dlq.start_move_task(transport, queues, rate=rate)
-    status = dlq.move_task_status(transport, queues)
+    status = dlq.move_task_status(transport, queues, handle, before)
     if not as_json:
         columns = (
             TextColumn("SQS move task"),
@@ -136,10 +137,10 @@ def _run_move_task(transport: object, queues: dlq.ClientQueues, rate: float | No
             while not status.finished:
                 progress.update(task, completed=status.moved, total=status.to_move, description=status.status)
                 time.sleep(MOVE_TASK_POLL)  # polling the server-side task; there is no event to wait on
-                status = dlq.move_task_status(transport, queues)
+                status = dlq.move_task_status(transport, queues, handle, before)
     while not status.finished:
         time.sleep(MOVE_TASK_POLL)
-        status = dlq.move_task_status(transport, queues)
+        status = dlq.move_task_status(transport, queues, handle, before)
     if as_json:
         common.print_json(
             {"handle": handle, "status": status.status, "moved": status.moved, "failure": status.failure}

@@ -374,6 +374,12 @@ class MoveTask:
     moved: int
     to_move: int | None
     failure: str = ""
+    started: int | None = None  # StartedTimestamp (ms): what tells one task from the next once it ended
+
+    @classmethod
+    def starting(cls, handle: str) -> MoveTask:
+        """A task just started that the list does not show yet."""
+        return cls(handle=handle, status="STARTING", moved=0, to_move=None)
 
     @property
     def finished(self) -> bool:
@@ -395,22 +401,37 @@ def start_move_task(transport: Any, queues: ClientQueues, *, rate: float | None 
         return str(transport.sqs.start_message_move_task(**kwargs)["TaskHandle"])
 
 
-def move_task_status(transport: Any, queues: ClientQueues) -> MoveTask:
+def latest_move_task(transport: Any, queues: ClientQueues) -> MoveTask | None:
+    """The DLQ's most recent move task, running or ended (SQS lists them newest first)."""
     with _move_task_errors(transport):
         tasks = transport.sqs.list_message_move_tasks(
             SourceArn=_queue_arn(transport, queues.dlq), MaxResults=1
         ).get("Results", [])
     if not tasks:
-        raise ResourceNotFound(f"no message move task found for {queues.dlq}")
+        return None
     task = tasks[0]
     to_move = task.get("ApproximateNumberOfMessagesToMove")
+    started = task.get("StartedTimestamp")
     return MoveTask(
-        handle=str(task.get("TaskHandle", "")),
+        handle=str(task.get("TaskHandle", "")),  # SQS names the handle of a running task only
         status=str(task.get("Status", "")),
         moved=int(task.get("ApproximateNumberOfMessagesMoved", 0)),
         to_move=None if to_move is None else int(to_move),
         failure=str(task.get("FailureReason", "")),
+        started=None if started is None else int(started),
     )
+
+
+def move_task_status(transport: Any, queues: ClientQueues, handle: str, before: MoveTask | None) -> MoveTask:
+    """The task ``handle`` names, started after ``before`` (the latest task when it was started).
+
+    Until the list shows a newer task than ``before``, the new one is reported as STARTING: a list that
+    lags must not pass an earlier task's COMPLETED off as this one's.
+    """
+    task = latest_move_task(transport, queues)
+    if task is None or (before is not None and task.started == before.started and task.handle != handle):
+        return MoveTask.starting(handle)
+    return task
 
 
 def _queue_arn(transport: Any, queue: str) -> str:

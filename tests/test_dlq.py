@@ -283,3 +283,37 @@ def test_a_move_task_rate_is_a_whole_number_sqs_takes() -> None:
     for rate in (0.5, 2.6, 10_000):
         dlq.start_move_task(Transport(), queues, rate=rate)
     assert [c["MaxNumberOfMessagesPerSecond"] for c in calls] == [1, 3, 500]
+
+
+def test_a_move_task_is_not_mistaken_for_the_one_before_it() -> None:
+    # ListMessageMoveTasks may still show the previous, completed task just after a start: that one's
+    # COMPLETED must not be reported as the new task's. SQS names the handle of running tasks only.
+    old = {"Status": "COMPLETED", "StartedTimestamp": 1000, "ApproximateNumberOfMessagesMoved": 7}
+    running = {
+        "Status": "RUNNING",
+        "StartedTimestamp": 2000,
+        "TaskHandle": "new",
+        "ApproximateNumberOfMessagesMoved": 1,
+    }
+    done = {"Status": "COMPLETED", "StartedTimestamp": 2000, "ApproximateNumberOfMessagesMoved": 3}
+    listings = [[old], [old], [running], [done]]
+
+    class Sqs:
+        def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
+            return {"Attributes": {"QueueArn": f"arn:{QueueUrl}"}}
+
+        def list_message_move_tasks(self, **kwargs: Any) -> dict[str, Any]:
+            return {"Results": listings.pop(0)}
+
+    class Transport:
+        sqs = Sqs()
+
+        def queue_url(self, queue: str) -> str:
+            return queue
+
+    queues = dlq.ClientQueues("alpha", "q", "q-dlq")
+    before = dlq.latest_move_task(Transport(), queues)
+    seen = [dlq.move_task_status(Transport(), queues, "new", before) for _ in range(3)]
+
+    assert [(s.status, s.moved) for s in seen] == [("STARTING", 0), ("RUNNING", 1), ("COMPLETED", 3)]
+    assert not seen[0].finished and seen[2].finished
