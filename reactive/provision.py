@@ -6,19 +6,29 @@ so that a second run says "ok" for everything and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from reactive import settings
-from reactive.errors import ResourceNotFound
+from reactive.errors import CredentialsError, ResourceNotFound, TransportError
 from reactive.events import USER_MODEL
 from reactive.transport.sqs import SqsTransport, aws_errors, make_client
 
 Action = Literal["ok", "create", "update"]
 DLQ_RETENTION = str(14 * 24 * 3600)  # the SQS maximum: dead letters wait for an operator
 QUEUE_VISIBILITY = "30"
+# AWS may refuse a call naming a queue made a moment ago ("you must wait at least one second after the
+# queue is created"; a RedrivePolicy checks that its target exists): such calls are tried again a while.
+SETTLE_SECONDS = 10.0
+SETTLE_POLL_SECONDS = 0.5
+_pause = time.sleep  # tests replace this, not the process-wide time.sleep
+log = logging.getLogger("reactive.provision")
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Provisioner:
         self.transport = SqsTransport(self.names.topic, sns or make_client("sns"), sqs or make_client("sqs"))
         self.sns = self.transport.sns
         self.sqs = self.transport.sqs
+        self.created = False  # whether this run made a resource: AWS takes a moment to know it everywhere
 
     def run(self, *, dry_run: bool = False) -> Plan:
         plan = Plan(applied=not dry_run)
@@ -68,13 +79,31 @@ class Provisioner:
             self.names.dlq(client)
         topic_arn = self._topic(plan, dry_run)
         for client in self.options.clients:
-            dlq_arn = self._queue(plan, "dlq", self.names.dlq(client), self._dlq_attributes(), dry_run)
+            dlq_name = self.names.dlq(client)
+            dlq_attrs = self._dlq_attributes(self.transport.queue_arn(dlq_name), topic_arn)
+            dlq_arn = self._queue(plan, "dlq", dlq_name, dlq_attrs, dry_run)
             queue_attrs = self._queue_attributes(
                 dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client))
             )
             queue_arn = self._queue(plan, "queue", self.names.queue(client), queue_attrs, dry_run)
-            self._subscription(plan, topic_arn, queue_arn, client, dry_run)
+            self._subscription(plan, topic_arn, queue_arn, dlq_arn, client, dry_run)
         return plan
+
+    def _settled(self, what: str, call: Callable[[], T]) -> T:
+        """Make a call; once this run has created something, a refusal is tried again for a while."""
+        deadline = time.monotonic() + (SETTLE_SECONDS if self.created else 0.0)
+        while True:
+            try:
+                with aws_errors(what):
+                    return call()
+            except CredentialsError:
+                raise
+            except TransportError as exc:
+                refused = exc.refused_request or isinstance(exc, ResourceNotFound)
+                if not refused or time.monotonic() >= deadline:
+                    raise
+                log.info("provision: AWS refused to %s (%s); trying again while it settles", what, exc)
+                _pause(SETTLE_POLL_SECONDS)
 
     # -- topic ----------------------------------------------------------------------------------
     def _topic(self, plan: Plan, dry_run: bool) -> str:
@@ -90,6 +119,7 @@ class Provisioner:
             attrs = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if self.options.fifo else {}
             with aws_errors(f"create topic {self.names.topic}"):
                 arn = self.sns.create_topic(Name=self.names.topic, Attributes=attrs)["TopicArn"]
+            self.created = True
         return arn
 
     def _topic_exists(self, arn: str) -> bool:
@@ -101,8 +131,12 @@ class Provisioner:
             return False
 
     # -- queues ---------------------------------------------------------------------------------
-    def _dlq_attributes(self) -> dict[str, str]:
-        attrs = {"MessageRetentionPeriod": DLQ_RETENTION}
+    def _dlq_attributes(self, dlq_arn: str, topic_arn: str) -> dict[str, str]:
+        attrs = {
+            "MessageRetentionPeriod": DLQ_RETENTION,
+            # SNS puts here what it could not deliver to the queue (the subscription's RedrivePolicy).
+            "Policy": json.dumps(queue_policy(dlq_arn, topic_arn), separators=(",", ":")),
+        }
         if self.options.fifo:
             attrs["FifoQueue"] = "true"
         return attrs
@@ -124,8 +158,10 @@ class Provisioner:
         if current is None:
             plan.steps.append(Step(kind, name, "create", "", arn))
             if not dry_run:
-                with aws_errors(f"create queue {name}"):
-                    self.sqs.create_queue(QueueName=name, Attributes=wanted)
+                self._settled(
+                    f"create queue {name}", lambda: self.sqs.create_queue(QueueName=name, Attributes=wanted)
+                )
+                self.created = True
             return arn
         differing = {k: v for k, v in wanted.items() if k != "FifoQueue" and not _same(k, current.get(k), v)}
         if not differing:
@@ -133,8 +169,11 @@ class Provisioner:
             return arn
         plan.steps.append(Step(kind, name, "update", "sets " + ", ".join(sorted(differing)), arn))
         if not dry_run:
-            with aws_errors(f"update queue {name}"):
-                self.sqs.set_queue_attributes(QueueUrl=self.transport.queue_url(name), Attributes=differing)
+            url = self.transport.queue_url(name)
+            self._settled(
+                f"update queue {name}",
+                lambda: self.sqs.set_queue_attributes(QueueUrl=url, Attributes=differing),
+            )
         return arn
 
     def _queue_attributes_now(self, name: str) -> dict[str, str] | None:
@@ -147,24 +186,31 @@ class Provisioner:
             return dict(self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"])
 
     # -- subscription ---------------------------------------------------------------------------
-    def _subscription(self, plan: Plan, topic_arn: str, queue_arn: str, client: str, dry_run: bool) -> None:
+    def _subscription(
+        self, plan: Plan, topic_arn: str, queue_arn: str, dlq_arn: str, client: str, dry_run: bool
+    ) -> None:
         label = f"{self.names.topic} -> {self.names.queue(client)}"
         wanted = {
             "RawMessageDelivery": "true",
             "FilterPolicy": json.dumps({"model": list(self.options.filter_models)}),
+            # What SNS cannot deliver to the queue (a policy or key it may not use, a queue gone) goes to
+            # the client's DLQ, where `replay-dlq` finds it, instead of being dropped after SNS's retries.
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn}),
         }
         existing = self._find_subscription(topic_arn, queue_arn)
         if existing is None:
-            plan.steps.append(Step("subscription", label, "create", "raw delivery, filter on model"))
+            plan.steps.append(Step("subscription", label, "create", "raw delivery, filter on model, DLQ"))
             if not dry_run:
-                with aws_errors(f"subscribe {self.names.queue(client)} to {self.names.topic}"):
-                    self.sns.subscribe(
+                self._settled(
+                    f"subscribe {self.names.queue(client)} to {self.names.topic}",
+                    lambda: self.sns.subscribe(
                         TopicArn=topic_arn,
                         Protocol="sqs",
                         Endpoint=queue_arn,
                         Attributes=wanted,
                         ReturnSubscriptionArn=True,
-                    )
+                    ),
+                )
             return
         with aws_errors(f"read subscription {existing}"):
             current = self.sns.get_subscription_attributes(SubscriptionArn=existing)["Attributes"]
@@ -177,10 +223,15 @@ class Provisioner:
         )
         if not dry_run:
             for name, value in differing.items():
-                with aws_errors(f"set {name} on {existing}"):
-                    self.sns.set_subscription_attributes(
-                        SubscriptionArn=existing, AttributeName=name, AttributeValue=value
-                    )
+                self._settled(
+                    f"set {name} on {existing}",
+                    functools.partial(
+                        self.sns.set_subscription_attributes,
+                        SubscriptionArn=existing,
+                        AttributeName=name,
+                        AttributeValue=value,
+                    ),
+                )
 
     def _find_subscription(self, topic_arn: str, queue_arn: str) -> str | None:
         if not self._topic_exists(topic_arn):
@@ -195,7 +246,7 @@ class Provisioner:
 
 
 def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
-    """Only this topic may send to the queue."""
+    """Only this topic may send to the queue (or, for a DLQ, what it could not deliver)."""
     return {
         "Version": "2012-10-17",
         "Statement": [

@@ -160,3 +160,105 @@ def test_provision_fifo_says_the_other_processes_need_reactive_fifo(
     monkeypatch.setenv("REACTIVE_FIFO", "1")
     quiet = CliRunner().invoke(app, ["provision", "--client", "alpha", "--fifo", "--dry-run"])
     assert "REACTIVE_FIFO" not in quiet.stderr
+
+
+def topic_arn_of(prefix: str) -> str:
+    topics = boto3.client("sns").list_topics()["Topics"]
+    return next(t["TopicArn"] for t in topics if t["TopicArn"].endswith(f":{prefix}-users"))
+
+
+def test_what_sns_cannot_deliver_goes_to_the_clients_dlq(aws_env: dict[str, str]) -> None:
+    prefix = aws_env["REACTIVE_PREFIX"]
+    Provisioner(Options(clients=["alpha"])).run()
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = topic_arn_of(prefix)
+
+    (sub,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    sub_attrs = sns.get_subscription_attributes(SubscriptionArn=sub["SubscriptionArn"])["Attributes"]
+    assert json.loads(sub_attrs["RedrivePolicy"])["deadLetterTargetArn"].endswith(f":{prefix}-alpha-dlq")
+    dlq_url = sqs.get_queue_url(QueueName=f"{prefix}-alpha-dlq")["QueueUrl"]
+    policy = json.loads(
+        sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["Policy"])["Attributes"]["Policy"]
+    )
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert statement["Resource"].endswith(f":{prefix}-alpha-dlq")
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == topic
+
+
+def test_resources_made_before_the_subscription_dlq_are_brought_up_to_date(aws_env: dict[str, str]) -> None:
+    """An earlier version subscribed without a RedrivePolicy and left the DLQ without a policy."""
+    prefix = aws_env["REACTIVE_PREFIX"]
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name=f"{prefix}-users")["TopicArn"]
+    sqs.create_queue(QueueName=f"{prefix}-alpha-dlq")
+    queue_url = sqs.create_queue(QueueName=f"{prefix}-alpha")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
+    )
+
+    plan = Provisioner(Options(clients=["alpha"])).run()
+
+    updates = {s.kind: s.detail for s in plan.steps if s.action == "update"}
+    assert "Policy" in updates["dlq"] and "RedrivePolicy" in updates["subscription"]
+    assert Provisioner(Options(clients=["alpha"])).run().changes == 0
+
+
+def test_a_refusal_of_what_was_just_created_is_tried_again(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS: a queue is usable about a second after its creation, and a RedrivePolicy checks its target."""
+    from botocore.exceptions import ClientError
+
+    from reactive import provision
+
+    real = boto3.client("sqs")
+    refusals: list[str] = []
+
+    class NewDlqNotKnownYet:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def create_queue(self, QueueName: str, Attributes: dict[str, str]) -> object:
+            if "RedrivePolicy" in Attributes and not refusals:
+                refusals.append(QueueName)
+                error = {"Code": "InvalidParameterValue", "Message": "Dead letter target does not exist"}
+                raise ClientError(
+                    {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}, "CreateQueue"
+                )  # type: ignore[typeddict-item]
+            return real.create_queue(QueueName=QueueName, Attributes=Attributes)
+
+    pauses: list[float] = []
+    monkeypatch.setattr(provision, "_pause", pauses.append)
+    plan = Provisioner(Options(clients=["alpha"]), sqs=NewDlqNotKnownYet()).run()
+
+    assert refusals == [f"{aws_env['REACTIVE_PREFIX']}-alpha"] and pauses
+    assert plan.changes == 4 and redrive_of(f"{aws_env['REACTIVE_PREFIX']}-alpha")["maxReceiveCount"] == 5
+
+
+def test_a_refusal_when_nothing_was_created_is_reported_at_once(
+    provisioned: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from reactive import provision
+    from reactive.errors import TransportError
+
+    real = boto3.client("sqs")
+
+    class Refusing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def set_queue_attributes(self, **kwargs: object) -> object:
+            error = {"Code": "InvalidAttributeValue", "Message": "no"}
+            raise ClientError(
+                {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}, "SetQueueAttributes"
+            )  # type: ignore[typeddict-item]
+
+    monkeypatch.setattr(provision, "_pause", lambda seconds: pytest.fail("waited"))
+    with pytest.raises(TransportError, match="InvalidAttributeValue"):
+        Provisioner(Options(clients=["alpha"], max_receives=9), sqs=Refusing()).run()
