@@ -22,6 +22,7 @@ class Subscription:
     raw_delivery: bool = False
     arn: str | None = None
     filter_policy: Any = None
+    dead_letter_target: str | None = None  # the queue ARN SNS sends what it cannot deliver to
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class ClientStatus:
             found.append(f"{self.client}: {self.queue} is not subscribed to the topic")
         elif not self.subscription.raw_delivery:
             found.append(f"{self.client}: the subscription does not use raw message delivery")
+        if self.subscription.present and not (self.subscription.dead_letter_target or "").endswith(
+            f":{self.dlq}"
+        ):
+            found.append(
+                f"{self.client}: what SNS cannot deliver is not kept in {self.dlq} (run `reactive provision`)"
+            )
         return found
 
     @property
@@ -148,7 +155,15 @@ def _subscription(transport: SqsTransport, arn: str | None) -> Subscription:
         raw_delivery=str(attrs.get("RawMessageDelivery", "false")).lower() == "true",
         arn=arn,
         filter_policy=json.loads(policy) if policy else None,
+        dead_letter_target=_dead_letter_target(attrs.get("RedrivePolicy")),
     )
+
+
+def _dead_letter_target(redrive_policy: str | None) -> str | None:
+    try:
+        return str(json.loads(redrive_policy or "{}").get("deadLetterTargetArn") or "") or None
+    except (ValueError, AttributeError):  # not JSON, or not an object: no usable target
+        return None
 
 
 def outbox_status(using: str = "default") -> OutboxStatus:

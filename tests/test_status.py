@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ def test_a_healthy_system_reports_depths_and_raw_subscriptions(sqs: SqsTransport
     assert alpha.dead_letters == 0
     assert alpha.subscription.present and alpha.subscription.raw_delivery
     assert alpha.subscription.filter_policy == {"model": ["auth.user"]}
+    assert alpha.subscription.dead_letter_target == sqs.queue_arn(f"{prefix}-alpha-dlq")
     assert alpha.problems() == [] and clients["beta"].problems() == []
 
 
@@ -85,3 +87,23 @@ def test_the_outbox_status_says_why_rows_are_failing() -> None:
 
     assert (found.pending, found.failing, found.last_error) == (3, 2, "MessageTooLong: 300000 bytes")
     assert found.problems(max_age=300)[0].endswith("; 2 failing, last error: MessageTooLong: 300000 bytes")
+
+
+def test_a_subscription_without_its_dlq_is_a_problem(sqs: SqsTransport) -> None:
+    """Made by an earlier version, or changed by hand: SNS would drop what it cannot deliver."""
+    prefix = sqs.topic_name.removesuffix("-users")
+    alpha, beta = status.aws_status(sqs, ["alpha", "beta"])
+    sqs.sns.set_subscription_attributes(
+        SubscriptionArn=alpha.subscription.arn, AttributeName="RedrivePolicy", AttributeValue="{}"
+    )
+    elsewhere = json.dumps({"deadLetterTargetArn": sqs.queue_arn(f"{prefix}-alpha-dlq")})
+    sqs.sns.set_subscription_attributes(
+        SubscriptionArn=beta.subscription.arn, AttributeName="RedrivePolicy", AttributeValue=elsewhere
+    )
+
+    problems = [p for c in status.aws_status(sqs, ["alpha", "beta"]) for p in c.problems()]
+
+    assert problems == [
+        f"alpha: what SNS cannot deliver is not kept in {prefix}-alpha-dlq (run `reactive provision`)",
+        f"beta: what SNS cannot deliver is not kept in {prefix}-beta-dlq (run `reactive provision`)",
+    ]
