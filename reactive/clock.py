@@ -15,7 +15,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import redis
@@ -26,6 +26,7 @@ from reactive.errors import ServiceUnavailable
 
 log = logging.getLogger("reactive.clock")
 STATE_TTL_SECONDS = 5
+TICKS_IN_FLIGHT = 4  # ticks sent but not yet taken by Redis before the next due one is skipped
 Tick = dict[str, str]
 
 
@@ -83,13 +84,6 @@ def _aredis() -> redis.asyncio.Redis:
     return cached[1]
 
 
-def store(tick: Tick) -> None:
-    try:
-        _redis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
-
-
 def current() -> Tick | None:
     """The latest tick stored by the beat, or None (no beat running, or its value expired)."""
     try:
@@ -109,51 +103,74 @@ async def acurrent() -> Tick:
 
 
 async def atick(layer: Any = None, now: datetime | None = None) -> Tick:
-    """One tick: store it, then send it to the clock group. Redis errors become ServiceUnavailable."""
+    """One tick: store it and send it to the clock group, both at once (each is a few Redis round trips,
+    which a distant Redis makes long). Redis errors become ServiceUnavailable."""
     tick = payload(now)
     try:
-        await _aredis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
-        await (layer or groups.layer()).group_send(groups.CLOCK, message(tick))
+        await asyncio.gather(
+            _aredis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS),
+            (layer or groups.layer()).group_send(groups.CLOCK, message(tick)),
+        )
     except (redis.RedisError, OSError) as exc:
         raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
     return tick
 
 
 def tick() -> Tick:
-    """One tick from synchronous code (the Celery task, ``reactive beat --once``)."""
-    from asgiref.sync import async_to_sync
+    """One tick from synchronous code (the Celery task, ``reactive beat --once``).
 
-    tick = payload()
-    store(tick)
+    It runs on the process's sending loop: with async_to_sync each tick would open new Redis connections
+    (channels-redis and redis-py keep them per event loop), two a second for as long as the beat runs.
+    """
     try:
-        async_to_sync(groups.send)(groups.CLOCK, message(tick))
-    except (redis.RedisError, OSError) as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
-    return tick
+        return cast(Tick, groups.run_sync(atick()))
+    except TimeoutError as exc:
+        raise ServiceUnavailable(
+            f"Redis at {settings.redis_url()} did not take the tick within {groups.SEND_TIMEOUT_SECONDS:g} s"
+        ) from exc
 
 
 async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], None] | None = None) -> int:
     """Tick every ``interval`` seconds on a fixed schedule (no drift) until ``stop`` is set.
 
+    Each tick goes out as its own task, so a slow Redis (a distant one, a busy one) does not stretch the
+    schedule; at most TICKS_IN_FLIGHT wait at once, and a tick due while they all still wait is skipped.
     A tick that fails because Redis is down is logged and the loop goes on: the beat recovers by itself.
     A schedule that fell behind (a long pause) skips the missed ticks instead of sending a burst.
     """
     loop = asyncio.get_running_loop()
     layer = groups.layer()
     sent = 0
-    due = loop.time()
-    while not stop.is_set():
-        try:
-            tick_sent = await atick(layer)
-        except ServiceUnavailable as exc:
-            log.warning("tick not sent: %s", exc)
+    in_flight: set[asyncio.Task[Tick]] = set()
+
+    def finished(task: asyncio.Task[Tick]) -> None:
+        nonlocal sent
+        in_flight.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, ServiceUnavailable):
+            log.warning("tick not sent: %s", error)
+        elif error is not None:
+            log.warning("tick not sent: %s: %s", type(error).__name__, error)
         else:
             sent += 1
             if on_tick is not None:
-                on_tick(tick_sent)
+                on_tick(task.result())
+
+    due = loop.time()
+    while not stop.is_set():
+        if len(in_flight) < TICKS_IN_FLIGHT:
+            task = loop.create_task(atick(layer))
+            in_flight.add(task)
+            task.add_done_callback(finished)
+        else:
+            log.warning("tick skipped: Redis has not taken the last %d yet", TICKS_IN_FLIGHT)
         due += interval
         if due < loop.time():
             due = loop.time() + interval
         with contextlib.suppress(TimeoutError):  # the normal case: the next tick is due
             await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - loop.time()))
+    if in_flight:  # the ticks already sent finish (or time out) before the loop reports its count
+        await asyncio.wait(set(in_flight), timeout=groups.SEND_TIMEOUT_SECONDS)
     return sent

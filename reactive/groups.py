@@ -19,7 +19,7 @@ SEND_TIMEOUT_SECONDS = 5.0  # a layer that hangs must not hold the listener: the
 CLOCK = "clock"
 USER_CHANGED = "user.changed"
 CLOCK_TICK = "clock.tick"
-_VALID = re.compile(r"^[a-zA-Z0-9_.-]{1,99}$")
+_VALID = re.compile(r"[a-zA-Z0-9_.-]{1,99}")  # whole name: fullmatch (a "$" would let "clock\n" through)
 
 
 def user_group(local_pk: Any) -> str:
@@ -27,7 +27,7 @@ def user_group(local_pk: Any) -> str:
 
 
 def is_valid_group(name: str) -> bool:
-    return bool(_VALID.match(name))
+    return bool(_VALID.fullmatch(name))
 
 
 def layer() -> Any:
@@ -72,10 +72,16 @@ def _sending_loop() -> _Loop:
         return _loop
 
 
+def run_sync(coroutine: Any) -> Any:
+    """Run a coroutine on the process's sending loop, whose Redis connections stay open; its errors, or
+    TimeoutError after SEND_TIMEOUT_SECONDS, are raised here."""
+    return _sending_loop().run(coroutine)
+
+
 def send_sync(group: str, message: Mapping[str, Any]) -> bool:
     """Send and report success; a channel layer that is down is logged, never raised (sync never blocks on it)."""
     try:
-        _sending_loop().run(send(group, message))
+        run_sync(send(group, message))
     except Exception as exc:  # channels-redis raises redis/OS errors of many kinds; a hang times out
         log.warning("could not notify group %s: %s: %s", group, type(exc).__name__, exc)
         return False

@@ -193,3 +193,61 @@ def test_the_client_beat_never_ticks_faster_than_the_minimum(
     monkeypatch.setenv("REACTIVE_CLOCK_INTERVAL", value)
     schedule = fresh_client_settings(monkeypatch, tmp_path).CELERY_BEAT_SCHEDULE["clock-tick"]["schedule"]
     assert schedule == MIN_CLOCK_INTERVAL
+
+
+def test_ticks_from_sync_code_keep_their_redis_connections(redis_layer: str, redis_url: str) -> None:
+    """The Celery task ticks twice a second: a new event loop per tick (async_to_sync) would connect anew."""
+    server = redis.Redis.from_url(redis_url)
+    clock.tick()  # the first tick connects
+    before = server.info("stats")["total_connections_received"]
+    for _ in range(20):
+        clock.tick()
+    assert server.info("stats")["total_connections_received"] - before <= 2  # slack for other clients
+
+
+def test_a_slow_redis_does_not_stretch_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tick taking three intervals (a distant Redis) must not make the beat tick three times slower."""
+    interval = 0.05
+    started: list[float] = []
+
+    async def slow_tick(layer: Any = None) -> dict[str, str]:
+        started.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(3 * interval)
+        return clock.payload()
+
+    monkeypatch.setattr(clock, "atick", slow_tick)
+    monkeypatch.setattr(clock.groups, "layer", lambda: None)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(12 * interval, stop.set)
+        return await clock.run(interval, stop)
+
+    sent = run(scenario)
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    assert sent == len(started) >= 8  # every tick started was also finished before run() returned
+    assert max(gaps) < 2 * interval, gaps
+
+
+def test_ticks_redis_never_takes_are_skipped_not_piled_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    started: list[int] = []
+
+    async def hanging_tick(layer: Any = None) -> dict[str, str]:
+        started.append(1)
+        await asyncio.Event().wait()
+        raise AssertionError("never")
+
+    monkeypatch.setattr(clock, "atick", hanging_tick)
+    monkeypatch.setattr(clock.groups, "layer", lambda: None)
+    monkeypatch.setattr(clock.groups, "SEND_TIMEOUT_SECONDS", 0.1)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        return await clock.run(0.05, stop)
+
+    assert run(scenario) == 0
+    assert len(started) == clock.TICKS_IN_FLIGHT
+    assert "tick skipped: Redis has not taken the last 4 yet" in caplog.text

@@ -70,3 +70,9 @@ def test_a_consumer_outlives_a_quiet_group(redis_layer: str) -> None:
         return message
 
     assert run(scenario) == {"type": "user.changed", "late": True}
+
+
+def test_a_group_name_is_valid_only_as_a_whole() -> None:
+    assert groups.is_valid_group("clock") and groups.is_valid_group("user.42")
+    assert not groups.is_valid_group("clock\n")  # `reactive tail $'clock\n'` would join another group
+    assert not groups.is_valid_group("x" * 100) and not groups.is_valid_group("")
