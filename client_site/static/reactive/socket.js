@@ -1,10 +1,13 @@
 // A websocket that keeps itself connected: exponential backoff with jitter, a visible connection state,
 // and a stop when the server says "never again" (an application close code) or the session is gone.
+// A socket that expects a steady stream (the clock) can also watch for silence: an open TCP connection
+// to a stopped server, or over a path that drops packets, says nothing for minutes while nothing arrives.
 "use strict";
 
 (function () {
   const BASE_DELAY_MS = 500;
   const MAX_DELAY_MS = 15000;
+  const WATCH_EVERY_MS = 500;
 
   // ws: under http, wss: under https (a page served over TLS must never open a cleartext socket).
   function socketUrl(path, location) {
@@ -19,17 +22,38 @@
     return Math.round(ceiling / 2 + random() * (ceiling / 2));
   }
 
+  // A monotonic clock: the watchdog must not be fooled by the wall clock being stepped (NTP, the user).
+  function monotonicNow() {
+    return window.performance && typeof window.performance.now === "function"
+      ? window.performance.now()
+      : Date.now();
+  }
+
   class LiveSocket {
-    // options: path() -> "/ws/..."; onMessage(object); stateElement; finalCodes {code: "label"}
+    // options: path() -> "/ws/..."; onMessage(object); stateElement; finalCodes {code: "label"};
+    // for a steady stream only: staleAfterMs (silence shown as "stale"), restartAfterMs (silence after which
+    // the socket is dropped and reconnected through the backoff), staleLabel(seconds) -> "no ... for N s".
     constructor(options) {
       this.path = options.path;
       this.onMessage = options.onMessage;
       this.stateElement = options.stateElement;
       this.finalCodes = options.finalCodes || {};
+      this.staleAfterMs = options.staleAfterMs || 0;
+      this.restartAfterMs = options.restartAfterMs || 0;
+      this.staleLabel = options.staleLabel || ((seconds) => "no messages for " + seconds + " s");
       this.attempt = 0;
       this.timer = null;
       this.socket = null;
+      this.watchdog = null;
+      this.openedAt = 0;
+      this.lastMessageAt = 0;
+      this.state = null;
+      this.label = null;
       window.addEventListener("online", () => this.reconnectNow());
+    }
+
+    get watched() {
+      return this.staleAfterMs > 0 || this.restartAfterMs > 0;
     }
 
     start() {
@@ -37,6 +61,9 @@
     }
 
     setState(state, label) {
+      if (state === this.state && label === this.label) return;
+      this.state = state;
+      this.label = label;
       if (!this.stateElement) return;
       this.stateElement.dataset.state = state;
       this.stateElement.textContent = label;
@@ -48,12 +75,20 @@
       const socket = new WebSocket(socketUrl(this.path(), window.location));
       this.socket = socket;
       let opened = false;
+      // Events of a socket the watchdog gave up on are ignored: its replacement is already under way (and
+      // its close event may come a minute late, when the closing handshake times out on a dead path).
       socket.addEventListener("open", () => {
+        if (this.socket !== socket) return;
         opened = true;
-        this.attempt = 0;
+        // A watched socket resets the backoff only once its stream flows (see check): a server that
+        // accepts and then says nothing must not be reconnected to at the shortest delay forever.
+        if (!this.watched) this.attempt = 0;
         this.setState("live", "live");
+        this.watch();
       });
       socket.addEventListener("message", (event) => {
+        if (this.socket !== socket) return;
+        this.heard();
         let data;
         try {
           data = JSON.parse(event.data);
@@ -62,11 +97,15 @@
         }
         this.onMessage(data);
       });
-      socket.addEventListener("close", (event) => this.closed(event, opened));
+      socket.addEventListener("close", (event) => {
+        if (this.socket !== socket) return;
+        this.closed(event, opened);
+      });
     }
 
     async closed(event, opened) {
       this.socket = null;
+      this.unwatch();
       const final = this.finalCodes[event.code];
       if (final) {
         this.setState("ended", final);
@@ -77,6 +116,10 @@
         this.setState("signed-out", "signed out: sign in again from the master");
         return;
       }
+      this.retry();
+    }
+
+    retry() {
       const delay = backoffDelay(this.attempt, Math.random);
       this.attempt += 1;
       this.setState("reconnecting", "offline, reconnecting in " + Math.ceil(delay / 1000) + " s");
@@ -88,6 +131,56 @@
       window.clearTimeout(this.timer);
       this.attempt = 0;
       this.connect();
+    }
+
+    // -- the watchdog of a steady stream: started on open, stopped on any close (no timer outlives a socket).
+    watch() {
+      if (!this.watched) return;
+      this.unwatch();
+      this.openedAt = this.lastMessageAt = monotonicNow();
+      this.watchdog = window.setInterval(() => this.check(), WATCH_EVERY_MS);
+    }
+
+    unwatch() {
+      if (this.watchdog === null) return;
+      window.clearInterval(this.watchdog);
+      this.watchdog = null;
+    }
+
+    heard() {
+      if (this.watchdog === null) return;
+      this.lastMessageAt = monotonicNow();
+      if (this.state === "stale") this.setState("live", "live");
+    }
+
+    check() {
+      if (this.socket === null) {
+        this.unwatch();
+        return;
+      }
+      const now = monotonicNow();
+      const silent = now - this.lastMessageAt;
+      if (this.restartAfterMs > 0 && silent >= this.restartAfterMs) {
+        this.restart();
+      } else if (this.staleAfterMs > 0 && silent >= this.staleAfterMs) {
+        this.setState("stale", this.staleLabel(Math.floor(silent / 1000)));
+      } else if (this.lastMessageAt - this.openedAt >= (this.staleAfterMs || this.restartAfterMs)) {
+        this.attempt = 0; // still flowing well after the greeting sent on connect: a healthy connection
+      }
+    }
+
+    // Silence for too long: drop this socket without waiting for its close (a stopped server never answers
+    // the closing handshake), and reconnect through the backoff like any lost connection.
+    restart() {
+      const socket = this.socket;
+      this.socket = null;
+      this.unwatch();
+      try {
+        socket.close(1000, "silent");
+      } catch (error) {
+        // already closing: nothing more to do with it
+      }
+      this.retry();
     }
 
     async signedOut() {
