@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ def beat(
         "--interval",
         "-i",
         min=0.05,
+        max=3600,  # and never inf or nan (a range check alone lets nan through): one tick, then silence
+        callback=lambda value: _finite(value),
         help="Seconds between ticks (loop); default REACTIVE_CLOCK_INTERVAL, else 0.5.",
     ),
     client: str = typer.Option(None, "--client", "-c", help="The client site (default REACTIVE_CLIENT)."),
@@ -59,6 +62,12 @@ async def _loop(interval: float, printed: Callable[[dict[str, str]], None]) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return await clock.run(interval, stop, on_tick=printed)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number of seconds, got {value}")
+    return value
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-state = {"debug": os.environ.get("REACTIVE_DEBUG", "") not in ("", "0")}
+state = {"debug": os.environ.get("REACTIVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")}
 
 
 def setup_django(site: str, client: str | None = None) -> None:

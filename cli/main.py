@@ -125,5 +125,6 @@ def run() -> None:
             traceback.print_exc()
         if error is None:
             sys.exit(1)
-        common.err_console.print(f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False)
+        line = " ".join(str(error).split())  # one line: drivers' messages carry their own newlines and tabs
+        common.err_console.print(f"[red]error:[/red] {escape(line)}", markup=True, highlight=False)
         sys.exit(error.exit_code)

@@ -35,7 +35,8 @@ def provision(
     plan = Provisioner(options).run(dry_run=dry_run)
     if fifo and not settings.fifo():  # everything else reads REACTIVE_FIFO, not this flag
         common.err_console.print(
-            "[yellow]warning:[/] --fifo made the FIFO topic and queues; set REACTIVE_FIFO=1 where the relay, "
+            f"[yellow]warning:[/] --fifo {'would make' if dry_run else 'made'} the FIFO topic and queues; "
+            "set REACTIVE_FIFO=1 where the relay, "
             "the listeners and `reactive status` run, or they keep using the standard ones"
         )
     if as_json:

@@ -71,6 +71,7 @@ def personal_group(username: str) -> str:
 
     from reactive.groups import user_group
 
+    common.require_database("client")  # a lookup in a missing SQLite file would create an empty one
     local_pk = (
         get_user_model()._default_manager.filter(username=username).values_list("pk", flat=True).first()
     )

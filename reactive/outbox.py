@@ -170,13 +170,18 @@ def relay_on_commit(using: str) -> None:
 
 
 def _request_relay(using: str = "default") -> None:
-    mode = str(settings.env_or_setting("REACTIVE_RELAY", "celery"))
+    mode = settings.relay_mode()
     if mode == "celery":
         from celery import current_app
 
-        current_app.send_task(
-            "reactive.relay_outbox", kwargs={"using": using} if using != "default" else None
-        )
+        try:
+            current_app.send_task(
+                "reactive.relay_outbox", kwargs={"using": using} if using != "default" else None
+            )
+        except Exception as exc:  # the broker is down (kombu/redis errors of many kinds): the row is safe
+            log.warning(
+                "relay not requested (%s: %s); the outbox sweep will send the row", type(exc).__name__, exc
+            )
     elif mode == "inline":
         from reactive.transport import get_transport
 

@@ -212,7 +212,48 @@ def _production_key(name: str, key: str) -> str:
 
 
 def debug() -> bool:
-    return os.environ.get("DJANGO_DEBUG", "1").lower() not in ("0", "false", "no", "off")
+    return os.environ.get("DJANGO_DEBUG", "1").lower() not in FALSE_WORDS
+
+
+FALSE_WORDS = ("", "0", "false", "no", "off")
+TRUE_WORDS = ("1", "true", "yes", "on")
+RELAY_MODES = ("celery", "inline", "off")
+TRANSPORTS = ("sqs", "memory")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def flag(name: str) -> bool:
+    """An on/off variable: 1/true/yes/on or 0/false/no/off (any case), unset or empty is off."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in FALSE_WORDS:
+        return False
+    if value in TRUE_WORDS:
+        return True
+    raise ConfigError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {os.environ[name]!r}")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    chosen = str(value).strip().lower()
+    if chosen not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return chosen
+
+
+def relay_mode() -> str:
+    """REACTIVE_RELAY: how a commit asks for its rows to be relayed (a typo must not silently turn it off)."""
+    return _choice("REACTIVE_RELAY", env_or_setting("REACTIVE_RELAY", "celery"), RELAY_MODES)
+
+
+def transport_kind() -> str:
+    return _choice("REACTIVE_TRANSPORT", os.environ.get("REACTIVE_TRANSPORT", "sqs"), TRANSPORTS)
+
+
+def log_level() -> str:
+    return _choice(
+        "REACTIVE_LOG_LEVEL",
+        os.environ.get("REACTIVE_LOG_LEVEL", "INFO"),
+        tuple(level.lower() for level in LOG_LEVELS),
+    ).upper()
 
 
 def max_receives() -> int:
@@ -261,7 +302,12 @@ def django_database(site: str, client: str | None = None) -> dict[str, Any]:
     url = database_url(site, client)
     # No persistent connections: under ASGI each request may run on another thread, and Django's docs say to
     # disable them there (they piled up until PostgreSQL refused new ones). The listener keeps its own.
-    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
+    try:
+        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
+    except ValueError as exc:  # UnknownSchemeError is one: "bogus", "postgresql+psycopg://", a bare path
+        raise ConfigError(
+            f"DATABASE_URL cannot be read ({exc}): use postgres://USER@HOST:PORT/NAME or sqlite:////ABS/PATH"
+        ) from exc
     if config["ENGINE"].endswith("sqlite3"):
         Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
         config["CONN_MAX_AGE"] = 0
@@ -302,7 +348,7 @@ def web_settings(site: str) -> dict[str, Any]:
         values["SESSION_COOKIE_NAME"] = f"{prefix()}-master-session"
     origins = os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "")
     values["CSRF_TRUSTED_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()]
-    if os.environ.get("DJANGO_SECURE_PROXY", "").lower() in ("1", "true", "yes", "on"):
+    if flag("DJANGO_SECURE_PROXY"):
         values.update(
             SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
             SESSION_COOKIE_SECURE=True,
@@ -361,7 +407,7 @@ def celery_settings(role: str) -> dict[str, Any]:
 
 
 def logging_config() -> dict[str, Any]:
-    level = os.environ.get("REACTIVE_LOG_LEVEL", "INFO").upper()
+    level = log_level()
     return {
         "version": 1,
         "disable_existing_loggers": False,

@@ -257,3 +257,50 @@ def test_a_master_command_never_creates_an_empty_master_database(
     assert done.returncode == 1
     assert "no master database at" in one_error_line(done)
     assert not (tmp_path / "var" / "master.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("DATABASE_URL", "postgresql+psycopg://db/app", "DATABASE_URL cannot be read"),
+        ("DATABASE_URL", "bogus-url", "DATABASE_URL cannot be read"),
+        ("REACTIVE_LOG_LEVEL", "verbose", "REACTIVE_LOG_LEVEL must be one of debug, info"),
+        ("REACTIVE_TRANSPORT", "memroy", "REACTIVE_TRANSPORT must be one of sqs, memory, got 'memroy'"),
+    ],
+)
+def test_a_malformed_variable_is_one_line_exit_1(
+    variable: str, value: str, says: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**aws_env, "DATABASE_URL": "sqlite://:memory:", variable: value}  # a master database exists
+    done = reactive("sync", "--client", "alpha", env=env, tmp_path=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert says in one_error_line(done)
+
+
+def test_reactive_debug_false_means_off(tmp_path: Path) -> None:
+    dead_redis = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REACTIVE_DEBUG": "false"}
+    done = reactive("beat", "--once", "--client", "alpha", env=dead_redis, tmp_path=tmp_path)
+    assert done.returncode == 3
+    assert "cannot reach Redis" in one_error_line(done)  # no traceback: debug is off
+
+
+def test_a_driver_message_on_several_lines_prints_as_one(tmp_path: Path) -> None:
+    # psycopg says "connection ... failed: ...\n\tIs the server running on that host ...?"
+    unreachable = {"DATABASE_URL": f"postgres://u@127.0.0.1:{free_port()}/x"}
+    done = reactive("login-link", "alice", "--client", "alpha", env=unreachable, tmp_path=tmp_path)
+    assert done.returncode == 3
+    assert "Is the server running" in one_error_line(done)
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "5000"])
+def test_beat_refuses_an_interval_that_is_no_schedule(interval: str, tmp_path: Path) -> None:
+    done = reactive("beat", "--interval", interval, "--client", "alpha", env={}, tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr  # before: "ticking every inf s", one tick, then silence
+    assert "--interval" in done.stderr
+
+
+def test_tail_of_a_user_never_creates_an_empty_client_database(tmp_path: Path) -> None:
+    done = reactive("tail", "--client", "alpha", "--user", "alice", env={}, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "no client database at" in one_error_line(done)
+    assert not (tmp_path / "var" / "client-alpha.sqlite3").exists()

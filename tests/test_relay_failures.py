@@ -266,3 +266,49 @@ def test_a_busy_database_does_not_starve_the_sweep_of_another(monkeypatch, setti
     monkeypatch.setattr(outbox, "relay_pending", default_always_busy)
     tasks.sweep_outbox()
     assert relayed.count("users") == 1 and relayed.count("default") > 1
+
+
+def test_a_save_while_the_broker_is_down_logs_one_line_and_keeps_the_row(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from celery import current_app
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from kombu.exceptions import OperationalError
+
+    from reactive import capture
+
+    def broker_down(name: str, kwargs: Any = None) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(current_app, "send_task", broker_down)
+    monkeypatch.setenv("REACTIVE_RELAY", "celery")
+    capture.track(get_user_model(), predicate=capture.non_staff)
+    try:
+        with transaction.atomic():
+            get_user_model().objects.create_user("alice")
+            connection = transaction.get_connection()
+            callbacks = [entry[1] for entry in connection.run_on_commit]
+        for callback in callbacks:  # pytest-django's transaction never commits: run what a commit would
+            callback()
+    finally:
+        capture.untrack(get_user_model())
+
+    assert OutboxEvent.objects.filter(sent_at__isnull=True).count() == 1  # the sweep will send it
+    warnings = [r for r in caplog.records if r.name == "reactive.outbox"]
+    assert [r.getMessage() for r in warnings] == [
+        "relay not requested (OperationalError: Error 111 connecting to 127.0.0.1:6379. Connection refused.); "
+        "the outbox sweep will send the row"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_misspelt_relay_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive import settings
+    from reactive.errors import ConfigError
+
+    monkeypatch.setenv("REACTIVE_RELAY", "inlne")  # once taken as "off": no relay was ever asked for
+    with pytest.raises(ConfigError, match="REACTIVE_RELAY must be one of celery, inline, off, got 'inlne'"):
+        settings.relay_mode()
+    with pytest.raises(ConfigError):
+        outbox._request_relay()

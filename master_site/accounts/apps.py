@@ -15,8 +15,10 @@ class AccountsConfig(AppConfig):
         from django.utils.module_loading import import_string
 
         from reactive import capture
+        from reactive import settings as reactive_settings
 
         if getattr(settings, "REACTIVE_CAPTURE", True):
+            reactive_settings.relay_mode()  # a typo fails at start-up, not at every commit
             capture.track(
                 get_user_model(),
                 fields=getattr(settings, "REACTIVE_TRACKED_FIELDS", None),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 
 from reactive.transport.base import BatchResult, OutgoingMessage, QueueDepth, ReceivedMessage, Transport
 
@@ -13,8 +12,9 @@ __all__ = ["BatchResult", "OutgoingMessage", "QueueDepth", "ReceivedMessage", "T
 @functools.cache
 def get_transport() -> Transport:
     """REACTIVE_TRANSPORT=sqs (default) or memory."""
-    kind = os.environ.get("REACTIVE_TRANSPORT", "sqs")
-    if kind == "memory":
+    from reactive import settings
+
+    if settings.transport_kind() == "memory":
         from reactive.transport.memory import MemoryTransport
 
         return MemoryTransport.shared()
