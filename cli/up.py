@@ -46,7 +46,9 @@ def up(
         None, "--clients", help="Comma-separated client names; default REACTIVE_CLIENTS."
     ),
     var: Path = typer.Option(
-        None, "--var", help="Directory for databases, logs and our Redis; default ./var."
+        None,
+        "--var",
+        help="Directory for databases, logs and our Redis (one running system each); default ./var.",
     ),
     master_port: int = typer.Option(8001, "--master-port", min=1, max=65535, help="Port of the master site."),
     client_port: list[int] = typer.Option(
@@ -102,13 +104,11 @@ def up(
         demo=demo,
     )
     options.ports()  # usage errors (port counts) before anything starts
-    if as_json:
-        code = Up(options, on_event=print_json_event).run()
-    elif plain or not common.console.is_terminal:
-        code = Up(options, on_event=print_event).run()
-    else:
-        code = run_live(options)
-    exit_now(code)
+    live = not (as_json or plain) and common.console.is_terminal
+    on_event = print_json_event if as_json else print_event
+    system = Up(options, on_event=None if live else on_event)
+    system.lock()  # another run on this var directory: one error line, before anything starts or is written
+    exit_now(run_live(system) if live else system.run())
 
 
 def exit_now(code: int) -> None:
@@ -119,8 +119,8 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def run_live(options: UpOptions) -> int:
-    system = Up(options)
+def run_live(system: Up) -> int:
+    options = system.options
 
     def view() -> RenderableType:
         try:

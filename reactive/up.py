@@ -5,7 +5,8 @@ AWS credentials say otherwise), Redis (``REDIS_URL`` when it answers, else a red
 free port under var/), the databases (SQLite under var/ unless ``DATABASE_URL`` says otherwise, migrated),
 the topic and queues, the demo users; then every process under one Supervisor. A monitor thread samples
 health, queue depths and the outbox for the live view. Stopping (Ctrl-C, SIGTERM) stops every child, then
-our Redis and moto: nothing is left running.
+our Redis and moto: nothing is left running. A run owns its var directory (a lock on var/up.lock) from
+before it writes anything until everything is stopped: a second run on the same directory is refused.
 
 The choices are exported to this process's environment, so that every child (and the in-process Django
 of the master, used for the demo users and the outbox view) sees the same world.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -63,6 +66,9 @@ DEFAULT_MOTO_PORT = 5000  # moto's own default, so that other terminals find it 
 # tour's poison reaches the DLQ in about a minute (two visibility timeouts).
 DEMO_MAX_RECEIVES = "2"
 ENV_FILE = "up.env"
+# Held (flock) by the run that owns the var directory, for its whole life; the OS lets go when it ends,
+# however it ends, so a killed run leaves no stale lock. The file itself stays.
+LOCK_FILE = "up.lock"
 # What `reactive` commands in other terminals must share with this run to name, reach and read what it uses
 # (README's configuration table); DATABASE_URL_<CLIENT> of the run's clients and moto's credentials besides.
 ENV_FILE_VARIABLES = (
@@ -503,6 +509,30 @@ def run_environment(options: UpOptions) -> dict[str, str]:
     }
 
 
+def lock_var_dir(var_dir: Path) -> int:
+    """An exclusive lock on ``var_dir`` for as long as the returned descriptor is open (ConfigError when
+    another run holds it). Two runs on one directory would share its databases, queues and Redis, and the
+    second would overwrite the first's up.env, then delete it on stopping."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+        os.close(descriptor)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(
+            f"{var_dir} is in use by another `reactive up`{pid}: stop it, or pass --var DIR (another "
+            "directory) to run a second system"
+        ) from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)  # for the message of the run that is refused
+    return descriptor
+
+
 def health(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as response:
@@ -534,6 +564,7 @@ class Up:
         self._links_refused = ""  # why the last renewal made no login link ("" when it made them)
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self._var_lock: int | None = None  # the descriptor holding LOCK_FILE while this run owns var_dir
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, kind: str, text: str, **data: Any) -> None:
@@ -543,9 +574,16 @@ class Up:
         self.on_event(event)
 
     # -- the whole run --------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Own the var directory (ConfigError when another run does) before anything is written or started;
+        ``run`` takes it when the caller has not, and lets it go once everything is stopped."""
+        if self._var_lock is None:
+            self._var_lock = lock_var_dir(self.options.var_dir)
+
     def run(self, tick: Callable[[], Any] | None = None) -> int:
         """Prepare, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code (0 after a stop,
         even one during start-up: README says `up` exits 0 on Ctrl-C)."""
+        self.lock()
         # During start-up SIGINT, SIGTERM and SIGHUP unwind (KeyboardInterrupt), so that what was started is
         # stopped; the supervisor takes them over once the processes start.
         previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
@@ -564,6 +602,9 @@ class Up:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self._var_lock is not None:
+                os.close(self._var_lock)  # up.env is gone and every process stopped: the directory is free
+                self._var_lock = None
         self.emit("stopped", "stopped: nothing left running")
         return 0
 
@@ -693,31 +734,40 @@ class Up:
             self.emit("process", f"{name} stopped", name=name, pid=pid, state="stopped")
 
     # -- monitoring -----------------------------------------------------------------------------
+    def _stopping(self) -> bool:
+        """Whether the stop has begun (the supervisor got the signal): from then on the sites go down on
+        purpose, and nothing the monitor could see is news."""
+        return self._done.is_set() or (self.supervisor is not None and self.supervisor.stopping)
+
     def _monitor(self) -> None:
-        """Sample health, queues and the outbox until the run ends; announce readiness once."""
+        """Sample health, queues and the outbox until the stop begins; announce readiness once."""
         from django.db import connection
 
         from reactive.transport.sqs import SqsTransport
 
         transport = SqsTransport.from_settings()  # one set of boto3 clients for the whole run
-        while not self._done.is_set():
+        while not self._stopping():
             try:
-                self._sample_health()
-                self._sample_queues(transport)
-                self._sample_outbox()
-                if not self.ready and self._all_healthy():
-                    self._announce_ready()
-                elif (
-                    self.ready
-                    and self.options.demo
-                    and time.monotonic() - self._links_at > LINK_REFRESH_SECONDS
-                ):
-                    self._make_login_links(announce=False)
+                self._sample(transport)
             except Exception as exc:  # the view must never take the run down
                 log.warning("monitor: %s: %s", type(exc).__name__, exc)
             finally:
                 connection.close()  # this thread's connection: never keep SQLite files open between samples
             self._done.wait(SAMPLE_SECONDS)
+
+    def _sample(self, transport: SqsTransport) -> None:
+        """One round of the monitor; it ends early, silently, when the stop begins meanwhile."""
+        self._sample_health()
+        for step in (functools.partial(self._sample_queues, transport), self._sample_outbox):
+            if self._stopping():
+                return
+            step()
+        if self._stopping():
+            return
+        if not self.ready and self._all_healthy():
+            self._announce_ready()
+        elif self.ready and self.options.demo and time.monotonic() - self._links_at > LINK_REFRESH_SECONDS:
+            self._make_login_links(announce=False)
 
     def _web_urls(self) -> dict[str, str]:
         host = self.options.local_host
@@ -727,7 +777,11 @@ class Up:
 
     def _sample_health(self) -> None:
         for name, url in self._web_urls().items():
+            if self._stopping():
+                return
             state = health(url + "/health")
+            if self._stopping():
+                return  # the failure may be the stop's own doing: neither shown nor reported
             with self._lock:
                 before = self._health.get(name)
                 self._health[name] = state

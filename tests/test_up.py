@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reactive.errors import UsageError
+from reactive.errors import ConfigError, UsageError
 from reactive.up import (
+    LOCK_FILE,
     Up,
     UpEvent,
     UpOptions,
     choose_port,
     free_port,
+    lock_var_dir,
     port_free,
     process_specs,
     resolve_aws_mode,
@@ -279,3 +285,112 @@ def test_ctrl_c_during_start_up_stops_what_was_started_and_exits_0(
     assert stopped == ["redis", "moto"]
     assert events[-1].kind == "stopped"
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# -- one run per var directory ----------------------------------------------------------------------------
+REACTIVE = str(Path(sys.executable).parent / "reactive")
+
+
+@pytest.fixture
+def held_var(tmp_path: Path) -> Iterator[Path]:
+    """A var directory a running `reactive up` (this process) holds, as it does for its whole life."""
+    descriptor = lock_var_dir(tmp_path)
+    yield tmp_path
+    os.close(descriptor)
+
+
+def test_a_second_up_on_the_same_var_directory_is_refused_before_it_touches_anything(
+    monkeypatch: pytest.MonkeyPatch, held_var: Path
+) -> None:
+    var = held_var
+    (var / "up.env").write_text("# the first run's\n")
+
+    def prepare(self: Up, stack: contextlib.ExitStack) -> list[object]:
+        raise AssertionError("the second run went on to prepare its services")
+
+    monkeypatch.setattr(Up, "prepare", prepare)
+    refusal = re.escape(f"{var} is in use by another `reactive up` (pid {os.getpid()})")
+    with pytest.raises(ConfigError, match=refusal):
+        Up(options(var)).run()
+
+    # The command, as the README's advice for a busy port would start it: exit 1, one line, up.env untouched.
+    with socket.socket() as busy:  # were the lock not checked first, this port would stop the run anyway
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {**os.environ, "COLUMNS": "200"}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        started = time.monotonic()
+        done = subprocess.run(
+            [REACTIVE, "up", "--plain", "--var", str(var), "--clients", "alpha,beta"]
+            + ["--master-port", str(busy.getsockname()[1]), "--client-port", "9000", "--client-port", "9002"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and not done.stdout.strip(), done.stdout + done.stderr
+    assert lines[0].startswith(f"error: {var.resolve()} is in use by another `reactive up`"), lines[0]
+    assert "pass --var DIR" in lines[0]
+    assert time.monotonic() - started < 60
+    assert (var / "up.env").read_text() == "# the first run's\n"
+    assert not (var / "log").exists(), "the second run prepared the directory"
+
+
+def test_a_run_that_is_killed_leaves_no_stale_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from reactive.up import lock_var_dir; "
+         f"lock_var_dir(Path({str(tmp_path)!r})); print('locked', flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
+            lock_var_dir(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait()
+    assert (tmp_path / LOCK_FILE).exists()
+    os.close(lock_var_dir(tmp_path))
+
+
+# -- Ctrl-C: the sites going down is the stop, not news -----------------------------------------------------
+def test_the_monitor_reports_nothing_once_the_stop_has_begun(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from reactive.supervisor import Supervisor
+    from reactive.transport.sqs import SqsTransport
+
+    events: list[UpEvent] = []
+    up = Up(options(tmp_path, demo=False), on_event=events.append)
+    up.supervisor = Supervisor([])
+    checks_after_stop: list[str] = []
+
+    def health(url: str) -> str:
+        assert up.supervisor is not None
+        if not up.ready:
+            return "ok"
+        if up.supervisor.stopping:
+            checks_after_stop.append(url)
+        else:
+            up.supervisor.stop()  # Ctrl-C while this check is in flight: the sites are going down
+        return "failing"
+
+    monkeypatch.setattr("reactive.up.health", health)
+    monkeypatch.setattr("reactive.up.SAMPLE_SECONDS", 0.01)
+    monkeypatch.setattr(SqsTransport, "from_settings", lambda: None)
+    monkeypatch.setattr(up, "_sample_queues", lambda transport: None)
+    monkeypatch.setattr(up, "_sample_outbox", lambda: None)
+    monitor = threading.Thread(target=up._monitor, daemon=True)
+    monitor.start()
+    monitor.join(5)  # the run sets _done only once every child is stopped: the monitor must not wait for it
+    kept_sampling = monitor.is_alive()
+    up._done.set()
+    monitor.join(5)
+    assert [e.text for e in events] == ["ready: every site answers /health"], "no /health warnings on a stop"
+    assert "failing" not in up._health.values(), "the live view would show the stop as a failure"
+    assert not checks_after_stop, "health checks after the stop began"
+    assert not kept_sampling, "the monitor kept sampling after the stop began"
