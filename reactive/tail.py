@@ -7,6 +7,7 @@ the groups on the site's own layer, so it receives exactly what browsers in thos
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,9 @@ from typing import Any
 
 from reactive import groups
 from reactive.errors import UsageError
+
+log = logging.getLogger("reactive.tail")
+LEAVE_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,16 @@ async def follow(
             if failure is not None:
                 raise failure  # the layer failed (Redis went away): let the caller report it
     finally:
-        for channel, group in channels.items():
-            await layer.group_discard(group, channel)
+        await _leave(layer, channels)
     return count
+
+
+async def _leave(layer: Any, channels: dict[str, str]) -> None:
+    """Leave the groups, best effort and briefly: Ctrl-C must not wait out a stalled Redis (and a member
+    left behind only costs the group until group_expiry)."""
+    try:
+        async with asyncio.timeout(LEAVE_TIMEOUT_SECONDS):
+            for channel, group in channels.items():
+                await layer.group_discard(group, channel)
+    except Exception as exc:  # Redis gone or stalled: the memberships expire on their own
+        log.warning("could not leave the groups (%s: %s); they expire on their own", type(exc).__name__, exc)

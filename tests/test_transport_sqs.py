@@ -87,3 +87,13 @@ def test_received_attributes_keep_only_what_a_send_takes_back() -> None:
         "blob": {"DataType": "Binary", "BinaryValue": b"\x00"},
     }
     assert received.message_attributes["model"] == "auth.user"
+
+
+def test_an_endpoint_that_is_not_aws_is_a_service_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.parsers import ResponseParserError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8000")  # a web site, say, not moto
+    not_aws = pytest.raises(ServiceUnavailable, match="http://127.0.0.1:8000 did not answer as AWS")
+    with not_aws as caught, aws_errors("list queues"):
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML received")
+    assert caught.value.exit_code == 3

@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config
+from botocore.parsers import ResponseParserError
 
 from reactive import settings
 from reactive.errors import CredentialsError, ResourceNotFound, ServiceUnavailable, TransportError
@@ -70,6 +71,9 @@ def aws_errors(what: str) -> Iterator[None]:
             ) from exc
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise TransportError(f"{what}: {code}: {message}", code, status) from exc
+    except ResponseParserError as exc:  # something answered, but not AWS (a wrong port, a proxy's page)
+        where = settings.aws_endpoint_url() or "AWS"
+        raise ServiceUnavailable(f"{where} did not answer as AWS while trying to {what}: {exc}") from exc
     except bexc.BotoCoreError as exc:
         raise TransportError(f"{what}: {exc}") from exc
 
