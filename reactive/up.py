@@ -344,11 +344,20 @@ def setup_master_django() -> None:
 def seed_demo_users() -> list[str]:
     """alice, bob and carol (synced to every client) and an admin (staff: never synced); the ones created."""
     from django.contrib.auth import get_user_model
+    from django.utils import timezone
 
     users = get_user_model()
     created = []
+    # Whole seconds: the admin's date and time fields drop microseconds, so a first save there would also
+    # change date_joined (a real change, sent as such), not only the field the tour edits.
+    joined = timezone.now().replace(microsecond=0)
     for username, first, last in DEMO_USERS:
-        defaults = {"first_name": first, "last_name": last, "email": f"{username}@example.com"}
+        defaults = {
+            "first_name": first,
+            "last_name": last,
+            "email": f"{username}@example.com",
+            "date_joined": joined,
+        }
         user, new = users.objects.get_or_create(username=username, defaults=defaults)
         if new:
             user.set_password(DEMO_PASSWORD)  # the password is never synced: no event for this save

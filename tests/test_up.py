@@ -394,3 +394,15 @@ def test_the_monitor_reports_nothing_once_the_stop_has_begun(
     assert "failing" not in up._health.values(), "the live view would show the stop as a failure"
     assert not checks_after_stop, "health checks after the stop began"
     assert not kept_sampling, "the monitor kept sampling after the stop began"
+
+
+@pytest.mark.django_db
+def test_demo_users_join_on_a_whole_second() -> None:
+    """The tour edits a first name in the admin, whose date and time fields drop microseconds: the first
+    save there must not also change date_joined (the README shows the event as `(first_name)`)."""
+    from django.contrib.auth import get_user_model
+
+    from reactive.up import seed_demo_users
+
+    assert "alice" in seed_demo_users()
+    assert {u.date_joined.microsecond for u in get_user_model().objects.exclude(username="admin")} == {0}
