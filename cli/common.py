@@ -14,10 +14,25 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 state = {"debug": os.environ.get("REACTIVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")}
 
 
+def client_name(name: str) -> str:
+    """A client name given on the command line: a malformed one is a usage error (exit 2)."""
+    from reactive import settings
+    from reactive.errors import ConfigError, UsageError
+
+    try:
+        return settings.validate_client(name)
+    except ConfigError as exc:
+        raise UsageError(f"--client: {exc}") from exc
+
+
 def setup_django(site: str, client: str | None = None) -> None:
     """Configure Django for the master or a client site, unless the caller already chose settings."""
+    from reactive.errors import UsageError
+
     if client:
-        os.environ["REACTIVE_CLIENT"] = client
+        os.environ["REACTIVE_CLIENT"] = client_name(client)
+    elif site == "client" and not os.environ.get("REACTIVE_CLIENT"):
+        raise UsageError("which client? pass --client NAME or set REACTIVE_CLIENT")
     default = "master_site.settings" if site == "master" else "client_site.settings"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", default)
     import django

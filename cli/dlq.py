@@ -93,7 +93,7 @@ def show(
     Example: [bold]reactive dlq show --client alpha 6f1c2a0e-...[/bold]
     """
     transport = get_transport()
-    letter = dlq.find(transport, dlq.queues_of(transport, client), message_id)
+    letter = dlq.find(transport, dlq.queues_of(transport, common.client_name(client)), message_id)
     if diagnose:
         common.setup_django("client", client)
         letter = dlq.diagnose([letter])[0]
@@ -128,7 +128,7 @@ def purge(
     Example: [bold]reactive dlq purge --client alpha --yes[/bold]
     """
     transport = get_transport()
-    queues = dlq.queues_of(transport, client)
+    queues = dlq.queues_of(transport, common.client_name(client))
     if not yes:
         typer.confirm(f"Delete every message in {queues.dlq}? This cannot be undone", abort=True)
     count = dlq.purge(transport, queues)
@@ -138,7 +138,7 @@ def purge(
 def _letters(client: str, limit: int, diagnose: bool) -> tuple[list[dlq.DeadLetter], int]:
     """What a look found, and how many messages the DLQ holds (visible, in flight or delayed)."""
     transport = get_transport()
-    queues = dlq.queues_of(transport, client)
+    queues = dlq.queues_of(transport, common.client_name(client))
     letters = dlq.inspect(transport, queues, limit=limit)
     depth = transport.depth(queues.dlq)
     if diagnose and any(x.event for x in letters):

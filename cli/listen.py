@@ -3,7 +3,6 @@ from __future__ import annotations
 import typer
 
 from cli import common
-from reactive import settings
 
 
 def listen(
@@ -21,7 +20,7 @@ def listen(
 
     Example: [bold]reactive listen --client alpha --client beta[/bold]
     """
-    clients = [settings.validate_client(c) for c in client]
+    clients = [common.client_name(c) for c in client]
     if len(set(clients)) != len(clients):
         raise typer.BadParameter("a client is named twice", param_hint="--client")
     if len(clients) == 1:

@@ -22,9 +22,9 @@ def login_link(
     common.require_database("master")
     from django.contrib.auth import get_user_model
 
-    from reactive import settings, sso
+    from reactive import sso
 
-    settings.validate_client(client)
+    common.client_name(client)
     user = get_user_model()._default_manager.filter(username=username).first()
     if user is None:
         raise ReactiveError(f"no user {username!r} on the master")

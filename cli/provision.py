@@ -29,7 +29,7 @@ def provision(
 
     Example: [bold]reactive provision --client alpha --client beta --max-receives 5[/bold]
     """
-    clients = [settings.validate_client(c) for c in (client or settings.clients())]
+    clients = [common.client_name(c) for c in client] if client else settings.clients()
     receives = max_receives or settings.max_receives()
     options = Options(clients=clients, fifo=fifo or settings.fifo(), max_receives=receives)
     plan = Provisioner(options).run(dry_run=dry_run)

@@ -46,7 +46,7 @@ def replay_dlq(
             f"at most {dlq.MOVE_TASK_MAX_RATE} messages a second with --move-task (SQS)", param_hint="--rate"
         )
     transport = get_transport()
-    queues = dlq.queues_of(transport, client)
+    queues = dlq.queues_of(transport, common.client_name(client))
     planned = dlq.planned_count(transport, queues, limit)
     if move_task and dry_run:
         _print_move_task_plan(client, queues, planned, as_json)

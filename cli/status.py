@@ -42,7 +42,7 @@ def status(
 
     Example: [bold]reactive status --check --max-age 120[/bold]
     """
-    clients = [settings.validate_client(c) for c in (client or settings.clients())]
+    clients = [common.client_name(c) for c in client] if client else settings.clients()
     report = collect(clients, _outbox(), max_age=max_age)
     if as_json:
         common.print_json(report.to_dict())

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from cli import common
 from cli.completion import client_names
-from reactive import settings
 
 
 def sync(
@@ -26,7 +25,7 @@ def sync(
 
     Example: [bold]reactive sync --client alpha --prune[/bold]
     """
-    settings.validate_client(client)
+    common.client_name(client)
     common.setup_django("master")
     common.require_database("master")
     from reactive import resync

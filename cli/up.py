@@ -90,9 +90,7 @@ def up(
 
     Example: [bold]reactive up --clients alpha,beta[/bold]
     """
-    names = (
-        [settings.validate_client(c.strip()) for c in clients.split(",") if c.strip()] if clients else None
-    )
+    names = [common.client_name(c.strip()) for c in clients.split(",") if c.strip()] if clients else None
     options = UpOptions(
         clients=tuple(names or settings.clients()),
         var_dir=(var or settings.var_dir()).resolve(),

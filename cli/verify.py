@@ -32,7 +32,7 @@ def verify(
 
     Example: [bold]reactive verify --client alpha --client-db postgres://ops@db/alpha[/bold]
     """
-    settings.validate_client(client)
+    common.client_name(client)
     master_url = master_db or settings.database_url("master")
     client_url = client_db or settings.database_url("client", client)
     common.setup_django("master")

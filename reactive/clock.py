@@ -84,6 +84,14 @@ def _aredis() -> redis.asyncio.Redis:
     return cached[1]
 
 
+def store(tick: Tick) -> None:
+    """Keep a tick as the current one (what a page connecting now shows), for STATE_TTL_SECONDS."""
+    try:
+        _redis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+
+
 def current() -> Tick | None:
     """The latest tick stored by the beat, or None (no beat running, or its value expired)."""
     try:

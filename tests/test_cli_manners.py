@@ -62,8 +62,8 @@ def test_a_wrong_client_name_and_a_missing_queue(provisioned: dict[str, str], tm
     assert "reactive provision --client gamma" in line
 
     malformed = reactive("replay-dlq", "--client", "Bad!", "--yes", env=provisioned, tmp_path=tmp_path)
-    assert malformed.returncode == 1
-    assert "invalid client name 'Bad!'" in one_error_line(malformed)
+    assert malformed.returncode == 2  # a usage error
+    assert "--client: invalid client name 'Bad!'" in one_error_line(malformed)
 
 
 def test_nothing_provisioned_yet(aws_env: dict[str, str], tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_a_database_refusal_is_one_line_exit_1() -> None:
 def test_an_error_holding_brackets_is_printed_as_text(aws_env: dict[str, str], tmp_path: Path) -> None:
     """Errors quote what they were given; rich markup in it must neither vanish nor crash the line."""
     done = reactive("provision", "--client", "[/x]", "--dry-run", env=aws_env, tmp_path=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "invalid client name '[/x]'" in one_error_line(done)
 
 
@@ -304,3 +304,25 @@ def test_tail_of_a_user_never_creates_an_empty_client_database(tmp_path: Path) -
     assert done.returncode == 1
     assert "no client database at" in one_error_line(done)
     assert not (tmp_path / "var" / "client-alpha.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "--client", "Alpha"],
+        ["listen", "--client", "Alpha", "--once"],
+        ["sync", "--client", "Alpha"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_malformed_client_name_is_a_usage_error(command: list[str], tmp_path: Path) -> None:
+    done = reactive(*command, env={}, tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "--client: invalid client name 'Alpha'" in one_error_line(done)
+
+
+def test_a_client_command_without_a_client_says_how_to_name_one(tmp_path: Path) -> None:
+    env = {"REACTIVE_CLIENT": ""}
+    done = reactive("beat", "--once", env=env, tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "which client? pass --client NAME or set REACTIVE_CLIENT" in one_error_line(done)
