@@ -31,7 +31,11 @@ def setup_django(site: str, client: str | None = None) -> None:
 
     if client:
         os.environ["REACTIVE_CLIENT"] = client_name(client)
-    elif site == "client" and not os.environ.get("REACTIVE_CLIENT"):
+    elif (
+        site == "client"
+        and not os.environ.get("REACTIVE_CLIENT")
+        and _default_settings("client_site.settings")
+    ):
         raise UsageError("which client? pass --client NAME or set REACTIVE_CLIENT")
     default = "master_site.settings" if site == "master" else "client_site.settings"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", default)
@@ -42,6 +46,11 @@ def setup_django(site: str, client: str | None = None) -> None:
         django.setup()
     if site == "client" and client:
         _require_client_settings(client)
+
+
+def _default_settings(module: str) -> bool:
+    # Settings of a project's own may name the client themselves (REACTIVE_CLIENT = "alpha").
+    return os.environ.get("DJANGO_SETTINGS_MODULE", module) == module
 
 
 def require_database(site: str) -> None:
