@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from typing import Any
 
 import pytest
+import redis
 
 from client_site.web import broadcast as fanout
 from tests.support.realtime import run, until
@@ -78,16 +80,19 @@ def test_a_long_pass_over_healthy_sockets_drops_none(monkeypatch: pytest.MonkeyP
 class FlakyLayer:
     """A channel layer whose first receive fails (Redis restarting), then delivers what is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall_first_add: bool = False) -> None:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.adds: list[tuple[str, str]] = []
         self.failed = False
+        self.stall_first_add = stall_first_add  # Redis stalled: the first group_add never answers
 
     async def new_channel(self) -> str:
         return f"specific.test!{len(self.adds)}"
 
     async def group_add(self, group: str, channel: str) -> None:
         self.adds.append((group, channel))
+        if self.stall_first_add and len(self.adds) == 1:
+            await asyncio.Event().wait()
 
     async def receive(self, channel: str) -> dict[str, Any]:
         if not self.failed:
@@ -114,3 +119,125 @@ def test_the_fan_out_rejoins_the_group_after_the_layer_fails(monkeypatch: pytest
 
     assert run(scenario) == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
     assert [group for group, _ in layer.adds] == ["clock", "clock"]
+
+
+def test_a_stalled_join_is_given_up_soon_and_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled Redis answers after the layer's socket_timeout (30 s): a join gives up sooner."""
+    layer = FlakyLayer(stall_first_add=True)
+    layer.failed = True  # receiving works
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    monkeypatch.setattr(fanout, "JOIN_TIMEOUT_SECONDS", 0.1, raising=False)
+    monkeypatch.setattr(fanout, "RETRY_SECONDS", (0.05,))
+    socket = Socket()
+
+    async def scenario() -> list[dict[str, Any]]:
+        group = fanout.broadcast("clock", identity)
+        try:
+            await asyncio.wait_for(group.join(socket, socket.send), timeout=2)  # the page is not held
+            await until(lambda: len(layer.adds) == 2, what="tried again")
+            await layer.queue.put(FRAME)
+            await until(lambda: socket.frames, what="the frame after joining")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+        return socket.frames
+
+    assert run(scenario) == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
+
+
+class RealLayer:
+    """The test's channels-redis layer, its group_add recorded and its failures staged on demand."""
+
+    def __init__(self) -> None:
+        from channels.layers import get_channel_layer
+
+        self.layer = get_channel_layer()
+        self.add, self.receive = self.layer.group_add, self.layer.receive
+        self.adds: list[tuple[str, str]] = []
+        self.failing_adds = 0
+        self.failing_receives = 0
+        self.layer.group_add, self.layer.receive = self.group_add, self.flaky_receive
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.adds.append((group, channel))
+        if self.failing_adds:
+            self.failing_adds -= 1
+            raise redis.ConnectionError("Error 111 connecting to redis. Connection refused.")
+        await self.add(group, channel)
+
+    async def flaky_receive(self, channel: str) -> dict[str, Any]:
+        if self.failing_receives:
+            self.failing_receives -= 1
+            raise redis.ConnectionError("Connection closed by server.")
+        message: dict[str, Any] = await self.receive(channel)
+        return message
+
+    async def members(self, group: str) -> set[str]:
+        """The group's members as the layer knows them: Redis' sorted set, or the process's subscriptions."""
+        layer = self.layer
+        if hasattr(layer, "_get_layer"):  # RedisPubSubChannelLayer: the group is this process's business
+            own = layer._get_layer()
+            return set(own.groups.get(own._get_group_channel_name(group), ()))
+        connection = layer.connection(layer.consistent_hash(group))
+        return {member.decode() for member in await connection.zrange(layer._group_key(group), 0, -1)}
+
+
+def test_a_rejoin_after_a_failure_leaves_the_group_one_member(
+    redis_layer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Redis blip used to add a member (a new channel), sent every message until group_expiry."""
+    monkeypatch.setattr(fanout, "RETRY_SECONDS", (0.05,))
+    socket = Socket()
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        layer = RealLayer()
+        layer.failing_receives = 3
+        group = fanout.broadcast("clock", identity)
+        await group.join(socket, socket.send)
+        await until(lambda: len(layer.adds) == 4, what="rejoined after three failures")
+        await until(lambda: not layer.failing_receives, what="receiving again")
+        members = await layer.members("clock")
+        await layer.layer.group_send("clock", FRAME)
+        await until(lambda: socket.frames, what="the frame after rejoining")
+        assert group.task is not None
+        group.task.cancel()
+        return members, {channel for _, channel in layer.adds}
+
+    members, joined = run(scenario)
+    assert len(members) == 1 and members == joined
+    assert socket.frames == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
+
+
+def test_the_fan_out_rejoins_a_group_redis_forgot_and_logs_a_failing_rejoin_once(
+    redis_layer: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis forgets the membership after group_expiry, or with its data (FLUSHALL, eviction, a failover)
+    while the connections stay up: the fan-out adds it back every REJOIN_SECONDS, through failures."""
+    assert fanout.REJOIN_SECONDS <= 60  # within a minute of Redis forgetting, not an hour
+    monkeypatch.setattr(fanout, "REJOIN_SECONDS", 0.05)
+    socket = Socket()
+
+    async def scenario() -> None:
+        layer = RealLayer()
+        group = fanout.broadcast("clock", identity)
+        await group.join(socket, socket.send)
+        (_, channel), *_ = layer.adds
+        await layer.layer.group_discard("clock", channel)  # what Redis did
+        layer.failing_adds = 3  # and it is down for three rounds
+        await until(lambda: len(layer.adds) >= 6, what="rejoined after failing rejoins")  # one done
+        await layer.layer.group_send("clock", FRAME)
+        await until(lambda: socket.frames, what="the frame after rejoining")
+        assert group.task is not None
+        group.task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        run(scenario)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    assert lines == [
+        (
+            "WARNING",
+            "broadcast clock: rejoining the group failed: ConnectionError: Error 111 connecting to redis. "
+            "Connection refused.; retrying, silently until it works",
+        ),
+        ("INFO", "broadcast clock: rejoining the group works again"),
+    ]

@@ -4,18 +4,23 @@ driven by Channels' test communicator on a real channels-redis layer."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import Any
 
 import pytest
+import redis
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
-from client_site.web.broadcast import broadcast
+from client_site.web import consumers, epochs
+from client_site.web.broadcast import FailureStreak, broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
 from reactive.replica import ReplicaState
-from tests.support.realtime import run, session_cookie
+from tests.support.realtime import run, session_cookie, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = "http://testserver"
@@ -320,7 +325,7 @@ def test_clock_sockets_of_a_process_share_one_group_membership(alice: Any) -> No
 def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:
     cookie = session_cookie(alice)
     stored = {"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
-    clock.store(stored)
+    clock._redis().set(clock.state_key(), json.dumps(stored), ex=clock.STATE_TTL_SECONDS)  # the beat's
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         ws = communicator("/time/tic/", cookie)
@@ -366,3 +371,221 @@ def test_a_reconnect_storm_is_admitted(redis_layer: str) -> None:
         return len(channels)
 
     assert run(scenario) == 300
+
+
+class Joins:
+    """The layer's group_add, recorded, and made to fail or hang on demand (Redis restarting or stalled)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.original = layer.group_add
+        self.calls: list[tuple[str, str]] = []
+        self.failures = 0
+        self.fail_next = 0  # calls to fail, as a pooled connection Redis closed does
+        self.down = False  # every call fails
+        self.stalled = False  # every call hangs
+        layer.group_add = self
+
+    async def __call__(self, group: str, channel: str) -> None:
+        self.calls.append((group, channel))
+        if self.stalled:
+            await asyncio.Event().wait()
+        if self.down or self.fail_next:
+            self.fail_next = max(0, self.fail_next - 1)
+            self.failures += 1
+            raise redis.ConnectionError("Connection closed by server.")
+        await self.original(group, channel)
+
+
+def membership_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("membership ")]
+
+
+@pytest.fixture
+def refresh_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumers, "MEMBERSHIP_REFRESH_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(
+        consumers, "_membership_failures", FailureStreak("user sockets: memberships"), raising=False
+    )
+
+
+def test_an_open_socket_rejoins_its_room_after_redis_forgot_it(alice: Any, refresh_fast: None) -> None:
+    """Redis forgets members after group_expiry, and all of them when it loses its data (FLUSHALL, a
+    failover): an open page re-adds itself, and gets the changes again; its re-adds end with it."""
+    cookie = session_cookie(alice)
+
+    async def scenario() -> dict[str, Any]:
+        layer = get_channel_layer()
+        joins = Joins(layer)
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        group, channel = joins.calls[0]
+        await layer.group_discard(group, channel)  # what Redis did behind the consumer's back
+        forgotten = len(joins.calls)
+        await until(lambda: len(joins.calls) >= forgotten + 2, what="re-added to the room")  # one done
+        change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": change})
+        received = await ws.receive_json_from(timeout=5)
+        tasks = len(membership_tasks())
+        await ws.disconnect()
+        await until(lambda: not membership_tasks(), what="the re-adds ended with the socket")
+        return {"received": received, "tasks": tasks}
+
+    got = run(scenario)
+    assert got["received"]["profile"]["first_name"] == "Alicia"
+    assert got["tasks"] == 1  # while open
+
+
+@pytest.fixture
+def losses_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(epochs, "EPOCH_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(consumers, "LOSS_SPREAD_SECONDS", 0.05)
+
+
+def test_a_change_missed_while_redis_lost_its_data_is_sent_after_the_rejoin(
+    alice: Any, redis_url: str, refresh_fast: None, losses_fast: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost its data (FLUSHALL, a failover): the push of a change made meanwhile reached no one.
+    The page gets the profile again, once; rounds without a loss read nothing from the database."""
+    cookie = session_cookie(alice)
+    reads: list[Any] = []
+    real_read = consumers.profile_by_pk
+    monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: reads.append(pk) or real_read(pk))
+
+    def change_unannounced() -> None:  # committed while the socket was no member: its push was lost
+        alice.first_name = "Alicia"
+        alice.save()
+        ReplicaState.objects.filter(key="17").update(version=4)
+
+    async def scenario() -> tuple[bool, int, dict[str, Any], bool]:
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        unchanged_quiet = await ws.receive_nothing(timeout=0.4)  # several rounds
+        reads_between_losses = len(reads) - 1  # the one on connect
+        await database_sync_to_async(change_unannounced)()
+        watch = epochs.redis_epochs()
+        await until(
+            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
+        )
+        redis.Redis.from_url(redis_url).delete(watch.key)  # what FLUSHALL does to it, and to every group
+        resent = await ws.receive_json_from(timeout=5)
+        then_quiet = await ws.receive_nothing(timeout=0.4)
+        await ws.disconnect()
+        return unchanged_quiet, reads_between_losses, resent, then_quiet
+
+    unchanged_quiet, reads_between_losses, resent, then_quiet = run(scenario)
+    assert unchanged_quiet and reads_between_losses == 0
+    assert resent["type"] == "profile"
+    assert resent["profile"]["first_name"] == "Alicia" and resent["profile"]["version"] == 4
+    assert then_quiet
+
+
+def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives(
+    alice: Any, refresh_fast: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> dict[str, Any]:
+        joins = Joins(get_channel_layer())
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        joins.down = True
+        await until(lambda: joins.failures >= 4, what="re-adds failing")
+        joins.down = False
+        back = len(joins.calls)
+        await until(lambda: len(joins.calls) >= back + 2, what="re-added once Redis is back")
+        change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+        await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
+        received = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return received
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        assert run(scenario)["profile"]["first_name"] == "Alicia"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    assert lines == [
+        (
+            "WARNING",
+            "user sockets: memberships failed: ConnectionError: Connection closed by server.; "
+            "retrying, silently until it works",
+        ),
+        ("INFO", "user sockets: memberships works again"),
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_stale_redis_connection_costs_the_handshake_a_retry_not_a_500(alice: Any) -> None:
+    """After a Redis restart the pool's first connection fails ("Connection closed by server")."""
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        joins = Joins(get_channel_layer())
+        joins.fail_next = 1
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        first = await ws.receive_json_from(timeout=5)
+        await groups.send(
+            groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": {"version": 4}}
+        )
+        second = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return joins.failures, first, second
+
+    failures, first, second = run(scenario)
+    assert failures == 1
+    assert first["type"] == "profile" and second["profile"] == {"version": 4}
+
+
+@pytest.mark.parametrize("redis_state", ["down", "stalled"])
+def test_a_handshake_redis_cannot_serve_is_refused_soon_with_one_line(
+    alice: Any, redis_state: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused before accept (the page's backoff retries), within JOIN_TIMEOUT_SECONDS, no traceback."""
+    monkeypatch.setattr(consumers, "JOIN_TIMEOUT_SECONDS", 0.3, raising=False)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[bool, float, int]:
+        joins = Joins(get_channel_layer())
+        joins.down, joins.stalled = redis_state == "down", redis_state == "stalled"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        was_refused = await refused("/ws/", cookie)
+        return was_refused, loop.time() - start, len(joins.calls)
+
+    with caplog.at_level(logging.INFO):
+        was_refused, seconds, calls = run(scenario)
+    assert was_refused
+    assert seconds < 2
+    assert calls == (2 if redis_state == "down" else 1)  # a connection error is tried once more
+    reason = "ConnectionError: Connection closed by server." if redis_state == "down" else "TimeoutError"
+    lines = [r for r in caplog.records if r.name == "reactive.web"]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert lines[0].getMessage().startswith(f"user socket refused: cannot join user.{alice.pk}: {reason}")
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_clock_socket_is_not_held_by_a_stalled_redis(alice: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock's join waits JOIN_TIMEOUT_SECONDS at most; the page gets the time at once all the same
+    (the fan-out goes on joining, its own timeout is longer)."""
+    monkeypatch.setattr(consumers, "JOIN_TIMEOUT_SECONDS", 0.2, raising=False)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        Joins(get_channel_layer()).stalled = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ws = communicator("/time/tic/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        first = await ws.receive_json_from(timeout=5)
+        seconds = loop.time() - start
+        await ws.disconnect()
+        task = broadcast(groups.CLOCK, clock_frame).task
+        assert task is not None
+        task.cancel()
+        return first, seconds
+
+    first, seconds = run(scenario)
+    assert first["type"] == "clock.tick"
+    assert seconds < 2

@@ -11,6 +11,7 @@ sees exactly what the sockets get.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -22,7 +23,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Encode = Callable[[dict[str, Any]], dict[str, Any]]
 SEND_TIMEOUT_SECONDS = 1.0  # a socket that cannot take a small frame this long is dropped from the fan-out
 RETRY_SECONDS = (0.5, 1, 2, 5)
-REJOIN_SECONDS = 3600
+# The membership is re-added this often: Redis forgets it after group_expiry (a day), and at once when it
+# loses its data while connections stay up (FLUSHALL, eviction, a failover); group_add is idempotent.
+REJOIN_SECONDS = 30.0
+JOIN_TIMEOUT_SECONDS = 3.0  # a stalled Redis (socket_timeout is 30 s) fails a join this soon, to be retried
 YIELD_EVERY = 500  # sends in a row before the fan-out lets the event loop run other tasks
 
 
@@ -51,11 +55,18 @@ class LocalBroadcast:
         from channels.layers import get_channel_layer
 
         failures = 0
+        channel: str | None = None
+        owner: Any = None
         while True:
             layer = get_channel_layer()
             try:
-                channel = await layer.new_channel()
-                await layer.group_add(self.group, channel)
+                # One channel for as long as the layer lasts: a rejoin after a failure reuses it. A new one
+                # each time left the old in the group, sent every message (into a dead Redis list, or a
+                # pub/sub queue nobody reads) until group_expiry; a blip a minute made that many members.
+                async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                    if channel is None or layer is not owner:
+                        channel, owner = await layer.new_channel(), layer
+                    await layer.group_add(self.group, channel)
                 self.joined.set()
                 failures = 0
                 refresh = asyncio.get_running_loop().create_task(self._stay_in_group(layer, channel))
@@ -69,18 +80,28 @@ class LocalBroadcast:
             except Exception as exc:  # Redis went away: keep the sockets, rejoin when it is back
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
-                log.warning(
-                    "broadcast %s: %s: %s; rejoining in %s s", self.group, type(exc).__name__, exc, delay
-                )
+                log.warning("broadcast %s: %s; rejoining in %s s", self.group, describe(exc), delay)
                 self.joined.set()  # never hold a connecting page hostage to Redis
                 await asyncio.sleep(delay)
 
     async def _stay_in_group(self, layer: Any, channel: str) -> None:
-        # RedisChannelLayer forgets group members after group_expiry (a day by default); sockets come and
-        # go, but this membership lives as long as the process.
+        # RedisChannelLayer forgets group members after group_expiry (a day by default), or with its data;
+        # sockets come and go, but this membership lives as long as the process. A failure here leaves
+        # receiving alone (it has its own retries): the next round tries again.
+        from client_site.web.epochs import redis_epochs
+
+        failing = FailureStreak(f"broadcast {self.group}: rejoining the group")
+        epochs = redis_epochs()
         while True:
-            await asyncio.sleep(REJOIN_SECONDS)
-            await layer.group_add(self.group, channel)
+            with contextlib.suppress(TimeoutError):  # the usual round; Redis losing its data cuts it short
+                await asyncio.wait_for(epochs.lost.wait(), timeout=REJOIN_SECONDS)
+            try:
+                async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                    await layer.group_add(self.group, channel)
+            except Exception as exc:  # Redis down or stalled
+                failing.failed(exc)
+            else:
+                failing.succeeded()
 
     async def deliver(self, message: dict[str, Any]) -> int:
         """Write one message to every socket; returns how many took it.
@@ -117,6 +138,34 @@ class LocalBroadcast:
                     waiting = None
                     log.info("broadcast %s: dropped a socket that stopped reading", self.group)
         return delivered
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: no answer in time"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class FailureStreak:
+    """Logs a periodic job's failures once per streak: the first one, then the recovery.
+
+    One instance may serve many jobs (every user socket of a process): Redis going away is then one
+    warning, not one per socket per round.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            self.failing = True
+            log.warning("%s failed: %s; retrying, silently until it works", self.what, describe(exc))
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("%s works again", self.what)
 
 
 SERVER_SEND = "reactive.server_send"

@@ -3,22 +3,66 @@
 Both refuse by closing before ``accept()``: the handshake is answered 403, so nothing is ever sent to an
 unauthenticated, disabled or foreign client. Each joins its group *before* reading the current state, so a
 change committed in between is delivered too (the page's version check drops whichever copy is older).
+A user socket that cannot join its group (Redis down or stalled) is refused the same way, after
+JOIN_TIMEOUT_SECONDS at most: the page's reconnect backoff takes it from there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from client_site.web.broadcast import SERVER_SEND, LocalBroadcast, broadcast
+from client_site.web.broadcast import SERVER_SEND, FailureStreak, LocalBroadcast, broadcast, describe
+from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
+
+log = logging.getLogger("reactive.web")
 
 # Close codes the page understands (4000-4999 are for applications): both mean "never reconnect".
 CLOSE_ACCOUNT_DISABLED = 4003
 CLOSE_ACCOUNT_REMOVED = 4004
+
+# What a handshake waits for Redis at most (the layer's socket_timeout is 30 s: a stalled Redis held a
+# handshake that long, then answered 500).
+JOIN_TIMEOUT_SECONDS = 3.0
+# A pooled connection that Redis closed (a restart) fails once; a second try takes a fresh one.
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, ConnectionError)
+
+# An open user socket re-adds itself to its group this often (plus or minus the jitter, so that the
+# sockets of a reconnect wave spread out): Redis forgets members after group_expiry (a day), and some when
+# it evicts keys. Each round is one ZADD; at 5,000 sockets a process, some 80 a second. When Redis lost
+# its data (epochs.py) the sockets rejoin at once, spread over LOSS_SPREAD_SECONDS, and each reads its
+# profile once, to send it again if a change was pushed while no one was in the group.
+MEMBERSHIP_REFRESH_SECONDS = 60.0
+MEMBERSHIP_JITTER = 0.25
+LOSS_SPREAD_SECONDS = 2.0
+_membership_failures = FailureStreak("user sockets: keeping their group memberships")
+
+
+def _refresh_delay() -> float:
+    return MEMBERSHIP_REFRESH_SECONDS * random.uniform(1 - MEMBERSHIP_JITTER, 1 + MEMBERSHIP_JITTER)
+
+
+async def _next_round(epochs: RedisEpochs, seen: int) -> int:
+    """Wait for the next re-add: the usual delay, or Redis losing its data (then spread a little).
+
+    ``seen`` is the count of losses already handled; the count now is returned, so a loss found between
+    two waits is not missed either.
+    """
+    if epochs.losses == seen:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(epochs.lost.wait(), timeout=_refresh_delay())
+    if epochs.losses != seen:
+        await asyncio.sleep(random.uniform(0, LOSS_SPREAD_SECONDS))  # a process's sockets do not read at once
+    return epochs.losses
 
 
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
@@ -48,6 +92,15 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
     """
 
     group: str | None = None
+    sent: dict[str, Any] | None = None  # the last profile this socket was sent
+    pushes = 0  # changes received from the group so far
+    membership: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # however the consumer ends (a layer error skips disconnect), its refresh ends with it
+            self._stop_membership()
 
     async def connect(self) -> None:
         user = _authenticated_user(self.scope)
@@ -55,31 +108,106 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
         if user is None or (room is not None and user.get_username() != room):
             await self.close()
             return
-        self.group = groups.user_group(user.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        group = groups.user_group(user.pk)
+        if not await self._join(group):
+            await self.close()
+            return
+        self.group = group
         await self.accept()
         profile = await database_sync_to_async(profile_by_pk)(user.pk)
         if profile is not None:
-            await self.send_json({"type": "profile", "profile": profile})
-            await self._end_if_final(profile)
+            await self._send_profile(profile)
+            if await self._end_if_final(profile):
+                return
+        self.membership = asyncio.get_running_loop().create_task(
+            self._keep_membership(user.pk), name=f"membership {group}"
+        )
+
+    async def _join(self, group: str) -> bool:
+        """Join the group within JOIN_TIMEOUT_SECONDS, trying twice on a connection error; False on failure."""
+        try:
+            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                try:
+                    await self.channel_layer.group_add(group, self.channel_name)
+                except RETRIED_ERRORS:
+                    await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as exc:  # Redis down, stalled or refusing: a clean refusal, not a 500
+            log.warning("user socket refused: cannot join %s: %s", group, describe(exc))
+            return False
+        return True
+
+    async def _keep_membership(self, local_pk: Any) -> None:
+        """Re-add this socket to its group now and then, and at once when Redis lost its data; after a
+        loss, send the profile again if it changed while no one was in the group."""
+        epochs = redis_epochs()
+        seen, resend = epochs.losses, False
+        while True:
+            losses = await _next_round(epochs, seen)
+            resend, seen = resend or losses != seen, losses  # a resend that failed is tried next round
+            group = self.group
+            if group is None:
+                return
+            try:
+                async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_add(group, self.channel_name)
+                if resend:
+                    if await self._resend_if_changed(local_pk):
+                        return
+                    resend = False
+            except Exception as exc:  # Redis or the database down: the socket stays; the next round retries
+                _membership_failures.failed(exc)
+            else:
+                _membership_failures.succeeded()
+
+    async def _resend_if_changed(self, local_pk: Any) -> bool:
+        """Send the stored profile if it is not the last one sent; True when that ended the socket."""
+        pushes = self.pushes
+        profile = await database_sync_to_async(profile_by_pk)(local_pk)
+        # A change pushed during the read is at least as new as what was read: it stands.
+        if profile is None or profile == self.sent or pushes != self.pushes:
+            return False
+        await self._send_profile(profile)
+        return await self._end_if_final(profile)
+
+    def _stop_membership(self) -> None:
+        if self.membership is not None:
+            if self.membership is not asyncio.current_task():
+                self.membership.cancel()
+            self.membership = None
+
+    async def _leave(self, group: str) -> None:
+        self.group = None
+        try:
+            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception as exc:  # Redis down: the member goes at group_expiry, its messages at their expiry
+            _membership_failures.failed(exc)
+
+    async def _send_profile(self, profile: dict[str, Any]) -> None:
+        self.sent = profile
+        await self.send_json({"type": "profile", "profile": profile})
 
     async def user_changed(self, event: dict[str, Any]) -> None:
         profile = event.get("profile") or {}
+        self.pushes += 1
+        self.sent = profile
         await self.send_json({"type": groups.USER_CHANGED, "profile": profile})
         await self._end_if_final(profile)
 
-    async def _end_if_final(self, profile: dict[str, Any]) -> None:
+    async def _end_if_final(self, profile: dict[str, Any]) -> bool:
         code = _final_code(profile)
         if code is None:
-            return
+            return False
+        self._stop_membership()
         if self.group is not None:  # nothing more reaches this socket, even before the client's close frame
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            self.group = None
+            await self._leave(self.group)
         await self.close(code=code)
+        return True
 
     async def disconnect(self, code: int) -> None:
+        self._stop_membership()
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self._leave(self.group)
 
 
 def clock_frame(message: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +233,11 @@ class ClockConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
         self.fanout = broadcast(groups.CLOCK, clock_frame)
-        await self.fanout.join(self, self.scope.get(SERVER_SEND, self.base_send))
+        try:  # a stalled Redis: the socket stays in the fan-out, whose join goes on without this page
+            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                await self.fanout.join(self, self.scope.get(SERVER_SEND, self.base_send))
+        except TimeoutError:
+            pass
         await self.send_json(clock.message(await clock.acurrent()))
 
     async def disconnect(self, code: int) -> None:
