@@ -14,7 +14,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 state = {"debug": os.environ.get("REACTIVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")}
 
 
-def client_name(name: str) -> str:
+def client_name(name: str, option: str = "--client") -> str:
     """A client name given on the command line: a malformed one is a usage error (exit 2)."""
     from reactive import settings
     from reactive.errors import ConfigError, UsageError
@@ -22,7 +22,7 @@ def client_name(name: str) -> str:
     try:
         return settings.validate_client(name)
     except ConfigError as exc:
-        raise UsageError(f"--client: {exc}") from exc
+        raise UsageError(f"{option}: {exc}") from exc
 
 
 def setup_django(site: str, client: str | None = None) -> None:

@@ -90,7 +90,11 @@ def up(
 
     Example: [bold]reactive up --clients alpha,beta[/bold]
     """
-    names = [common.client_name(c.strip()) for c in clients.split(",") if c.strip()] if clients else None
+    names = (
+        [common.client_name(c.strip(), "--clients") for c in clients.split(",") if c.strip()]
+        if clients
+        else None
+    )
     options = UpOptions(
         clients=tuple(names or settings.clients()),
         var_dir=(var or settings.var_dir()).resolve(),

@@ -167,13 +167,16 @@ async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], No
                 on_tick(task.result())
 
     due = loop.time()
+    skipping = False
     while not stop.is_set():
         if len(in_flight) < TICKS_IN_FLIGHT:
             task = loop.create_task(atick(layer))
             in_flight.add(task)
             task.add_done_callback(finished)
-        else:
-            log.warning("tick skipped: Redis has not taken the last %d yet", TICKS_IN_FLIGHT)
+            skipping = False
+        elif not skipping:  # once per streak: a stalled Redis holds ticks for up to its socket timeout
+            skipping = True
+            log.warning("tick skipped: Redis has not taken the last %d yet (until it does)", TICKS_IN_FLIGHT)
         due += interval
         if due < loop.time():
             due = loop.time() + interval

@@ -429,7 +429,15 @@ def move_task_status(transport: Any, queues: ClientQueues, handle: str, before: 
     lags must not pass an earlier task's COMPLETED off as this one's.
     """
     task = latest_move_task(transport, queues)
-    if task is None or (before is not None and task.started == before.started and task.handle != handle):
+    if task is None:
+        return MoveTask.starting(handle)
+    # Without StartedTimestamp (an endpoint that omits it) the two cannot be told apart: the latest is taken.
+    if (
+        before is not None
+        and before.started is not None
+        and task.started == before.started
+        and task.handle != handle
+    ):
         return MoveTask.starting(handle)
     return task
 

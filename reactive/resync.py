@@ -181,12 +181,14 @@ def relay_rows(transport: Transport, ids: Sequence[int], *, using: str = "defaul
     unsent = OutboxEvent.objects.using(using).filter(id__in=list(ids), sent_at__isnull=True)
     remaining = unsent.count()
     error = ""
+    mine = {str(i) for i in ids}
     while remaining:
         result = relay_pending(transport, limit=max(100, len(ids)), using=using)
-        if result.errors:
-            error = next(iter(result.errors.values()))
+        failed = [reason for row, reason in result.errors.items() if row in mine]  # not other rows' failures
+        if failed:
+            error = failed[0]
         now = unsent.count()
-        if now == remaining and (result.errors or not _outwait_other_relay(unsent)):
+        if now == remaining and (failed or not _outwait_other_relay(unsent)):
             break
         remaining = unsent.count()
     if remaining and not error:  # failed in another relay's hands: say why all the same

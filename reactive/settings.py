@@ -177,15 +177,20 @@ def client_database_variable(client: str) -> str:
 
 def database_url(site: str, client: str | None = None) -> str:
     """The database of this process: DATABASE_URL_<CLIENT>, DATABASE_URL (``{client}`` expanded), or SQLite under var/."""
+    return _database_url(site, client)[1]
+
+
+def _database_url(site: str, client: str | None = None) -> tuple[str, str]:
+    """(the variable it came from, the URL)."""
     if client:
         specific = os.environ.get(client_database_variable(client))
         if specific:
-            return specific
+            return client_database_variable(client), specific
     url = os.environ.get("DATABASE_URL")
     if url:
-        return url.replace("{client}", client or site)
+        return "DATABASE_URL", url.replace("{client}", client or site)
     filename = f"client-{client}.sqlite3" if client else f"{site}.sqlite3"
-    return f"sqlite:///{var_dir() / filename}"
+    return "REACTIVE_VAR_DIR", f"sqlite:///{var_dir() / filename}"
 
 
 def sso_key(debug: bool) -> str:
@@ -249,11 +254,14 @@ def transport_kind() -> str:
 
 
 def log_level() -> str:
-    return _choice(
-        "REACTIVE_LOG_LEVEL",
-        os.environ.get("REACTIVE_LOG_LEVEL", "INFO"),
-        tuple(level.lower() for level in LOG_LEVELS),
-    ).upper()
+    """REACTIVE_LOG_LEVEL: any name Python's logging knows (WARN and FATAL included), INFO by default."""
+    import logging
+
+    value = os.environ.get("REACTIVE_LOG_LEVEL", "INFO")
+    level = value.strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(f"REACTIVE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
 
 
 def max_receives() -> int:
@@ -299,14 +307,14 @@ def django_database(site: str, client: str | None = None) -> dict[str, Any]:
     """DATABASES["default"] for a site, from DATABASE_URL (dj-database-url) or SQLite under var/."""
     import dj_database_url
 
-    url = database_url(site, client)
+    variable, url = _database_url(site, client)
     # No persistent connections: under ASGI each request may run on another thread, and Django's docs say to
     # disable them there (they piled up until PostgreSQL refused new ones). The listener keeps its own.
     try:
         config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
     except ValueError as exc:  # UnknownSchemeError is one: "bogus", "postgresql+psycopg://", a bare path
         raise ConfigError(
-            f"DATABASE_URL cannot be read ({exc}): use postgres://USER@HOST:PORT/NAME or sqlite:////ABS/PATH"
+            f"{variable} cannot be read ({exc}): use postgres://USER@HOST:PORT/NAME or sqlite:////ABS/PATH"
         ) from exc
     if config["ENGINE"].endswith("sqlite3"):
         Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)

@@ -102,4 +102,4 @@ async def _leave(layer: Any, channels: dict[str, str]) -> None:
             for channel, group in channels.items():
                 await layer.group_discard(group, channel)
     except Exception as exc:  # Redis gone or stalled: the memberships expire on their own
-        log.warning("could not leave the groups (%s: %s); they expire on their own", type(exc).__name__, exc)
+        log.debug("could not leave the groups (%s: %s); they expire on their own", type(exc).__name__, exc)

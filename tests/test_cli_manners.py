@@ -326,3 +326,30 @@ def test_a_client_command_without_a_client_says_how_to_name_one(tmp_path: Path) 
     done = reactive("beat", "--once", env=env, tmp_path=tmp_path)
     assert done.returncode == 2
     assert "which client? pass --client NAME or set REACTIVE_CLIENT" in one_error_line(done)
+
+
+def test_log_levels_are_the_ones_logging_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive import settings
+    from reactive.errors import ConfigError
+
+    for name in ("warn", "WARNING", "fatal", "debug"):
+        monkeypatch.setenv("REACTIVE_LOG_LEVEL", name)
+        assert settings.log_level() == name.upper()
+    monkeypatch.setenv("REACTIVE_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError, match="REACTIVE_LOG_LEVEL must be one of"):
+        settings.log_level()
+
+
+def test_a_malformed_client_database_url_names_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive import settings
+    from reactive.errors import ConfigError
+
+    monkeypatch.setenv("DATABASE_URL_ALPHA", "bogus-url")
+    with pytest.raises(ConfigError, match="^DATABASE_URL_ALPHA cannot be read"):
+        settings.django_database("client", "alpha")
+
+
+def test_up_names_its_own_option_for_a_malformed_client(tmp_path: Path) -> None:
+    done = reactive("up", "--clients", "alpha,Beta", "--json", env={}, tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "--clients: invalid client name 'Beta'" in one_error_line(done)

@@ -65,3 +65,16 @@ def test_rows_another_relay_failed_stay_pending(memory, monkeypatch: pytest.Monk
     )
 
     assert resync.relay_rows(memory, ids) == (0, "cannot reach SNS")
+
+
+def test_another_rows_failure_does_not_stop_the_wait(memory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A row of someone else's that fails (too big, say) says nothing about the rows another relay holds."""
+    from reactive.outbox import RelayResult
+
+    ids = held_rows(2)
+    monkeypatch.setattr(
+        resync, "relay_pending", lambda *a, **k: RelayResult(failed=1, errors={"999999": "MessageTooLong"})
+    )
+    while_waiting(monkeypatch, lambda: OutboxEvent.objects.update(sent_at=timezone.now()))
+
+    assert resync.relay_rows(memory, ids) == (2, "")  # before: (0, "MessageTooLong") at once

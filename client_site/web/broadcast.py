@@ -92,9 +92,14 @@ class LocalBroadcast:
 
         failing = FailureStreak(f"broadcast {self.group}: rejoining the group")
         epochs = redis_epochs()
+        seen = epochs.losses
         while True:
-            with contextlib.suppress(TimeoutError):  # the usual round; Redis losing its data cuts it short
-                await asyncio.wait_for(epochs.lost.wait(), timeout=REJOIN_SECONDS)
+            if epochs.losses == seen:  # a loss found during the last re-add is not waited past
+                with contextlib.suppress(
+                    TimeoutError
+                ):  # the usual round; Redis losing its data cuts it short
+                    await asyncio.wait_for(epochs.lost.wait(), timeout=REJOIN_SECONDS)
+            seen = epochs.losses
             try:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
                     await layer.group_add(self.group, channel)
