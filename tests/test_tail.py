@@ -42,6 +42,7 @@ def test_a_stop_is_quick_even_when_redis_stalls(
         asyncio.get_running_loop().call_later(0.1, stop.set)  # Ctrl-C
         return await asyncio.wait_for(tail.follow(["clock", "user.1"], print, stop, layer=layer), 10)
 
+    caplog.set_level("DEBUG", logger="reactive.tail")
     assert run(scenario) == 0  # before: wait_for gave up, the leave hanging as long as Redis stalled
     assert layer.joined == ["clock", "user.1"]
     assert "could not leave the groups (TimeoutError" in caplog.text
