@@ -203,6 +203,16 @@ def test_a_silent_clock_is_shown_stale_then_reconnected(
     expect(clock).to_have_attribute("datetime", ticker.send(datetime.now(UTC)))
     expect(state).to_have_attribute("data-state", "live")
 
+    # Silent again right after: the stream stopped at its source (the beat), not on the path (this socket
+    # opened and greeted). The next drop waits twice as long: pages do not all reconnect every 10 s while
+    # the beat is down.
+    page.clock.fast_forward("12")
+    expect(state).to_have_attribute("data-state", "stale")
+    assert len(sockets) == 2
+    with page.expect_websocket(timeout=15 * SECONDS):
+        page.clock.fast_forward("10")
+    assert len(sockets) == 3
+
 
 def test_a_stopped_server_is_not_shown_live(
     alpha_alone: AlphaAlone, context: Any, ticker: Ticker, clock_user: str

@@ -40,6 +40,10 @@
       this.finalCodes = options.finalCodes || {};
       this.staleAfterMs = options.staleAfterMs || 0;
       this.restartAfterMs = options.restartAfterMs || 0;
+      // Silence restarts in a row: each doubles the silence the next one waits for (up to 32 times), so
+      // that a stream stopped at its source (the beat down, the server up) does not have every page
+      // reconnect every few seconds for as long as it lasts.
+      this.silentRestarts = 0;
       this.staleLabel = options.staleLabel || ((seconds) => "no messages for " + seconds + " s");
       this.attempt = 0;
       this.timer = null;
@@ -160,12 +164,14 @@
       }
       const now = monotonicNow();
       const silent = now - this.lastMessageAt;
-      if (this.restartAfterMs > 0 && silent >= this.restartAfterMs) {
+      const restartAfter = this.restartAfterMs * Math.pow(2, Math.min(this.silentRestarts, 5));
+      if (this.restartAfterMs > 0 && silent >= restartAfter) {
         this.restart();
       } else if (this.staleAfterMs > 0 && silent >= this.staleAfterMs) {
         this.setState("stale", this.staleLabel(Math.floor(silent / 1000)));
       } else if (this.lastMessageAt - this.openedAt >= (this.staleAfterMs || this.restartAfterMs)) {
         this.attempt = 0; // still flowing well after the greeting sent on connect: a healthy connection
+        this.silentRestarts = 0;
       }
     }
 
@@ -174,6 +180,7 @@
     restart() {
       const socket = this.socket;
       this.socket = null;
+      this.silentRestarts += 1;
       this.unwatch();
       try {
         socket.close(1000, "silent");
