@@ -9,9 +9,11 @@ from typing import Any
 
 from rich.console import Console
 
+from reactive.settings import FALSE_WORDS
+
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-state = {"debug": os.environ.get("REACTIVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")}
+state = {"debug": os.environ.get("REACTIVE_DEBUG", "").strip().lower() not in FALSE_WORDS}
 
 
 def client_name(name: str, option: str = "--client") -> str:

@@ -217,7 +217,12 @@ def _production_key(name: str, key: str) -> str:
 
 
 def debug() -> bool:
-    return os.environ.get("DJANGO_DEBUG", "1").lower() not in FALSE_WORDS
+    return os.environ.get("DJANGO_DEBUG", "1").lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )  # "" is not off here
 
 
 FALSE_WORDS = ("", "0", "false", "no", "off")
