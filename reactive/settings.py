@@ -217,12 +217,8 @@ def _production_key(name: str, key: str) -> str:
 
 
 def debug() -> bool:
-    return os.environ.get("DJANGO_DEBUG", "1").lower() not in (
-        "0",
-        "false",
-        "no",
-        "off",
-    )  # "" is not off here
+    off = ("0", "false", "no", "off")  # unlike FALSE_WORDS, an empty DJANGO_DEBUG leaves it on
+    return os.environ.get("DJANGO_DEBUG", "1").lower() not in off
 
 
 FALSE_WORDS = ("", "0", "false", "no", "off")

@@ -264,7 +264,7 @@ def test_a_master_command_never_creates_an_empty_master_database(
     [
         ("DATABASE_URL", "postgresql+psycopg://db/app", "DATABASE_URL cannot be read"),
         ("DATABASE_URL", "bogus-url", "DATABASE_URL cannot be read"),
-        ("REACTIVE_LOG_LEVEL", "verbose", "REACTIVE_LOG_LEVEL must be one of debug, info"),
+        ("REACTIVE_LOG_LEVEL", "verbose", "REACTIVE_LOG_LEVEL must be one of DEBUG, INFO"),
         ("REACTIVE_TRANSPORT", "memroy", "REACTIVE_TRANSPORT must be one of sqs, memory, got 'memroy'"),
     ],
 )
