@@ -589,3 +589,29 @@ def test_a_clock_socket_is_not_held_by_a_stalled_redis(alice: Any, monkeypatch: 
     first, seconds = run(scenario)
     assert first["type"] == "clock.tick"
     assert seconds < 2
+
+
+def test_a_re_add_on_a_connection_redis_closed_is_retried_at_once(
+    alice: Any, refresh_fast: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a Redis restart the first command on a pooled connection fails: the re-add takes a fresh one
+    at once, instead of leaving the page out of its room until the next round."""
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[int, int]:
+        joins = Joins(get_channel_layer())
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        before = len(joins.calls)
+        joins.fail_next = 1
+        await until(
+            lambda: joins.failures == 1 and len(joins.calls) >= before + 2, what="a failed re-add retried"
+        )
+        await ws.disconnect()
+        return joins.failures, len(joins.calls) - before
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        failures, calls = run(scenario)
+    assert failures == 1 and calls >= 2
+    assert not [r for r in caplog.records if r.name == "reactive.web"]  # retried at once: nothing to report

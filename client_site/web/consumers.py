@@ -123,14 +123,19 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
             self._keep_membership(user.pk), name=f"membership {group}"
         )
 
+    async def _add_to(self, group: str) -> None:
+        """group_add within JOIN_TIMEOUT_SECONDS, tried twice on a connection error (a pooled connection
+        Redis closed when it restarted fails once; the second try takes a fresh one)."""
+        async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except RETRIED_ERRORS:
+                await self.channel_layer.group_add(group, self.channel_name)
+
     async def _join(self, group: str) -> bool:
-        """Join the group within JOIN_TIMEOUT_SECONDS, trying twice on a connection error; False on failure."""
+        """Join the group on connect; False (logged) when Redis cannot take it."""
         try:
-            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                try:
-                    await self.channel_layer.group_add(group, self.channel_name)
-                except RETRIED_ERRORS:
-                    await self.channel_layer.group_add(group, self.channel_name)
+            await self._add_to(group)
         except Exception as exc:  # Redis down, stalled or refusing: a clean refusal, not a 500
             log.warning("user socket refused: cannot join %s: %s", group, describe(exc))
             return False
@@ -148,8 +153,7 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
             if group is None:
                 return
             try:
-                async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                    await self.channel_layer.group_add(group, self.channel_name)
+                await self._add_to(group)
                 if resend:
                     if await self._resend_if_changed(local_pk):
                         return
