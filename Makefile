@@ -21,12 +21,13 @@ demo: install
 # The suite ensures its own services: moto's server on a free port, Redis at REDIS_URL or a redis-server
 # it starts itself (tests/support/services.py); Chromium comes from Debian (.ci/run installs it).
 # With TEST_POSTGRES_URL (CI sets it) the in-process tests and the end-to-end runs written for it use
-# PostgreSQL; the in-process tests then run once more on SQLite (less those of PostgreSQL's own locks).
+# PostgreSQL; the in-process tests that use the database (django_db) then run once more on SQLite (less
+# those of PostgreSQL's own locks). The others do not depend on it: once is enough.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$TEST_POSTGRES_URL" ]; then \
-		echo "again on SQLite: the in-process tests"; \
-		TEST_POSTGRES_URL= $(PY) -m pytest -m "not e2e and not browser and not postgres" $(PYTEST_ARGS); \
+		echo "again on SQLite: the in-process tests that use the database"; \
+		TEST_POSTGRES_URL= $(PY) -m pytest -m "django_db and not e2e and not browser and not postgres" $(PYTEST_ARGS); \
 	fi
 
 test-fast: install
