@@ -45,6 +45,14 @@ def replica(username: str, first_name: str, key: str, version: int) -> Any:
     return user
 
 
+async def in_room(cookie: str) -> WebsocketCommunicator:
+    """A page's socket on /ws/, connected and past the profile sent on connect."""
+    ws = communicator("/ws/", cookie)
+    assert (await ws.connect(timeout=5))[0]
+    await ws.receive_json_from(timeout=5)
+    return ws
+
+
 async def refused(path: str, cookie: str | None = None, origin: str = ORIGIN) -> bool:
     ws = communicator(path, cookie, origin)
     connected, _ = await ws.connect(timeout=5)
@@ -118,9 +126,7 @@ def test_a_deactivated_account_is_told_then_closed_for_good(alice: Any) -> None:
     cookie = session_cookie(alice)
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], bool]:
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        await ws.receive_json_from(timeout=5)
+        ws = await in_room(cookie)
         group = groups.user_group(alice.pk)
         off = {"key": "17", "version": 4, "username": "alice", "is_active": False}
         await groups.send(group, {"type": groups.USER_CHANGED, "profile": off})
@@ -416,9 +422,7 @@ def test_an_open_socket_rejoins_its_room_after_redis_forgot_it(alice: Any, refre
     async def scenario() -> dict[str, Any]:
         layer = get_channel_layer()
         joins = Joins(layer)
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        await ws.receive_json_from(timeout=5)
+        ws = await in_room(cookie)
         group, channel = joins.calls[0]
         await layer.group_discard(group, channel)  # what Redis did behind the consumer's back
         forgotten = len(joins.calls)
@@ -458,9 +462,7 @@ def test_a_change_missed_while_redis_lost_its_data_is_sent_after_the_rejoin(
         ReplicaState.objects.filter(key="17").update(version=4)
 
     async def scenario() -> tuple[bool, int, dict[str, Any], bool]:
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        await ws.receive_json_from(timeout=5)
+        ws = await in_room(cookie)
         unchanged_quiet = await ws.receive_nothing(timeout=0.4)  # several rounds
         reads_between_losses = len(reads) - 1  # the one on connect
         await database_sync_to_async(change_unannounced)()
@@ -488,9 +490,7 @@ def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives
 
     async def scenario() -> dict[str, Any]:
         joins = Joins(get_channel_layer())
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        await ws.receive_json_from(timeout=5)
+        ws = await in_room(cookie)
         joins.down = True
         await until(lambda: joins.failures >= 4, what="re-adds failing")
         joins.down = False
@@ -600,9 +600,7 @@ def test_a_re_add_on_a_connection_redis_closed_is_retried_at_once(
 
     async def scenario() -> tuple[int, int]:
         joins = Joins(get_channel_layer())
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        await ws.receive_json_from(timeout=5)
+        ws = await in_room(cookie)
         before = len(joins.calls)
         joins.fail_next = 1
         await until(

@@ -19,7 +19,14 @@ import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from client_site.web.broadcast import SERVER_SEND, FailureStreak, LocalBroadcast, broadcast, describe
+from client_site.web.broadcast import (
+    JOIN_TIMEOUT_SECONDS,
+    SERVER_SEND,
+    FailureStreak,
+    LocalBroadcast,
+    broadcast,
+    describe,
+)
 from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
@@ -30,9 +37,8 @@ log = logging.getLogger("reactive.web")
 CLOSE_ACCOUNT_DISABLED = 4003
 CLOSE_ACCOUNT_REMOVED = 4004
 
-# What a handshake waits for Redis at most (the layer's socket_timeout is 30 s: a stalled Redis held a
-# handshake that long, then answered 500).
-JOIN_TIMEOUT_SECONDS = 3.0
+# What a handshake waits for Redis at most, JOIN_TIMEOUT_SECONDS (the layer's socket_timeout is 30 s: a
+# stalled Redis held a handshake that long, then answered 500).
 # A pooled connection that Redis closed (a restart) fails once; a second try takes a fresh one.
 RETRIED_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, ConnectionError)
 
