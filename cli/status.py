@@ -26,7 +26,8 @@ def status(
     check: bool = typer.Option(
         False,
         "--check",
-        help="Exit 1 when a DLQ is not empty, a resource is missing or the outbox lags (monitoring).",
+        help="Exit 1 when a DLQ is not empty, a resource is missing, or the outbox lags or cannot be read"
+        " although DATABASE_URL names it (monitoring).",
     ),
     max_age: float = typer.Option(
         DEFAULT_MAX_AGE,
@@ -38,7 +39,8 @@ def status(
     """Per client: queue visible / in flight / delayed, DLQ depth, subscription; master: outbox backlog.
 
     The outbox part reads the master's database (master_site settings, DATABASE_URL); where that database
-    is not reachable from here, the AWS part is still shown and the output says so.
+    is not reachable from here, the AWS part is still shown and the output says so. With --check, a master
+    database that DATABASE_URL names but that cannot be read is a problem; with none named, it is skipped.
 
     Example: [bold]reactive status --check --max-age 120[/bold]
     """
@@ -56,11 +58,13 @@ def _outbox() -> OutboxStatus:
     from django.core.exceptions import ImproperlyConfigured
     from django.db import DatabaseError
 
+    configured = settings.database_named("master")
     try:
         common.setup_django("master")
-        return outbox_status()
+        return outbox_status(configured=configured)
     except (ReactiveError, ImproperlyConfigured, ImportError, DatabaseError) as exc:
-        return OutboxStatus(False, detail=f"master settings not usable here: {' '.join(str(exc).split())}")
+        detail = f"master settings not usable here: {' '.join(str(exc).split())}"
+        return OutboxStatus(False, detail=detail, configured=configured)
 
 
 def render(report: Report) -> None:

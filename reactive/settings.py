@@ -180,6 +180,11 @@ def database_url(site: str, client: str | None = None) -> str:
     return _database_url(site, client)[1]
 
 
+def database_named(site: str, client: str | None = None) -> bool:
+    """Whether the environment names this process's database, rather than leaving it to var/'s SQLite."""
+    return _database_url(site, client)[0] != "REACTIVE_VAR_DIR"
+
+
 def _database_url(site: str, client: str | None = None) -> tuple[str, str]:
     """(the variable it came from, the URL)."""
     if client:

@@ -68,8 +68,13 @@ class OutboxStatus:
     detail: str = ""  # why it is not available
     failing: int | None = None  # pending rows whose publishing failed at least once
     last_error: str = ""  # why the oldest of them failed last
+    # A master database was named for this process (DATABASE_URL): one it cannot read is an outage to
+    # report, not a host that only sees the AWS side.
+    configured: bool = False
 
     def problems(self, max_age: float) -> list[str]:
+        if not self.available:
+            return [f"master: {self.detail}"] if self.configured else []
         age = self.oldest_age_seconds
         if self.available and age is not None and age > max_age:
             why = f"; {self.failing} failing, last error: {self.last_error}" if self.failing else ""
@@ -166,26 +171,33 @@ def _dead_letter_target(redrive_policy: str | None) -> str | None:
         return None
 
 
-def outbox_status(using: str = "default") -> OutboxStatus:
-    """The master's outbox backlog (Django configured with the master's settings), or why it is unknown."""
+def outbox_status(using: str = "default", *, configured: bool = False) -> OutboxStatus:
+    """The master's outbox backlog (Django configured with the master's settings), or why it is unknown.
+
+    ``configured``: the operator named the master's database for this process, so failing to read it
+    is a problem (see OutboxStatus.problems), not just a host without access.
+    """
     from django.db import DatabaseError, connections
 
     from reactive.outbox import backlog
 
     missing = missing_sqlite_file(connections[using].settings_dict)
     if missing:  # never create an empty database file just to look at it
-        return OutboxStatus(False, detail=f"no master database at {missing} (set DATABASE_URL)")
+        return OutboxStatus(
+            False, detail=f"no master database at {missing} (set DATABASE_URL)", configured=configured
+        )
     try:
         found = backlog(using)
     except DatabaseError as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        return OutboxStatus(False, detail=f"cannot read the master's outbox: {reason}")
+        return OutboxStatus(False, detail=f"cannot read the master's outbox: {reason}", configured=configured)
     return OutboxStatus(
         True,
         pending=found.pending,
         oldest_age_seconds=found.oldest_age_seconds,
         failing=found.failing,
         last_error=found.last_error,
+        configured=configured,
     )
 
 

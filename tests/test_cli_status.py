@@ -38,6 +38,7 @@ def test_json_lists_each_client_and_the_outbox(sqs: SqsTransport) -> None:
         "detail": "",
         "failing": 0,
         "last_error": "",
+        "configured": False,
     }
     assert report["ok"] is True
 
@@ -61,19 +62,35 @@ def test_check_exits_1_on_an_old_outbox_backlog(sqs: SqsTransport) -> None:
     assert "oldest pending outbox row" in strict.stdout
 
 
-def test_the_aws_part_is_shown_when_the_master_database_is_unreachable(provisioned: dict[str, str]) -> None:
-    env = {
-        **os.environ,
-        **provisioned,
-        "DATABASE_URL": "postgres://nobody:secret@127.0.0.1:1/master",
-        "COLUMNS": "200",
-    }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    done = subprocess.run([REACTIVE, "status"], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "alpha" in done.stdout and "raw delivery" in done.stdout
+def run_status(provisioned: dict[str, str], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`reactive status` in its own process, with the given master database settings."""
+    full = {**os.environ, **provisioned, "COLUMNS": "200", **env}
+    full.pop("DJANGO_SETTINGS_MODULE", None)
+    if not env.get("DATABASE_URL"):
+        full.pop("DATABASE_URL", None)
+    return subprocess.run([REACTIVE, "status", *args], env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_an_unreadable_master_database_is_shown_and_fails_the_check(provisioned: dict[str, str]) -> None:
+    unreachable = "postgres://nobody:secret@127.0.0.1:1/master"
+    done = run_status(provisioned, DATABASE_URL=unreachable)
+    assert done.returncode == 0, done.stderr  # without --check it only reports
+    assert "alpha" in done.stdout and "raw delivery" in done.stdout  # the AWS part is still there
     assert "master outbox: unknown (cannot read the master's outbox" in done.stdout
-    assert "AWS side all good" in done.stdout
+    assert "! master: cannot read the master's outbox" in done.stdout
+    checked = run_status(provisioned, "--check", DATABASE_URL=unreachable)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert json.loads(run_status(provisioned, "--json", DATABASE_URL=unreachable).stdout)["ok"] is False
+
+
+def test_a_host_with_no_master_database_named_checks_the_aws_side_only(
+    provisioned: dict[str, str], tmp_path: Path
+) -> None:
+    done = run_status(provisioned, "--check", REACTIVE_VAR_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "master outbox: unknown (no master database at" in done.stdout
+    assert "AWS side all good (the outbox was not checked)" in done.stdout
+    assert not list(tmp_path.iterdir())  # looking created no empty database
 
 
 def test_the_outbox_line_says_how_many_rows_fail_and_why() -> None:
