@@ -10,6 +10,9 @@ alpha) splits each change into the sync pipeline and the notification.
 Baseline from the same run: the last hop alone, a group_send from this process to the user's personal
 group -> the same websocket frame.
 
+The master's database is a SQLite file, or, with BENCH_POSTGRES_URL (postgres://USER@HOST:PORT/DB, a
+server this bench may create and drop a database on), a PostgreSQL database of its own for this run.
+
 Run: .venv/bin/python bench/e2e_latency.py
 """
 
@@ -96,8 +99,13 @@ class Frames:
         self.thread.join(5)
 
 
-def site_env(site: str, workdir: Path, shared: dict[str, str]) -> dict[str, str]:
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "")
+
+
+def site_env(site: str, workdir: Path, shared: dict[str, str], master_url: str = "") -> dict[str, str]:
     env = {**os.environ, **shared, "DATABASE_URL": f"sqlite:///{workdir / (site + '.sqlite3')}"}
+    if master_url and site == "master":
+        env["DATABASE_URL"] = master_url
     if site == "master":
         env["DJANGO_SETTINGS_MODULE"] = "master_site.settings"
     else:
@@ -146,7 +154,9 @@ def main() -> None:
         "REACTIVE_LOG_LEVEL": "WARNING",
         **{name: os.environ[name] for name in AWS_VARIABLES},
     }
-    master_env, alpha_env = site_env("master", workdir, shared), site_env("alpha", workdir, shared)
+    master_url = postgres_database(shared["REACTIVE_PREFIX"], create=True) if POSTGRES_URL else ""
+    master_env = site_env("master", workdir, shared, master_url)
+    alpha_env = site_env("alpha", workdir, shared)
     processes: list[subprocess.Popen[bytes]] = [moto]
     log = open(workdir / "processes.log", "ab")  # noqa: SIM115 - closed at the end
 
@@ -177,7 +187,22 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
+        if master_url:
+            postgres_database(shared["REACTIVE_PREFIX"], create=False)
     report(*results)
+
+
+def postgres_database(prefix: str, *, create: bool) -> str:
+    """Create (or drop) the master's database of this run on BENCH_POSTGRES_URL's server; its URL."""
+    import psycopg
+
+    name = f"{prefix}_master"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        if create:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        else:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
 
 
 def measure(
@@ -262,16 +287,28 @@ def report(whole: list[float], sync: list[float], notify: list[float], hop: list
     ]
     table = markdown_table(["path", "changes", "p50 ms", "p99 ms", "max ms", "p50 vs baseline"], rows)
     print(table)
-    write_section(
-        "e2e_latency",
-        "## End-to-end latency (bench/e2e_latency.py)\n\n"
+    on_postgres = " (master on PostgreSQL)" if POSTGRES_URL else ""
+    write_section(  # a section per master database: a run on one leaves the other's figures
+        "e2e_latency_postgres" if POSTGRES_URL else "e2e_latency",
+        f"## End-to-end latency{on_postgres} (bench/e2e_latency.py)\n\n"
         f"One change at a time, {len(whole)} changes: master save commit -> outbox relay (Celery worker) -> "
         "SNS -> SQS (moto's server) -> `reactive listen` (20 s long poll) -> commit on alpha -> Redis "
         "channel layer -> uvicorn -> websocket frame in the bench process. Every component is its own "
-        f"process; {machine()}; {load_note()}. The replica write is ReplicaState.updated_at, set inside "
+        f"process; {machine()}; {load_note()}. The master's database: {master_database()}. "
+        "The replica write is ReplicaState.updated_at, set inside "
         "the listener's transaction (wall clock, same machine).\n\n"
         f"{table}\n\nTargets: p50 at most 30 ms, p99 at most 150 ms (whole path).",
     )
+
+
+def master_database() -> str:
+    if not POSTGRES_URL:
+        return "a SQLite file (WAL)"
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL) as db:
+        version = db.execute("SHOW server_version").fetchone()
+    return f"PostgreSQL {version[0] if version else ''} on this machine (BENCH_POSTGRES_URL)"
 
 
 if __name__ == "__main__":
