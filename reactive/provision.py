@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
 from reactive import settings
-from reactive.errors import CredentialsError, ResourceNotFound, TransportError
+from reactive.errors import CredentialsError, ReactiveError, ResourceNotFound, TransportError
 from reactive.events import USER_MODEL
 from reactive.transport.sqs import SqsTransport, aws_errors, make_client
 
 Action = Literal["ok", "create", "update"]
+OWN_SID = "topic-sends"  # reactive's statement in a queue policy; every other statement is the operator's
 DLQ_RETENTION = str(14 * 24 * 3600)  # the SQS maximum: dead letters wait for an operator
 QUEUE_VISIBILITY = "30"
 # AWS may refuse a call naming a queue made a moment ago ("you must wait at least one second after the
@@ -29,6 +30,10 @@ SETTLE_POLL_SECONDS = 0.5
 _pause = time.sleep  # tests replace this, not the process-wide time.sleep
 log = logging.getLogger("reactive.provision")
 T = TypeVar("T")
+
+
+class PolicyError(ReactiveError):
+    """A queue's existing Policy that provisioning cannot merge its statement into without losing others."""
 
 
 @dataclass
@@ -77,15 +82,14 @@ class Provisioner:
         for client in self.options.clients:  # every name checked before anything is created
             settings.validate_client(client)
             self.names.dlq(client)
+        existing = self._existing_queues()  # a policy it cannot merge into stops the run before any write
         topic_arn = self._topic(plan, dry_run)
         for client in self.options.clients:
-            dlq_name = self.names.dlq(client)
+            dlq_name, queue_name = self.names.dlq(client), self.names.queue(client)
             dlq_attrs = self._dlq_attributes(self.transport.queue_arn(dlq_name), topic_arn)
-            dlq_arn = self._queue(plan, "dlq", dlq_name, dlq_attrs, dry_run)
-            queue_attrs = self._queue_attributes(
-                dlq_arn, topic_arn, self.transport.queue_arn(self.names.queue(client))
-            )
-            queue_arn = self._queue(plan, "queue", self.names.queue(client), queue_attrs, dry_run)
+            dlq_arn = self._queue(plan, "dlq", dlq_name, dlq_attrs, existing[dlq_name], dry_run)
+            queue_attrs = self._queue_attributes(dlq_arn, topic_arn, self.transport.queue_arn(queue_name))
+            queue_arn = self._queue(plan, "queue", queue_name, queue_attrs, existing[queue_name], dry_run)
             self._subscription(plan, topic_arn, queue_arn, dlq_arn, client, dry_run)
         return plan
 
@@ -135,7 +139,7 @@ class Provisioner:
         attrs = {
             "MessageRetentionPeriod": DLQ_RETENTION,
             # SNS puts here what it could not deliver to the queue (the subscription's RedrivePolicy).
-            "Policy": json.dumps(queue_policy(dlq_arn, topic_arn), separators=(",", ":")),
+            "Policy": _compact(queue_policy(dlq_arn, topic_arn)),
         }
         if self.options.fifo:
             attrs["FifoQueue"] = "true"
@@ -145,16 +149,33 @@ class Provisioner:
         redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.options.max_receives}
         attrs = {
             "RedrivePolicy": json.dumps(redrive, separators=(",", ":")),
-            "Policy": json.dumps(queue_policy(queue_arn, topic_arn), separators=(",", ":")),
+            "Policy": _compact(queue_policy(queue_arn, topic_arn)),
             "VisibilityTimeout": QUEUE_VISIBILITY,
         }
         if self.options.fifo:
             attrs["FifoQueue"] = "true"
         return attrs
 
-    def _queue(self, plan: Plan, kind: str, name: str, wanted: dict[str, str], dry_run: bool) -> str:
+    def _existing_queues(self) -> dict[str, dict[str, str] | None]:
+        """Every client's DLQ and queue as they are now (None: missing); checks that their policies merge."""
+        existing: dict[str, dict[str, str] | None] = {}
+        for client in self.options.clients:
+            for name in (self.names.dlq(client), self.names.queue(client)):
+                existing[name] = current = self._queue_attributes_now(name)
+                if current is not None and current.get("Policy"):
+                    parse_policy(name, current["Policy"])
+        return existing
+
+    def _queue(
+        self,
+        plan: Plan,
+        kind: str,
+        name: str,
+        wanted: dict[str, str],
+        current: dict[str, str] | None,
+        dry_run: bool,
+    ) -> str:
         arn = self.transport.queue_arn(name)
-        current = self._queue_attributes_now(name)
         if current is None:
             plan.steps.append(Step(kind, name, "create", "", arn))
             if not dry_run:
@@ -163,11 +184,12 @@ class Provisioner:
                 )
                 self.created = True
             return arn
+        wanted = {**wanted, "Policy": merged_policy(name, current.get("Policy"), wanted["Policy"])}
         differing = {k: v for k, v in wanted.items() if k != "FifoQueue" and not _same(k, current.get(k), v)}
         if not differing:
             plan.steps.append(Step(kind, name, "ok", "exists", arn))
             return arn
-        plan.steps.append(Step(kind, name, "update", "sets " + ", ".join(sorted(differing)), arn))
+        plan.steps.append(Step(kind, name, "update", _update_detail(differing), arn))
         if not dry_run:
             url = self.transport.queue_url(name)
             self._settled(
@@ -251,7 +273,7 @@ def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "topic-sends",
+                "Sid": OWN_SID,
                 "Effect": "Allow",
                 "Principal": {"Service": "sns.amazonaws.com"},
                 "Action": "sqs:SendMessage",
@@ -260,6 +282,74 @@ def queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def merged_policy(queue: str, current: str | None, wanted: str) -> str:
+    """The Policy to want on a queue: ``wanted``'s own statement in the current policy, all else kept.
+
+    Statements of others (Sid other than reactive's) and top-level fields (Version, Id) stay as they are;
+    an older statement of reactive's is replaced in place, or reactive's is appended. When the current
+    policy already holds reactive's statement as wanted, it is returned unchanged: nothing to write.
+    """
+    if not current:
+        return wanted
+    policy = parse_policy(queue, current)
+    statements = _statements(policy)
+    own = _statements(json.loads(wanted))[0]
+    if _normal([s for s in statements if s.get("Sid") == OWN_SID]) == [_normal(own)]:
+        return current
+    return _compact({**policy, "Statement": _with_own(statements, own)})
+
+
+def parse_policy(queue: str, text: str) -> dict[str, Any]:
+    """A queue's Policy attribute as a JSON object whose Statement is one statement object or a list of them."""
+    try:
+        policy = json.loads(text)
+    except ValueError as exc:
+        raise _unmergeable(queue, f"is not valid JSON ({exc})") from exc
+    if not isinstance(policy, dict) or not isinstance(policy.get("Statement"), dict | list):
+        raise _unmergeable(queue, "has no Statement (an object or a list of them)")
+    if not all(isinstance(s, dict) for s in _statements(policy)):
+        raise _unmergeable(queue, "has a Statement entry that is not a JSON object")
+    return policy
+
+
+def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    statement = policy["Statement"]  # IAM allows a single statement object instead of a list
+    return [statement] if isinstance(statement, dict) else list(statement)
+
+
+def _with_own(statements: list[dict[str, Any]], own: dict[str, Any]) -> list[dict[str, Any]]:
+    """Others' statements in their order, reactive's where its (first) older version was, else last."""
+    result: list[dict[str, Any]] = []
+    placed = False
+    for statement in statements:
+        if statement.get("Sid") != OWN_SID:
+            result.append(statement)
+        elif not placed:
+            result.append(own)
+            placed = True
+    return result if placed else [*result, own]
+
+
+def _unmergeable(queue: str, why: str) -> PolicyError:
+    return PolicyError(
+        f"queue {queue}: its Policy {why}; provision keeps the statements of others in a queue policy and "
+        f"adds its own ({OWN_SID!r}), which it cannot do here: fix or remove that Policy, then run "
+        "`reactive provision` again (nothing was changed)"
+    )
+
+
+def _update_detail(differing: dict[str, str]) -> str:
+    detail = "sets " + ", ".join(sorted(differing))
+    if "Policy" not in differing:
+        return detail
+    kept = sum(1 for s in _statements(json.loads(differing["Policy"])) if s.get("Sid") != OWN_SID)
+    return detail + (f" (keeps {kept} other statement{'s' if kept != 1 else ''})" if kept else "")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _same(name: str, current: str | None, wanted: str) -> bool:

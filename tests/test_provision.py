@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
 import pytest
@@ -262,3 +263,189 @@ def test_a_refusal_when_nothing_was_created_is_reported_at_once(
     monkeypatch.setattr(provision, "_pause", lambda seconds: pytest.fail("waited"))
     with pytest.raises(TransportError, match="InvalidAttributeValue"):
         Provisioner(Options(clients=["alpha"], max_receives=9), sqs=Refusing()).run()
+
+
+# -- statements of others in a queue policy -------------------------------------------------------
+CROSS_ACCOUNT = {
+    "Sid": "partner-consumes",
+    "Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::210987654321:root"},
+    "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+    "Resource": "*",
+}
+TLS_ONLY = {
+    "Sid": "tls-only",
+    "Effect": "Deny",
+    "Principal": "*",
+    "Action": "sqs:*",
+    "Resource": "*",
+    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+}
+
+
+def policy_of(queue: str) -> dict[str, Any]:
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    return dict(
+        json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    )
+
+
+def set_policy(queue: str, policy: dict[str, Any]) -> None:
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+
+
+def own_statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in policy["Statement"] if s.get("Sid") == "topic-sends"]
+
+
+def test_statements_of_others_in_a_queue_and_a_dlq_policy_survive_provisioning(
+    aws_env: dict[str, str],
+) -> None:
+    prefix = aws_env["REACTIVE_PREFIX"]
+    Provisioner(Options(clients=["alpha"])).run()
+    added: dict[str, dict[str, Any]] = {}
+    for queue, theirs in ((f"{prefix}-alpha", CROSS_ACCOUNT), (f"{prefix}-alpha-dlq", TLS_ONLY)):
+        policy = policy_of(queue)
+        policy["Statement"].append(theirs)  # an operator adds theirs next to reactive's
+        set_policy(queue, policy)
+        added[queue] = policy
+
+    plan = Provisioner(Options(clients=["alpha"])).run()
+
+    assert {queue: policy_of(queue) for queue in added} == added  # nothing lost, nothing written
+    assert plan.changes == 0 and all(step.action == "ok" for step in plan.steps)
+
+
+def test_a_policy_of_the_operators_own_gets_reactives_statement_added(aws_env: dict[str, str]) -> None:
+    """An operator wrote the DLQ's policy anew: an Id, and one statement as an object, not a list."""
+    prefix = aws_env["REACTIVE_PREFIX"]
+    dlq = f"{prefix}-alpha-dlq"
+    Provisioner(Options(clients=["alpha"])).run()
+    set_policy(dlq, {"Version": "2012-10-17", "Id": "ops-dlq", "Statement": TLS_ONLY})
+
+    plan = Provisioner(Options(clients=["alpha"])).run()
+
+    policy = policy_of(dlq)
+    assert policy["Id"] == "ops-dlq" and policy["Version"] == "2012-10-17"
+    assert policy["Statement"][0] == TLS_ONLY
+    (own,) = own_statements(policy)
+    assert own["Resource"].endswith(f":{dlq}")
+    assert own["Condition"]["ArnEquals"]["aws:SourceArn"] == topic_arn_of(prefix)
+    assert [(s.kind, s.action, s.detail) for s in plan.steps if s.action != "ok"] == [
+        ("dlq", "update", "sets Policy (keeps 1 other statement)")
+    ]
+    again = Provisioner(Options(clients=["alpha"])).run()
+    assert again.changes == 0 and policy_of(dlq) == policy
+
+
+def test_an_outdated_own_statement_is_replaced_and_the_operators_kept(aws_env: dict[str, str]) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    prefix = aws_env["REACTIVE_PREFIX"]
+    queue = f"{prefix}-alpha"
+    Provisioner(Options(clients=["alpha"])).run()
+    wanted = own_statements(policy_of(queue))[0]
+    outdated = {**wanted, "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"], "Condition": {}}
+    set_policy(
+        queue, {"Version": "2012-10-17", "Id": "ops", "Statement": [TLS_ONLY, outdated, CROSS_ACCOUNT]}
+    )
+
+    dry = CliRunner().invoke(app, ["provision", "--client", "alpha", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert report["applied"] is False and report["changes"] == 1
+    assert [(s["kind"], s["action"], s["detail"]) for s in report["steps"] if s["action"] != "ok"] == [
+        ("queue", "update", "sets Policy (keeps 2 other statements)")
+    ]
+    assert policy_of(queue)["Statement"][1] == outdated  # the dry run wrote nothing
+
+    plan = Provisioner(Options(clients=["alpha"])).run()
+    assert [(s.kind, s.action) for s in plan.steps if s.action != "ok"] == [("queue", "update")]
+    assert policy_of(queue) == {
+        "Version": "2012-10-17",
+        "Id": "ops",
+        "Statement": [TLS_ONLY, wanted, CROSS_ACCOUNT],
+    }
+
+    again = CliRunner().invoke(app, ["provision", "--client", "alpha", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["changes"] == 0
+    assert len(own_statements(policy_of(queue))) == 1
+
+
+class PolicyReadsAs:
+    """Real SQS, except that one queue's Policy reads as ``policy`` (moto refuses to store a malformed one);
+    every write is recorded."""
+
+    def __init__(self, queue: str, policy: str) -> None:
+        self.real = boto3.client("sqs")
+        self.queue, self.policy = queue, policy
+        self.writes: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
+        answer = self.real.get_queue_attributes(QueueUrl=QueueUrl, AttributeNames=AttributeNames)
+        if QueueUrl.rsplit("/", 1)[1] == self.queue:
+            answer["Attributes"]["Policy"] = self.policy
+        return dict(answer)
+
+    def create_queue(self, **kwargs: Any) -> object:
+        self.writes.append(f"create {kwargs['QueueName']}")
+        return self.real.create_queue(**kwargs)
+
+    def set_queue_attributes(self, **kwargs: Any) -> object:
+        self.writes.append(f"set {kwargs['QueueUrl']}")
+        return self.real.set_queue_attributes(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"Version": "2012-10-17", "Id": "ops"}', "has no Statement"),
+        ('{"Version": "2012-10-17", "Statement": "deny everything"}', "has no Statement"),
+        ('{"Version": "2012-10-17", "Statement": ["tls-only"]}', "has a Statement entry that is not"),
+    ],
+    ids=["not-json", "no-statement", "statement-a-string", "entry-a-string"],
+)
+def test_a_policy_it_cannot_read_stops_provisioning_before_any_write(
+    aws_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    policy: str,
+    why: str,
+) -> None:
+    from cli import main
+    from reactive import provision
+    from reactive.errors import ReactiveError
+
+    prefix = aws_env["REACTIVE_PREFIX"]
+    boto3.client("sqs").create_queue(QueueName=f"{prefix}-beta")  # beta's queue exists; nothing else does
+    sqs = PolicyReadsAs(f"{prefix}-beta", policy)
+
+    for dry_run in (True, False):
+        with pytest.raises(ReactiveError, match=f"queue {prefix}-beta: its Policy {why}") as refused:
+            Provisioner(Options(clients=["alpha", "beta"]), sqs=sqs).run(dry_run=dry_run)
+        assert refused.value.exit_code == 1
+    assert sqs.writes == []
+    assert not [t for t in boto3.client("sns").list_topics()["Topics"] if f":{prefix}-" in t["TopicArn"]]
+
+    real_client = provision.make_client
+    monkeypatch.setattr(
+        provision, "make_client", lambda service: sqs if service == "sqs" else real_client(service)
+    )
+    monkeypatch.setattr("sys.argv", ["reactive", "provision", "--client", "alpha", "--client", "beta"])
+    with pytest.raises(SystemExit) as exited:
+        main.run()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: queue {prefix}-beta: its Policy"), err
+    assert "Traceback" not in err and sqs.writes == []
