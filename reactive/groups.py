@@ -19,11 +19,26 @@ SEND_TIMEOUT_SECONDS = 5.0  # a layer that hangs must not hold the listener: the
 CLOCK = "clock"
 USER_CHANGED = "user.changed"
 CLOCK_TICK = "clock.tick"
+# An account that ended (disabled or removed) is also announced to every web process, once: a process's
+# clock sockets share one channel (client_site/web/broadcast.py), so the user's group cannot reach them.
+ENDED_ACCOUNTS = "accounts.ended"
+ACCOUNT_ENDED = "account.ended"
+DISABLED = "disabled"
+REMOVED = "removed"
 _VALID = re.compile(r"[a-zA-Z0-9_.-]{1,99}")  # whole name: fullmatch (a "$" would let "clock\n" through)
 
 
 def user_group(local_pk: Any) -> str:
     return f"user.{local_pk}"
+
+
+def account_end(profile: Mapping[str, Any]) -> str | None:
+    """REMOVED or DISABLED when this profile ends the account's sockets; None otherwise."""
+    if profile.get("deleted"):
+        return REMOVED
+    if profile.get("is_active") is False:
+        return DISABLED
+    return None
 
 
 def is_valid_group(name: str) -> bool:
@@ -89,10 +104,19 @@ def send_sync(group: str, message: Mapping[str, Any]) -> bool:
 
 
 def notify_profiles(changes: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
-    """Send each (local_pk, profile) to that user's personal group; return how many were sent."""
+    """Send each (local_pk, profile) to that user's personal group, and an account's end to ENDED_ACCOUNTS
+    too; return how many profiles were sent."""
     sent = 0
     for local_pk, profile in changes:
         if not send_sync(user_group(local_pk), {"type": USER_CHANGED, "profile": dict(profile)}):
             break  # the layer is down: one warning per batch is enough
         sent += 1
+        end = account_end(profile)
+        if end is not None and not send_sync(ENDED_ACCOUNTS, ended_message(local_pk, end)):
+            break
     return sent
+
+
+def ended_message(local_pk: Any, end: str) -> dict[str, Any]:
+    """What ENDED_ACCOUNTS carries: whose account ended, and how (DISABLED or REMOVED); no profile data."""
+    return {"type": ACCOUNT_ENDED, "user": str(local_pk), "end": end}

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from client_site.web import broadcast as fanout
-from tests.support.realtime import run, until
+from tests.support.realtime import group_members, run, until
 
 FRAME = {"type": "clock.tick", "time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
 
@@ -145,6 +145,37 @@ def test_a_stalled_join_is_given_up_soon_and_tried_again(monkeypatch: pytest.Mon
     assert run(scenario) == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
 
 
+def test_an_end_closes_its_users_sockets_and_the_others_tick_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An account that ended closes its user's sockets with the code the end calls for; the others get
+    the next tick. The process channel is in the ends group beside the broadcast's."""
+    layer = FlakyLayer()
+    layer.failed = True  # receiving works
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    ends = fanout.Ends("ends", "end", lambda m: (m["user"], m["code"]) if "user" in m else None)
+    mine, also_mine, other, anonymous = Socket(), Socket(), Socket(), Socket()
+
+    async def scenario() -> dict[str, set[object]]:
+        group = fanout.broadcast("clock", identity, ends)
+        try:
+            for socket, user in ((mine, "7"), (also_mine, "7"), (other, "8"), (anonymous, None)):
+                await group.join(socket, socket.send, user=user)
+            await layer.queue.put({"type": "end", "user": "7", "code": 4003})
+            await layer.queue.put({"type": "end"})  # one this process cannot read: ignored, not fanned out
+            await layer.queue.put(FRAME)
+            await until(lambda: other.frames and anonymous.frames, what="the tick after the end")
+            return dict(group.sockets_of)
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+
+    sockets_of = run(scenario)
+    tick = {"type": "websocket.send", "text": json.dumps(FRAME)}
+    assert mine.frames == also_mine.frames == [{"type": "websocket.close", "code": 4003}]
+    assert other.frames == anonymous.frames == [tick]
+    assert sockets_of == {"8": {other}}
+    assert sorted(group for group, _ in layer.adds) == ["clock", "ends"]
+
+
 class RealLayer:
     """The test's channels-redis layer, its group_add recorded and its failures staged on demand."""
 
@@ -173,13 +204,7 @@ class RealLayer:
         return message
 
     async def members(self, group: str) -> set[str]:
-        """The group's members as the layer knows them: Redis' sorted set, or the process's subscriptions."""
-        layer = self.layer
-        if hasattr(layer, "_get_layer"):  # RedisPubSubChannelLayer: the group is this process's business
-            own = layer._get_layer()
-            return set(own.groups.get(own._get_group_channel_name(group), ()))
-        connection = layer.connection(layer.consistent_hash(group))
-        return {member.decode() for member in await connection.zrange(layer._group_key(group), 0, -1)}
+        return await group_members(self.layer, group)
 
 
 def test_a_rejoin_after_a_failure_leaves_the_group_one_member(

@@ -19,8 +19,11 @@ from client_site.web import consumers, epochs
 from client_site.web.broadcast import FailureStreak, broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
+from reactive.events import Event, encode
+from reactive.listener import Listener
 from reactive.replica import ReplicaState
-from tests.support.realtime import run, session_cookie, until
+from reactive.transport.base import OutgoingMessage
+from tests.support.realtime import group_members, run, session_cookie, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = "http://testserver"
@@ -48,6 +51,14 @@ def replica(username: str, first_name: str, key: str, version: int) -> Any:
 async def in_room(cookie: str) -> WebsocketCommunicator:
     """A page's socket on /ws/, connected and past the profile sent on connect."""
     ws = communicator("/ws/", cookie)
+    assert (await ws.connect(timeout=5))[0]
+    await ws.receive_json_from(timeout=5)
+    return ws
+
+
+async def on_clock(cookie: str) -> WebsocketCommunicator:
+    """A clock page's socket on /time/tic/, connected and past the time sent on connect."""
+    ws = communicator("/time/tic/", cookie)
     assert (await ws.connect(timeout=5))[0]
     await ws.receive_json_from(timeout=5)
     return ws
@@ -347,6 +358,44 @@ def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:
     assert first == {"type": "clock.tick", **stored}
 
 
+def ended_on_master(how: str) -> Event:
+    """Alice's account (master key 17, at version 3 here) disabled or deleted on the master."""
+    if how == "deleted":
+        return Event(model="auth.user", action="delete", key="17", version=4)
+    data = {"username": "alice", "first_name": "Alice", "is_active": False}
+    return Event(model="auth.user", action="update", key="17", version=4, data=data, changed=("is_active",))
+
+
+@pytest.mark.parametrize(("how", "code"), [("disabled", 4003), ("deleted", 4004)])
+def test_the_clock_sockets_of_an_account_that_ended_close_and_others_tick_on(
+    alice: Any, bob: Any, memory: Any, how: str, code: int
+) -> None:
+    """The listener applies the end and notifies: alice's clock sockets close with the code her user
+    socket gets, though she has none open in this process; bob's clock keeps ticking."""
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+    memory.publish([OutgoingMessage(id="1", body=encode(ended_on_master(how)))])
+
+    async def scenario() -> tuple[list[dict[str, Any]], bool, list[bool], int]:
+        alices = [await on_clock(alice_cookie) for _ in range(2)]
+        bobs = await on_clock(bob_cookie)
+        listener = Listener("alpha", memory, wait=0)  # its notify: groups.notify_profiles, on Redis
+        assert (await database_sync_to_async(listener.run)(once=True)).applied == 1
+        closed = [await ws.receive_output(timeout=5) for ws in alices]
+        tick = await clock.atick()
+        bob_ticks = await bobs.receive_json_from(timeout=5) == clock.message(tick)
+        quiet = [await ws.receive_nothing(timeout=0.3) for ws in alices]
+        open_sockets = len(broadcast(groups.CLOCK, clock_frame).sockets)
+        for ws in (*alices, bobs):
+            await ws.disconnect()
+        return closed, bob_ticks, quiet, open_sockets
+
+    closed, bob_ticks, quiet, open_sockets = run(scenario)
+    assert closed == [{"type": "websocket.close", "code": code}] * 2
+    assert bob_ticks
+    assert quiet == [True, True]  # no tick after the close
+    assert open_sockets == 1  # bob's
+
+
 def test_a_group_send_reaches_every_socket_in_the_room(alice: Any) -> None:
     cookie = session_cookie(alice)
 
@@ -404,6 +453,10 @@ class Joins:
 
 def membership_tasks() -> list[asyncio.Task[Any]]:
     return [task for task in asyncio.all_tasks() if task.get_name().startswith("membership ")]
+
+
+def discard_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("discard ")]
 
 
 @pytest.fixture
@@ -564,6 +617,61 @@ def test_a_handshake_redis_cannot_serve_is_refused_soon_with_one_line(
     assert len(lines) == 1 and lines[0].levelname == "WARNING"
     assert lines[0].getMessage().startswith(f"user socket refused: cannot join user.{alice.pk}: {reason}")
     assert not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("discard", ["works", "stalls"])
+def test_a_join_redis_applied_too_late_leaves_no_member_behind(
+    alice: Any, discard: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis applied the join, but its answer came after JOIN_TIMEOUT_SECONDS: the socket is refused, and
+    its dead channel is taken out of the room in the background (one debug line if that fails too)."""
+    monkeypatch.setattr(consumers, "JOIN_TIMEOUT_SECONDS", 0.3, raising=False)
+    cookie = session_cookie(alice)
+    group = groups.user_group(alice.pk)
+
+    async def scenario() -> tuple[bool, bool, set[str], set[str]]:
+        layer, loop = get_channel_layer(), asyncio.get_running_loop()
+        add, joined, discard_ended = layer.group_add, set(), []
+
+        async def applied_then_silent(group: str, channel: str) -> None:
+            await add(group, channel)
+            joined.add(channel)
+            await asyncio.Event().wait()  # the answer that never came in time
+
+        async def stalled(group: str, channel: str) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                discard_ended.append(loop.time())
+
+        layer.group_add = applied_then_silent
+        if discard == "stalls":
+            layer.group_discard = stalled
+        ws = communicator("/ws/", cookie)
+        connected, _ = await ws.connect(timeout=5)
+        refused_at = loop.time()
+        await ws.disconnect(timeout=0.2)
+        await until(lambda: not discard_tasks(), what="the background discard done")
+        not_held = all(refused_at < ended for ended in discard_ended)  # the refusal came first
+        return not connected, not_held, joined, await group_members(layer, group)
+
+    with caplog.at_level(logging.DEBUG, logger="reactive.web"):
+        was_refused, not_held, joined, members = run(scenario)
+    assert was_refused and not_held
+    assert len(joined) == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    assert lines[0][0] == "WARNING" and lines[0][1].startswith(f"user socket refused: cannot join {group}")
+    if discard == "works":
+        assert members == set() and len(lines) == 1
+    else:
+        assert members == joined  # group_expiry ends it
+        (channel,) = joined
+        assert lines[1:] == [
+            (
+                "DEBUG",
+                f"could not discard {channel} from {group} after a timed-out join: TimeoutError: no answer in time",
+            )
+        ]
 
 
 def test_a_clock_socket_is_not_held_by_a_stalled_redis(alice: Any, monkeypatch: pytest.MonkeyPatch) -> None:

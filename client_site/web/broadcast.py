@@ -6,6 +6,11 @@ sockets a process spends more than the tick interval on it. Here the process joi
 each message once and writes it to its sockets in one pass. The group is still the layer's: a tick sent to
 "clock" from any process (Celery beat, `reactive beat`) reaches every web process, and `reactive tail clock`
 sees exactly what the sockets get.
+
+A socket may name its user (the signed-in one). The process channel is then also in an "ends" group,
+whose messages (an account disabled or removed: a few a day, not a few a second) close that user's
+sockets here with the close code the message calls for: the sockets have no channel of their own that
+the user's group could reach. A tick pays nothing for it but one type comparison per process.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("reactive.web")
@@ -30,19 +36,34 @@ JOIN_TIMEOUT_SECONDS = 3.0  # a stalled Redis (socket_timeout is 30 s) fails a j
 YIELD_EVERY = 500  # sends in a row before the fan-out lets the event loop run other tasks
 
 
+@dataclass(frozen=True)
+class Ends:
+    """The group whose messages end a user's sockets instead of being fanned out (see the module doc)."""
+
+    group: str
+    type: str  # the message type of an end
+    read: Callable[[dict[str, Any]], tuple[str, int] | None]  # an end -> (user, close code); None: malformed
+
+
 class LocalBroadcast:
     """Sockets of this process (and event loop) that receive every message of one group."""
 
-    def __init__(self, group: str, encode: Encode) -> None:
+    def __init__(self, group: str, encode: Encode, ends: Ends | None = None) -> None:
         self.group = group
         self.encode = encode
+        self.ends = ends
         self.sockets: dict[object, Send] = {}
+        self.users: dict[object, str] = {}  # socket -> user, for the sockets that named one
+        self.sockets_of: dict[str, set[object]] = {}  # user -> sockets: an end finds them without a scan
         self.task: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
 
-    async def join(self, key: object, send: Send) -> None:
+    async def join(self, key: object, send: Send, user: str | None = None) -> None:
         """Add a socket; returns once the process is in the group (so no message is missed after this)."""
         self.sockets[key] = send
+        if user is not None:
+            self.users[key] = user
+            self.sockets_of.setdefault(user, set()).add(key)
         if self.task is None or self.task.done():
             self.joined.clear()
             self.task = asyncio.get_running_loop().create_task(self._follow(), name=f"broadcast {self.group}")
@@ -50,6 +71,38 @@ class LocalBroadcast:
 
     def leave(self, key: object) -> None:
         self.sockets.pop(key, None)
+        user = self.users.pop(key, None)
+        if user is not None:
+            keys = self.sockets_of[user]
+            keys.discard(key)
+            if not keys:
+                del self.sockets_of[user]
+
+    async def end(self, user: str, code: int) -> int:
+        """Close every socket of ``user`` with ``code``; returns how many were closed."""
+        keys = list(self.sockets_of.get(user, ()))
+        for key in keys:
+            send = self.sockets[key]
+            self.leave(key)  # before the close frame: no message goes after it
+            # The server then tells the socket's consumer (websocket.disconnect), which cleans up as usual.
+            with contextlib.suppress(Exception):  # gone already, or stuck: either way it is out
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await send({"type": "websocket.close", "code": code})
+        return len(keys)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        if self.ends is not None and message.get("type") == self.ends.type:
+            ended = self.ends.read(message)
+            if ended is not None:
+                await self.end(*ended)
+            return
+        await self.deliver(message)
+
+    async def _add(self, layer: Any, channel: str) -> None:
+        """Put the process's channel in the group (and the ends group, if any): group_add is idempotent."""
+        await layer.group_add(self.group, channel)
+        if self.ends is not None:
+            await layer.group_add(self.ends.group, channel)
 
     async def _follow(self) -> None:
         from channels.layers import get_channel_layer
@@ -66,13 +119,13 @@ class LocalBroadcast:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
                     if channel is None or layer is not owner:
                         channel, owner = await layer.new_channel(), layer
-                    await layer.group_add(self.group, channel)
+                    await self._add(layer, channel)
                 self.joined.set()
                 failures = 0
                 refresh = asyncio.get_running_loop().create_task(self._stay_in_group(layer, channel))
                 try:
                     while True:
-                        await self.deliver(await layer.receive(channel))
+                        await self._dispatch(await layer.receive(channel))
                 finally:
                     refresh.cancel()
             except asyncio.CancelledError:
@@ -102,7 +155,7 @@ class LocalBroadcast:
             seen = epochs.losses
             try:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                    await layer.group_add(self.group, channel)
+                    await self._add(layer, channel)
             except Exception as exc:  # Redis down or stalled
                 failing.failed(exc)
             else:
@@ -194,9 +247,9 @@ _broadcasts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Loca
 )
 
 
-def broadcast(group: str, encode: Encode) -> LocalBroadcast:
+def broadcast(group: str, encode: Encode, ends: Ends | None = None) -> LocalBroadcast:
     """The broadcast of ``group`` for the running event loop (servers run one; tests run many)."""
     by_group = _broadcasts.setdefault(asyncio.get_running_loop(), {})
     if group not in by_group:
-        by_group[group] = LocalBroadcast(group, encode)
+        by_group[group] = LocalBroadcast(group, encode, ends)
     return by_group[group]

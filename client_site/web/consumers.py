@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
     SERVER_SEND,
+    Ends,
     FailureStreak,
     LocalBroadcast,
     broadcast,
@@ -36,6 +37,7 @@ log = logging.getLogger("reactive.web")
 # Close codes the page understands (4000-4999 are for applications): both mean "never reconnect".
 CLOSE_ACCOUNT_DISABLED = 4003
 CLOSE_ACCOUNT_REMOVED = 4004
+END_CODES = {groups.DISABLED: CLOSE_ACCOUNT_DISABLED, groups.REMOVED: CLOSE_ACCOUNT_REMOVED}
 
 # What a handshake waits for Redis at most, JOIN_TIMEOUT_SECONDS (the layer's socket_timeout is 30 s: a
 # stalled Redis held a handshake that long, then answered 500).
@@ -71,6 +73,32 @@ async def _next_round(epochs: RedisEpochs, seen: int) -> int:
     return epochs.losses
 
 
+# Discards still running: the event loop keeps only a weak reference to a task.
+_discards: set[asyncio.Task[None]] = set()
+
+
+def _discard_in_background(layer: Any, group: str, channel: str) -> None:
+    """Take a refused socket's channel out of the group its join timed out on, without holding the refusal.
+
+    Redis may have applied the join after all (it answered late, or between channels-redis's ZADD and
+    EXPIRE): the dead channel would then stay a member until group_expiry (a day), sent every change.
+    """
+    task = asyncio.get_running_loop().create_task(_discard(layer, group, channel), name=f"discard {group}")
+    _discards.add(task)
+    task.add_done_callback(_discards.discard)
+
+
+async def _discard(layer: Any, group: str, channel: str) -> None:
+    # Best effort, bounded like a join. At a stalled Redis the discard, sent after the join, is most likely
+    # read after it too, even if its answer comes too late for us (Redis does not promise that order across
+    # connections); when it fails outright, group_expiry still ends the membership.
+    try:
+        async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+            await layer.group_discard(group, channel)
+    except Exception as exc:
+        log.debug("could not discard %s from %s after a timed-out join: %s", channel, group, describe(exc))
+
+
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
     # Django's default backend already signs out a disabled user; a backend that lets one in
     # (AllowAllUsersModelBackend) must still not open a socket: HTTP and sockets say the same.
@@ -82,11 +110,18 @@ def _authenticated_user(scope: dict[str, Any]) -> Any | None:
 
 def _final_code(profile: dict[str, Any]) -> int | None:
     """The close code a pushed profile ends the socket with, if any."""
-    if profile.get("deleted"):
-        return CLOSE_ACCOUNT_REMOVED
-    if profile.get("is_active") is False:
-        return CLOSE_ACCOUNT_DISABLED
-    return None
+    end = groups.account_end(profile)
+    return None if end is None else END_CODES[end]
+
+
+def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
+    """(local pk, close code) of a groups.ENDED_ACCOUNTS message; None for one this process cannot read."""
+    user, code = message.get("user"), END_CODES.get(message.get("end", ""))
+    return None if user is None or code is None else (str(user), code)
+
+
+# A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends).
+ACCOUNT_ENDS = Ends(groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account)
 
 
 class UserConsumer(AsyncJsonWebsocketConsumer):
@@ -144,6 +179,8 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
             await self._add_to(group)
         except Exception as exc:  # Redis down, stalled or refusing: a clean refusal, not a 500
             log.warning("user socket refused: cannot join %s: %s", group, describe(exc))
+            if isinstance(exc, TimeoutError):
+                _discard_in_background(self.channel_layer, group, self.channel_name)
             return False
         return True
 
@@ -228,7 +265,8 @@ class ClockConsumer(AsyncJsonWebsocketConsumer):
     """``/time/tic/``: signed-in users only; the current time at once, then every tick.
 
     The process is in the clock group once for all its clock sockets (see broadcast.py): a tick is one
-    layer message per process, not one per socket.
+    layer message per process, not one per socket. The fan-out knows each socket's user: when that account
+    is disabled or removed, the socket closes with the code the user's own socket closes with.
     """
 
     # No channel of its own: the process's broadcast is the clock group's member (an alias Channels does
@@ -238,17 +276,21 @@ class ClockConsumer(AsyncJsonWebsocketConsumer):
     fanout: LocalBroadcast | None = None
 
     async def connect(self) -> None:
-        if _authenticated_user(self.scope) is None:
+        user = _authenticated_user(self.scope)
+        if user is None:
             await self.close()
             return
         await self.accept()
-        self.fanout = broadcast(groups.CLOCK, clock_frame)
+        fanout = self.fanout = broadcast(groups.CLOCK, clock_frame, ACCOUNT_ENDS)
+        send = self.scope.get(SERVER_SEND, self.base_send)
         try:  # a stalled Redis: the socket stays in the fan-out, whose join goes on without this page
             async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                await self.fanout.join(self, self.scope.get(SERVER_SEND, self.base_send))
+                await fanout.join(self, send, user=str(user.pk))
         except TimeoutError:
             pass
-        await self.send_json(clock.message(await clock.acurrent()))
+        current = clock.message(await clock.acurrent())
+        if self in fanout.sockets:  # not if its account ended meanwhile: nothing is sent after the close
+            await self.send_json(current)
 
     async def disconnect(self, code: int) -> None:
         if self.fanout is not None:

@@ -270,3 +270,28 @@ def test_the_quiet_user_page_has_no_watchdog(alpha_alone: AlphaAlone, context: A
     expect(state).to_have_attribute("data-state", "live")
     assert seen(page, "connection") == ["live"]
     assert len(sockets) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "label"),
+    [
+        ("81", {"action": "update", "is_active": False}, "account disabled: signed out"),
+        ("82", {"action": "delete"}, "account removed"),
+    ],
+)
+def test_the_clock_page_of_an_account_that_ended_stops_for_good(
+    alpha_alone: AlphaAlone, context: Any, key: str, change: dict[str, Any], label: str
+) -> None:
+    """The server closes the clock socket with the user socket's code; the page says so and stays closed."""
+    from playwright.sync_api import expect
+
+    username = f"ends{key}"
+    alpha_alone.event("insert", key, 1, username=username, first_name="Ends", is_active=True)
+    page, sockets = open_live(alpha_alone, context, username, "/clock/")
+    fields = {name: value for name, value in change.items() if name != "action"}
+    alpha_alone.event(str(change["action"]), key, 2, **fields)
+    state = page.locator("#connection")
+    expect(state).to_have_attribute("data-state", "ended")
+    expect(state).to_have_text(label)
+    page.wait_for_timeout(1500)  # longer than the first reconnect's backoff: none is made
+    assert len(sockets) == 1

@@ -57,3 +57,12 @@ async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "con
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
         await asyncio.sleep(0.02)  # poll interval under a deadline
+
+
+async def group_members(layer: Any, group: str) -> set[str]:
+    """A group's members as the layer knows them: Redis' sorted set, or the process's subscriptions."""
+    if hasattr(layer, "_get_layer"):  # RedisPubSubChannelLayer: the group is this process's business
+        own = layer._get_layer()
+        return set(own.groups.get(own._get_group_channel_name(group), ()))
+    connection = layer.connection(layer.consistent_hash(group))
+    return {member.decode() for member in await connection.zrange(layer._group_key(group), 0, -1)}

@@ -28,6 +28,8 @@
     staleAfterMs: 3000,
     restartAfterMs: 10000,
     staleLabel: (seconds) => "no ticks for " + seconds + " s",
+    // The server closes a clock socket with these when its account ended (as /ws/ does): never reconnect.
+    finalCodes: { 4003: "account disabled: signed out", 4004: "account removed" },
     onMessage: (message) => {
       if (message.type === "clock.tick") accept(message);
     },
