@@ -21,6 +21,7 @@ app = typer.Typer(
 
 CLIENT = typer.Option(..., "--client", "-c", help="Client name.", autocompletion=client_names)
 BODY_WIDTH = 48
+WIDE_COLUMNS = 120  # a terminal at least this wide also shows the start of each body in `dlq list`
 
 
 @app.command("list")
@@ -53,24 +54,7 @@ def list_(
         )
         return
     shown = f"{len(letters)} of {in_dlq}" if len(letters) < in_dlq else str(len(letters))
-    table = Table(title=f"dead letters of {client} ({shown})")
-    table.add_column("message id", no_wrap=True)
-    table.add_column("sent (UTC)", no_wrap=True)
-    table.add_column("recv", justify="right")
-    table.add_column("event")
-    table.add_column("why it failed", ratio=2)
-    table.add_column("body", ratio=1, overflow="ellipsis")
-    for letter in letters:
-        sent = letter.sent_at.strftime("%m-%d %H:%M:%S") if letter.sent_at else "?"
-        table.add_row(
-            letter.message_id,
-            sent,
-            str(letter.message.receive_count),
-            Text(_event(letter)),  # what a message holds is text, never markup: a poison body may hold "[/x]"
-            Text(letter.why, style="red" if letter.error else ""),
-            Text(_short(letter.message.body)),
-        )
-    common.console.print(table)
+    common.console.print(_table(f"dead letters of {client} ({shown})", letters))
     if not letters and not in_dlq:
         common.console.print("[green]The DLQ is empty.[/]")
     elif len(letters) < min(limit, in_dlq):
@@ -83,14 +67,16 @@ def list_(
 
 @app.command()
 def show(
-    message_id: str = typer.Argument(..., help="A message id from `reactive dlq list`."),
+    message_id: str = typer.Argument(
+        ..., help="A message id from `reactive dlq list` (its first characters are enough)."
+    ),
     client: str = CLIENT,
     diagnose: bool = typer.Option(False, "--diagnose", help="Try the event against this client's replica."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show one dead letter whole: body pretty-printed, attributes, and why it failed.
 
-    Example: [bold]reactive dlq show --client alpha 6f1c2a0e-...[/bold]
+    Example: [bold]reactive dlq show --client alpha 6f1c2a0e[/bold]
     """
     transport = get_transport()
     letter = dlq.find(transport, dlq.queues_of(transport, common.client_name(client)), message_id)
@@ -145,6 +131,34 @@ def _letters(client: str, limit: int, diagnose: bool) -> tuple[list[dlq.DeadLett
         common.setup_django("client", client)
         letters = dlq.diagnose(letters)
     return letters, max(len(letters), depth.visible + depth.in_flight + depth.delayed)
+
+
+def _table(title: str, letters: list[dlq.DeadLetter]) -> Table:
+    """One row a letter. Below WIDE_COLUMNS the body column is left out (`dlq show` has it whole), so that the
+    reason keeps room for its words."""
+    with_body = common.console.width >= WIDE_COLUMNS
+    table = Table(title=title)
+    # Short ids, as git shows hashes (`dlq show` takes them; --json has them whole): a full one is 36
+    # columns, a third of what an 80-column terminal has.
+    ids = dlq.short_ids([x.message_id for x in letters])
+    table.add_column("id", no_wrap=True)
+    table.add_column("sent (UTC)", no_wrap=True)
+    table.add_column("recv", justify="right")
+    table.add_column("event")
+    table.add_column("why it failed", ratio=2)
+    if with_body:
+        table.add_column("body", ratio=1, overflow="ellipsis")
+    for letter in letters:
+        sent = letter.sent_at.strftime("%m-%d %H:%M:%S") if letter.sent_at else "?"
+        row = [
+            ids[letter.message_id],
+            sent,
+            str(letter.message.receive_count),
+            Text(_event(letter)),  # what a message holds is text, never markup: a poison body may hold "[/x]"
+            Text(letter.why, style="red" if letter.error else ""),
+        ]
+        table.add_row(*row, *([Text(_short(letter.message.body))] if with_body else []))
+    return table
 
 
 def _event(letter: dlq.DeadLetter) -> str:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reactive import settings
-from reactive.errors import MessageError, ReactiveError, ResourceNotFound, TransportError
+from reactive.errors import MessageError, ReactiveError, ResourceNotFound, TransportError, UsageError
 from reactive.events import Event, decode, format_time
 from reactive.transport.base import OutgoingMessage, QueueDepth, ReceivedMessage, Transport
 
@@ -170,10 +170,33 @@ def inspect(transport: Transport, queues: ClientQueues, *, limit: int = 100) -> 
     return [DeadLetter.of(m) for m in peek(transport, queues.dlq, limit=limit)]
 
 
+SHORT_ID_LENGTH = 8  # as git shortens hashes: enough to tell a DLQ's messages apart, lengthened when not
+
+
+def short_ids(message_ids: Sequence[str]) -> dict[str, str]:
+    """Each id cut to the shortest length (at least SHORT_ID_LENGTH) at which all of them stay distinct."""
+    length = SHORT_ID_LENGTH
+    while len({m[:length] for m in message_ids}) < len(set(message_ids)):
+        length += 1
+    return {m: m[:length] for m in message_ids}
+
+
 def find(transport: Transport, queues: ClientQueues, message_id: str, *, limit: int = 1000) -> DeadLetter:
-    for letter in inspect(transport, queues, limit=limit):
-        if letter.message_id == message_id:
-            return letter
+    """The dead letter with this id, or the only one whose id starts with it (`dlq list` shows short ids)."""
+    wanted = message_id.strip().lower()
+    if not wanted:
+        raise UsageError("give a message id (or its first characters, as `reactive dlq list` shows them)")
+    letters = inspect(transport, queues, limit=limit)
+    exact = [x for x in letters if x.message_id.lower() == wanted]
+    found = exact or [x for x in letters if x.message_id.lower().startswith(wanted)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        ids = sorted(x.message_id for x in found)
+        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+        raise UsageError(
+            f"{message_id} starts {len(ids)} message ids in {queues.dlq} ({shown}): give more of it"
+        )
     raise ResourceNotFound(
         f"message {message_id} is not in {queues.dlq} "
         "(replayed or purged already, being looked at elsewhere, or on a FIFO queue behind the first "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from reactive.errors import UsageError
 from reactive.transport.sqs import SqsTransport
 from tests.test_dlq import ATTRIBUTES, POISON, put, total
 
@@ -54,6 +56,53 @@ def test_show_prints_one_message_whole(sqs: SqsTransport, dead: dict[str, str]) 
     assert "42 (Number)" in result.stdout
     as_json = json.loads(runner.invoke(app, ["dlq", "show", "--client", "alpha", wanted, "--json"]).stdout)
     assert as_json["body"] == POISON[1]
+
+
+def test_list_shows_short_ids_that_show_takes(sqs: SqsTransport, dead: dict[str, str]) -> None:
+    narrow = runner.invoke(app, ["dlq", "list", "--client", "alpha"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    for message_id in dead.values():
+        assert message_id[:8] in narrow.stdout and message_id not in narrow.stdout
+    assert "not decodable: body is not JSON" in narrow.stdout  # the reason has room for its words...
+    assert "not json at all" not in narrow.stdout  # ... as the bodies are left to `dlq show` there
+    wide = runner.invoke(app, ["dlq", "list", "--client", "alpha"], env={"COLUMNS": "160"})
+    assert "not json at all" in wide.stdout
+    wanted = dead[POISON[1]]
+    shown = runner.invoke(app, ["dlq", "show", "--client", "alpha", wanted[:8]], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert wanted in shown.stdout and "unknown action 'explode'" in shown.stdout
+
+
+def test_show_refuses_a_prefix_of_several_ids(sqs: SqsTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive import dlq
+
+    dlq_name = f"{sqs.topic_name.removesuffix('-users')}-alpha-dlq"
+    put(sqs, dlq_name, "first")
+    put(sqs, dlq_name, "second")
+    letters = dlq.inspect(sqs, dlq.queues_of(sqs, "alpha"))
+    ids = {letter.message_id: f"abcd{n}-{letter.message_id}" for n, letter in enumerate(letters)}
+    renamed = [
+        dlq.DeadLetter(replace(x.message, message_id=ids[x.message_id]), x.event, x.error, x.diagnosis)
+        for x in letters
+    ]
+    monkeypatch.setattr(dlq, "inspect", lambda *args, **kwargs: renamed)
+    result = runner.invoke(app, ["dlq", "show", "--client", "alpha", "abcd"], env={"COLUMNS": "200"})
+    assert isinstance(result.exception, UsageError)  # exit 2 through cli.main.run
+    assert "abcd starts 2 message ids" in str(result.exception) and "give more of it" in str(result.exception)
+    assert runner.invoke(app, ["dlq", "show", "--client", "alpha", "abcd1"]).exit_code == 0
+    blank = runner.invoke(app, ["dlq", "show", "--client", "alpha", "  "])
+    assert isinstance(blank.exception, UsageError)
+
+
+def test_short_ids_grow_until_they_differ() -> None:
+    from reactive.dlq import short_ids
+
+    assert short_ids(["0123456789", "abcdefghij"]) == {"0123456789": "01234567", "abcdefghij": "abcdefgh"}
+    assert short_ids(["012345678x", "012345678y", "z"]) == {
+        "012345678x": "012345678x",
+        "012345678y": "012345678y",
+        "z": "z",
+    }
 
 
 def test_purge_asks_first_unless_yes(sqs: SqsTransport, dead: dict[str, str]) -> None:
