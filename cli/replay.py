@@ -86,12 +86,13 @@ def _with_progress(
 def render(report: dlq.ReplayReport, queues: dlq.ClientQueues) -> None:
     if report.dry_run:
         table = Table(title=f"would move {len(report.would_move)} message(s) {queues.dlq} -> {queues.queue}")
-        for column in ("message id", "event", "why it failed"):
+        ids = dlq.short_ids([x.message_id for x in report.would_move])  # as `dlq list` shows them
+        for column in ("id", "event", "why it failed"):
             table.add_column(column, overflow="fold")
         for letter in report.would_move:
             event = letter.event
             table.add_row(
-                letter.message_id,
+                ids[letter.message_id],
                 Text(f"{event.action} {event.key} v{event.version}" if event else "-"),
                 Text(letter.why),  # from the message: text, never markup
             )

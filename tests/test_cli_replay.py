@@ -37,12 +37,13 @@ def test_replay_moves_everything_back_and_prints_a_summary(sqs: SqsTransport) ->
 
 def test_replay_asks_first_and_dry_run_moves_nothing(sqs: SqsTransport) -> None:
     queue, dlq = names(sqs)
-    put(sqs, dlq, "precious")
+    message_id = put(sqs, dlq, "precious")
     refused = runner.invoke(app, ["replay-dlq", "--client", "alpha"], input="n\n")
     assert refused.exit_code == 1 and "Move 1 message(s)" in refused.output
     dry = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--dry-run"], env={"COLUMNS": "160"})
     assert dry.exit_code == 0, dry.output
     assert "would move 1 message(s)" in dry.stdout and "not decodable" in dry.stdout
+    assert message_id[:8] in dry.stdout and message_id not in dry.stdout  # the id `dlq list` shows
     assert (total(sqs, queue), total(sqs, dlq)) == (0, 1)
 
 
