@@ -150,14 +150,16 @@ def _table(title: str, letters: list[dlq.DeadLetter]) -> Table:
         table.add_column("body", ratio=1, overflow="ellipsis")
     for letter in letters:
         sent = letter.sent_at.strftime("%m-%d %H:%M:%S") if letter.sent_at else "?"
-        row = [
+        row: list[str | Text] = [
             ids[letter.message_id],
             sent,
             str(letter.message.receive_count),
             Text(_event(letter)),  # what a message holds is text, never markup: a poison body may hold "[/x]"
             Text(letter.why, style="red" if letter.error else ""),
         ]
-        table.add_row(*row, *([Text(_short(letter.message.body))] if with_body else []))
+        if with_body:
+            row.append(Text(_short(letter.message.body)))
+        table.add_row(*row)
     return table
 
 
