@@ -27,6 +27,7 @@ def beat(
     """Send clock ticks to the clock group now: once, or in a loop (an alternative to Celery beat).
 
     Each tick is stored in Redis (the page's first value) and sent to every browser on /time/tic/.
+    The loop touches REACTIVE_HEARTBEAT_FILE as it goes round (python -m reactive.heartbeat --max-age 30).
 
     Example: [bold]reactive beat --interval 0.5[/bold]
     """
@@ -56,12 +57,14 @@ def beat(
 
 async def _loop(interval: float, printed: Callable[[dict[str, str]], None]) -> int:
     from reactive import clock
+    from reactive.heartbeat import Heartbeat
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    return await clock.run(interval, stop, on_tick=printed)
+    # REACTIVE_HEARTBEAT_FILE, touched as the loop goes round: a liveness probe sees a beat that is stuck.
+    return await clock.run(interval, stop, on_tick=printed, heartbeat=Heartbeat.configured())
 
 
 def _finite(value: float | None) -> float | None:

@@ -18,6 +18,9 @@ def listen(
     One --client runs in this process; several run one child process each under a supervisor,
     each with its own database (DATABASE_URL_<CLIENT>, DATABASE_URL with {client}, or var/client-NAME.sqlite3).
 
+    REACTIVE_HEARTBEAT_FILE names a file touched as the loop goes round (for a liveness probe:
+    python -m reactive.heartbeat --max-age 120); with several clients it stays fresh while every child's does.
+
     Example: [bold]reactive listen --client alpha --client beta[/bold]
     """
     clients = [common.client_name(c) for c in client]
@@ -29,10 +32,15 @@ def listen(
 
         serve(clients[0], once=once, batch=batch, wait=wait)
         return
+    from reactive.heartbeat import relay_for
     from reactive.supervisor import Supervisor, listener_spec
 
-    supervisor = Supervisor([listener_spec(c, once=once, batch=batch, wait=wait) for c in clients])
-    raise typer.Exit(supervisor.run(restart=not once))
+    specs = [listener_spec(c, once=once, batch=batch, wait=wait) for c in clients]
+    relay = relay_for(specs)  # REACTIVE_HEARTBEAT_FILE: fresh while every child's own file is
+    if relay:
+        relay.start()
+    supervisor = Supervisor(specs, on_change=relay.child_changed if relay else None)
+    raise typer.Exit(supervisor.run(restart=not once, tick=relay.tick if relay else None))
 
 
 def register(app: typer.Typer) -> None:

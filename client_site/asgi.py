@@ -1,6 +1,7 @@
 """ASGI entry point of a client site (``uvicorn client_site.asgi:application``).
 
-HTTP goes through Django; websockets through Channels behind the Origin check (ALLOWED_HOSTS) and the
+HTTP goes through Django, except the liveness route /live, which the event loop answers itself
+(reactive/health.py); websockets through Channels behind the Origin check (ALLOWED_HOSTS) and the
 session auth middleware (Django's "sessionid" cookie). Sockets that have settled leave CPython's full
 collections (client_site/web/heap.py).
 """
@@ -21,6 +22,7 @@ from client_site.web.broadcast import with_server_send  # noqa: E402
 from client_site.web.heap import freeze_settled_sockets  # noqa: E402
 from client_site.web.routing import websocket_urlpatterns  # noqa: E402
 from reactive import settings as reactive_settings  # noqa: E402
+from reactive.health import answer_liveness  # noqa: E402
 
 http_app = django_asgi
 if reactive_settings.serve_static():
@@ -31,7 +33,7 @@ if reactive_settings.serve_static():
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": answer_liveness(http_app),
         "websocket": freeze_settled_sockets(
             with_server_send(
                 AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))

@@ -1,10 +1,14 @@
-"""ASGI entry point of the master site (uvicorn master_site.asgi:application)."""
+"""ASGI entry point of the master site (uvicorn master_site.asgi:application).
+
+The liveness route /live is answered by the event loop itself, in front of Django (reactive/health.py).
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
 from reactive import settings as reactive_settings
+from reactive.health import answer_liveness
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "master_site.settings")
 application = get_asgi_application()
@@ -16,3 +20,5 @@ if reactive_settings.serve_static():
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     application = ASGIStaticFilesHandler(application)
+
+application = answer_liveness(application)

@@ -23,6 +23,7 @@ import redis.asyncio
 
 from reactive import groups, settings
 from reactive.errors import ServiceUnavailable
+from reactive.heartbeat import EVERY_SECONDS, Heartbeat
 
 log = logging.getLogger("reactive.clock")
 STATE_TTL_SECONDS = 5
@@ -138,16 +139,25 @@ def tick() -> Tick:
         ) from exc
 
 
-async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], None] | None = None) -> int:
+async def run(
+    interval: float,
+    stop: asyncio.Event,
+    on_tick: Callable[[Tick], None] | None = None,
+    heartbeat: Heartbeat | None = None,
+) -> int:
     """Tick every ``interval`` seconds on a fixed schedule (no drift) until ``stop`` is set.
 
     Each tick goes out as its own task, so a slow Redis (a distant one, a busy one) does not stretch the
     schedule; at most TICKS_IN_FLIGHT wait at once, and a tick due while they all still wait is skipped.
     A tick that fails because Redis is down is logged and the loop goes on: the beat recovers by itself.
     A schedule that fell behind (a long pause) skips the missed ticks instead of sending a burst.
+    ``heartbeat`` is touched as the loop goes round, ticks sent or not (a Redis outage is not a stuck beat),
+    and during the wait for the next tick however long the interval.
     """
     loop = asyncio.get_running_loop()
     layer = groups.layer()
+    heartbeat = heartbeat or Heartbeat(None)
+    heartbeat.start()
     sent = 0
     in_flight: set[asyncio.Task[Tick]] = set()
 
@@ -169,6 +179,7 @@ async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], No
     due = loop.time()
     skipping = False
     while not stop.is_set():
+        heartbeat.beat()
         if len(in_flight) < TICKS_IN_FLIGHT:
             task = loop.create_task(atick(layer))
             in_flight.add(task)
@@ -180,8 +191,20 @@ async def run(interval: float, stop: asyncio.Event, on_tick: Callable[[Tick], No
         due += interval
         if due < loop.time():
             due = loop.time() + interval
-        with contextlib.suppress(TimeoutError):  # the normal case: the next tick is due
-            await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - loop.time()))
+        await _wait_until(due, stop, heartbeat)
     if in_flight:  # the ticks already sent finish (or time out) before the loop reports its count
         await asyncio.wait(set(in_flight), timeout=groups.SEND_TIMEOUT_SECONDS)
     return sent
+
+
+async def _wait_until(due: float, stop: asyncio.Event, heartbeat: Heartbeat) -> None:
+    """Sleep until the loop time ``due`` (or ``stop``), beating at least every EVERY_SECONDS on the way:
+    `reactive beat --interval 3600` waits an hour between ticks without looking stuck."""
+    loop = asyncio.get_running_loop()
+    while True:  # awaits at least once, even when the tick is due already: the sent ticks must get to run
+        left = max(0.0, due - loop.time())
+        with contextlib.suppress(TimeoutError):  # the normal case: the next tick (or beat) is due
+            await asyncio.wait_for(stop.wait(), timeout=min(left, EVERY_SECONDS))
+        heartbeat.beat()
+        if stop.is_set() or loop.time() >= due:
+            return

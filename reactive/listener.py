@@ -9,6 +9,11 @@ queue's visibility timeout) so that one DeleteMessageBatch carries ten of them: 
 pays one delete per ten changes instead of one per change, and the delete is off the path from one
 change to the next. They are sent when ten are pending, when the linger is up, and when the listener
 stops. A listener killed before that loses nothing: the messages come back and apply as stale.
+
+A listener that is running but stuck (a hung call, a deadlock) is found by its heartbeat
+(REACTIVE_HEARTBEAT_FILE, reactive/heartbeat.py): it is touched before every call that may wait on AWS
+(the long poll, a delete) and all along an outage's backoff, so only a loop that stopped going round
+lets it go stale.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from reactive.errors import (
     is_missing_schema,
 )
 from reactive.events import Event, decode
+from reactive.heartbeat import Heartbeat
 from reactive.replica import Outcome, ReplicaState, apply_batch
 from reactive.transport.base import BATCH_LIMIT, ReceivedMessage, Transport
 
@@ -72,6 +78,7 @@ class Listener:
         using: str = "default",
         notify: Notifier = groups.notify_profiles,
         ack_linger: float | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.client = settings.validate_client(client)
         self.queue = settings.names().queue(client)
@@ -88,6 +95,7 @@ class Listener:
         self._linger = 0.0  # acks wait only inside run(), which knows the queue's visibility timeout
         self._unacked: list[str] = []
         self._unacked_since = 0.0
+        self.heartbeat = heartbeat if heartbeat is not None else Heartbeat.configured(self.client)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -109,6 +117,7 @@ class Listener:
 
     def run(self, *, once: bool = False) -> Totals:
         """Poll until stopped (or, with ``once``, until the first empty receive)."""
+        self.heartbeat.start()
         # Fails fast, with a clear error, when the queue is missing or the database was never migrated.
         visibility = self.transport.visibility_timeout(self.queue)
         self._require_schema()
@@ -131,7 +140,7 @@ class Listener:
                     failures += 1
                     delay = min(30.0, 0.5 * 2**failures)
                     log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
-                    self._stop.wait(delay)
+                    self.heartbeat.pause(self._stop, delay)  # an outage is no reason to be restarted
                     continue
                 failures = 0
                 totals.add(report)
@@ -161,6 +170,7 @@ class Listener:
         try:
             if self.stopping:
                 raise _PollInterrupted
+            self.heartbeat.beat()  # at least once a long poll
             messages = self.transport.receive(
                 self.queue,
                 max_messages=self.batch,
@@ -244,6 +254,7 @@ class Listener:
         receipts, self._unacked = self._unacked[:count], self._unacked[count:]
         if not receipts:
             return 0
+        self.heartbeat.beat()  # a delete may wait on AWS as long as a poll
         result = self.transport.delete(self.queue, receipts)
         for reason in result.failed.values():
             log.warning(

@@ -298,6 +298,22 @@ def clock_schedule_interval() -> float:
     return max(MIN_CLOCK_INTERVAL, float_setting("REACTIVE_CLOCK_INTERVAL", 0.5))
 
 
+def heartbeat_template() -> str:
+    """REACTIVE_HEARTBEAT_FILE as given (``{client}`` unexpanded), or "" when unset."""
+    return str(env_or_setting("REACTIVE_HEARTBEAT_FILE", "") or "").strip()
+
+
+def heartbeat_file(client: str | None = None) -> Path | None:
+    """The file a listener or clock beat touches as its loop goes round (reactive/heartbeat.py), if any.
+
+    ``{client}`` in it becomes the client's name (``client``, else REACTIVE_CLIENT), as in DATABASE_URL.
+    """
+    raw = heartbeat_template()
+    if "{client}" in raw:
+        raw = raw.replace("{client}", validate_client(client) if client else current_client())
+    return Path(raw) if raw else None
+
+
 def float_setting(name: str, default: float) -> float:
     value = env_or_setting(name, default)
     try:

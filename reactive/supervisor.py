@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from reactive import orphans, settings
+from reactive import heartbeat, orphans, settings
 from reactive.errors import ConfigError
 
 GRACE_SECONDS = 10.0
@@ -178,4 +178,7 @@ def listener_spec(client: str, *, once: bool = False, batch: int = 10, wait: flo
     if once:
         argv.append("--once")
     env = {"DJANGO_SETTINGS_MODULE": "client_site.settings", "REACTIVE_CLIENT": client, "DATABASE_URL": url}
+    beat_file = heartbeat.child_file(client)
+    if beat_file is not None:  # a file of its own: children sharing one would hide a stuck one
+        env[heartbeat.VARIABLE] = str(beat_file)
     return ProcessSpec(name=f"listen-{client}", argv=argv, env=env)

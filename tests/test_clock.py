@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -261,3 +263,65 @@ def test_ticks_redis_never_takes_are_skipped_not_piled_up(
     assert run(scenario) == 0
     assert len(started) == clock.TICKS_IN_FLIGHT
     assert caplog.text.count("tick skipped: Redis has not taken the last 4 yet") == 1  # once per streak
+
+
+# -- liveness: the beat's heartbeat file ------------------------------------------------------------------
+def _aged(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _fresh(path: Path) -> bool:
+    from reactive.heartbeat import age
+
+    return path.exists() and age(path) < 5
+
+
+def test_the_beat_touches_its_heartbeat_while_redis_is_down(
+    redis_down: None, settings: Any, tmp_path: Path
+) -> None:
+    """Every tick fails (Redis is out), yet the loop goes round, so the probe must not restart it."""
+    from reactive.heartbeat import Heartbeat
+    from tests.support.realtime import until
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    path = tmp_path / "beat.alive"
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        beat = asyncio.ensure_future(clock.run(0.05, stop, heartbeat=Heartbeat(path)))
+        await until(lambda: _fresh(path), what="the first heartbeat")
+        for _ in range(2):
+            _aged(path, 600)
+            await until(lambda: _fresh(path), timeout=3, what="a heartbeat within a second or two")
+        stop.set()
+        return await beat
+
+    assert run(scenario) == 0  # no tick sent, and the file fresh all along
+
+
+def test_a_slow_clock_still_beats_between_its_ticks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`reactive beat --interval 3600` waits an hour between ticks: the wait itself keeps the file fresh."""
+    from reactive.heartbeat import Heartbeat
+    from tests.support.realtime import until
+
+    ticks: list[float] = []
+
+    async def counted_tick(layer: Any = None) -> dict[str, str]:
+        ticks.append(time.monotonic())
+        return clock.payload()
+
+    monkeypatch.setattr(clock, "atick", counted_tick)
+    monkeypatch.setattr(clock.groups, "layer", lambda: None)
+    path = tmp_path / "beat.alive"
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        beat = asyncio.ensure_future(clock.run(3600, stop, heartbeat=Heartbeat(path)))
+        await until(lambda: ticks and _fresh(path), what="the first tick and heartbeat")
+        _aged(path, 600)
+        await until(lambda: _fresh(path), timeout=3, what="a heartbeat during the wait for the next tick")
+        stop.set()
+        return await beat
+
+    assert run(scenario) == 1 and len(ticks) == 1

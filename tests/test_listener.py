@@ -217,3 +217,104 @@ def test_once_fails_when_the_database_is_down_instead_of_reporting_a_drain(memor
     with pytest.raises(OperationalError):
         listener.run(once=True)
     assert memory.depth(listener.queue).in_flight == 1  # not applied, not deleted: it comes back
+
+
+# -- liveness: the heartbeat file goes on while the loop does, and only then --------------------------------
+def _aged(path, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _fresh(path) -> bool:  # type: ignore[no-untyped-def]
+    from reactive.heartbeat import age
+
+    return path.exists() and age(path) < 5
+
+
+def test_the_heartbeat_is_touched_every_long_poll(memory, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The file REACTIVE_HEARTBEAT_FILE names (the one the probe reads) stays fresh while the loop polls."""
+    import threading
+
+    from tests.support.services import eventually
+
+    monkeypatch.setenv("REACTIVE_HEARTBEAT_FILE", str(tmp_path / "{client}.alive"))
+    path = tmp_path / "alpha.alive"
+    listener = Listener("alpha", memory, wait=1.5, notify=Recorder())  # long polls of 1.5 s
+    refreshed: list[int] = []
+
+    def watch() -> None:  # another thread, with no database work: the listener runs in the test's
+        try:
+            eventually(lambda: _fresh(path), timeout=10, what="the first heartbeat")
+            for _ in range(3):  # made stale again and again: each time the next poll touches it
+                _aged(path, 600)
+                eventually(lambda: _fresh(path), timeout=4, what="a heartbeat within two long polls")
+                refreshed.append(1)
+        finally:
+            listener.stop()
+            memory.publish([message(event_body("insert", "1", 1, username="gus"), 0)])  # ends the poll
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    listener.run()
+    watcher.join()
+    assert len(refreshed) == 3
+
+
+@pytest.mark.parametrize("outage", ["aws", "database"])
+def test_the_heartbeat_goes_on_while_an_outage_is_retried(monkeypatch, prefix, tmp_path, outage) -> None:  # type: ignore[no-untyped-def]
+    """An outage is no reason to restart a listener: its backoff (here 1, 2, then 4 s) keeps the file fresh."""
+    import threading
+    import time
+
+    from django.db import OperationalError
+
+    import reactive.listener
+    from reactive.errors import ServiceUnavailable
+    from reactive.heartbeat import Heartbeat
+    from reactive.transport.memory import MemoryTransport
+    from tests.support.services import eventually
+
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    memory = MemoryTransport()  # a message refused by the database comes back at once, ten times
+    memory.create_queue(f"{prefix}-alpha", visibility_timeout=0.2, max_receives=10)
+    memory.subscribe(f"{prefix}-alpha")
+    attempts: list[float] = []
+    if outage == "aws":
+
+        def receive(*args, **kwargs):  # type: ignore[no-untyped-def]
+            attempts.append(time.monotonic())
+            raise ServiceUnavailable("cannot reach the AWS endpoint")
+
+        monkeypatch.setattr(memory, "receive", receive)
+    else:
+
+        def database_down(events, using):  # type: ignore[no-untyped-def]
+            attempts.append(time.monotonic())
+            raise OperationalError("connection refused")
+
+        monkeypatch.setattr(reactive.listener, "apply_batch", database_down)
+        memory.publish([message(event_body("insert", "1", 1, username="hal"), 0)])
+    path = tmp_path / "listener.alive"
+    listener = Listener("alpha", memory, wait=0, notify=Recorder(), heartbeat=Heartbeat(path))
+    seen: dict[str, int] = {}
+
+    def watch() -> None:
+        try:
+            eventually(lambda: len(attempts) >= 3, timeout=15, interval=0.02, what="three failed attempts")
+            _aged(path, 600)  # now in the third backoff, 4 s long: no attempt, no poll, only the wait
+            seen["before"] = len(attempts)
+            eventually(
+                lambda: _fresh(path), timeout=2.5, interval=0.05, what="a heartbeat during the backoff"
+            )
+            seen["after"] = len(attempts)
+        finally:
+            listener.stop()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    listener.run()
+    watcher.join()
+    assert seen["before"] == seen["after"] == 3, seen  # touched by the wait itself, not by a new attempt

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,14 +140,121 @@ def test_beats_run_once_and_webs_are_probed_on_health() -> None:
             hosts = {h["value"] for h in ready.get("httpHeaders", []) if h["name"] == "Host"}
             allowed = k8s_named("ConfigMap")["reactive-config"]["data"]["DJANGO_ALLOWED_HOSTS"].split(",")
             assert hosts and hosts <= set(allowed), f"{name}: readiness asks for a host the site refuses"
-            # Liveness must not restart every web pod when Redis or the database is out.
-            assert box["livenessProbe"]["tcpSocket"]["port"] == "http", (
-                f"{name}: liveness depends on services"
-            )
+            assert_live_on_the_loop(name, box)
             service = k8s_named("Service")[name]
             assert service["spec"]["selector"] == spec["selector"]["matchLabels"], (
                 f"{name}: service selects nothing"
             )
+
+
+def assert_live_on_the_loop(name: str, box: dict[str, Any]) -> None:
+    """A web's liveness: /live (the event loop answers it, asking no service), with timing that restarts a
+    process whose loop stays blocked, never one that is only busy a moment."""
+    from reactive.health import LIVE_PATH
+
+    live, ready = box["livenessProbe"], box["readinessProbe"]
+    # Not tcpSocket (the kernel accepts for a hung process), not /health (an outage would restart every pod).
+    assert set(live) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"httpGet"}, (
+        f"{name}: liveness is not HTTP"
+    )
+    assert live["httpGet"]["path"] == LIVE_PATH and live["httpGet"]["port"] == "http", f"{name}: not on /live"
+    assert live["timeoutSeconds"] >= ready["timeoutSeconds"], f"{name}: liveness less patient than readiness"
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30, f"{name}: a GC pause would restart it"
+    assert live["periodSeconds"] * live["failureThreshold"] <= 120, f"{name}: a hung loop lives for minutes"
+    assert live.get("initialDelaySeconds", 0) >= 10 or "startupProbe" in box, f"{name}: killed while starting"
+
+
+# -- liveness of the loops: the heartbeat file ------------------------------------------------------------
+HEARTBEAT_PROBE = ["python", "-m", "reactive.heartbeat", "--max-age"]
+
+
+def heartbeat_minimum(role: str) -> float:
+    """The least max-age that never restarts a loop that is merely waiting: a listener's longest round is
+    one AWS call timing out on each attempt (a long poll is 20 s); a beat goes round at least every second."""
+    from reactive.heartbeat import EVERY_SECONDS
+    from reactive.transport.sqs import BOTO_CONFIG
+
+    if role == "listener":
+        return max(2 * 20.0, BOTO_CONFIG.read_timeout * BOTO_CONFIG.retries["max_attempts"] + 10)
+    return 10 * EVERY_SECONDS
+
+
+def heartbeat_probe(name: str, command: list[str], env: dict[str, str]) -> float:
+    """The probe's max age, after checking it is ours and reads the file the process writes."""
+    assert command[: len(HEARTBEAT_PROBE)] == HEARTBEAT_PROBE, f"{name}: liveness is not the heartbeat probe"
+    path = env.get("REACTIVE_HEARTBEAT_FILE", "")
+    assert path.startswith("/tmp/"), f"{name}: no heartbeat file, or one uid 10001 may not write"
+    # With no path of its own the probe reads REACTIVE_HEARTBEAT_FILE, as the listener and beat do.
+    assert command[len(HEARTBEAT_PROBE) + 1 :] in ([], [path]), f"{name}: the probe reads another file"
+    return float(command[len(HEARTBEAT_PROBE)])
+
+
+def loop_workloads() -> Iterator[tuple[str, str, list[str], dict[str, str]]]:
+    """(name, role, probe command, environment) of every listener and `reactive beat`, k8s and compose."""
+    for name, deployment in k8s_named("Deployment").items():
+        role = name.rsplit("-", 1)[1]
+        if role == "listener" or (role == "beat" and container(deployment)["args"][0] == "reactive"):
+            box = container(deployment)
+            yield f"k8s {name}", role, box["livenessProbe"]["exec"]["command"], k8s_env(deployment)
+    example = env_example()
+    for name, service in compose_services().items():
+        command = " ".join(str(a) for a in service.get("command", []))
+        role = (
+            "listener"
+            if command.startswith("reactive listen")
+            else "beat"
+            if "reactive beat" in command
+            else ""
+        )
+        if role:
+            test = service["healthcheck"]["test"]
+            assert test[0] == "CMD", f"compose {name}: the healthcheck must run the probe as it is"
+            yield f"compose {name}", role, list(test[1:]), {**example, **service.get("environment", {})}
+
+
+def test_listeners_and_beats_are_live_while_their_heartbeat_file_is_fresh() -> None:
+    found = list(loop_workloads())
+    roles = [role for _, role, _, _ in found]
+    # Listeners: alpha and beta, in k8s and compose; `reactive beat`: k8s (compose ticks with Celery beat).
+    assert roles.count("listener") == 4 and roles.count("beat") == 2, found
+    for name, role, command, env in found:
+        assert heartbeat_probe(name, command, env) >= heartbeat_minimum(role), (
+            f"{name}: restarts a waiting loop"
+        )
+    for name, deployment in k8s_named("Deployment").items():
+        if name.endswith(("-listener", "-beat")) and not name.startswith("master"):
+            live = container(deployment)["livenessProbe"]
+            assert live.get("initialDelaySeconds", 0) >= 15, f"{name}: probed before its loop starts"
+            assert live["timeoutSeconds"] >= 5, f"{name}: a Python start-up on a throttled CPU times out"
+
+
+@pytest.mark.parametrize("age", ["fresh", "stale", "missing"])
+def test_the_heartbeat_probes_pass_on_a_fresh_file_and_fail_on_a_stale_or_missing_one(
+    tmp_path: Path, age: str
+) -> None:
+    """Each probe exactly as the manifest gives it, in its container's environment (its file moved under
+    tmp_path, the same path below it), run as the kubelet would: by a fresh interpreter."""
+    for index, (name, _role, command, env) in enumerate(loop_workloads()):
+        max_age = heartbeat_probe(name, command, env)
+        path = tmp_path / str(index) / env["REACTIVE_HEARTBEAT_FILE"].lstrip("/")
+        if age != "missing":
+            path.parent.mkdir(parents=True)
+            path.touch()
+            then = time.time() - (max_age + 5 if age == "stale" else 0)
+            os.utime(path, (then, then))
+        argv = [sys.executable if command[0] == "python" else command[0], *command[1:]]
+        clean = {
+            k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REACTIVE_", "DATABASE_URL"))
+        }
+        done = subprocess.run(
+            argv,
+            env={**clean, **env, "REACTIVE_HEARTBEAT_FILE": str(path), "PYTHONPATH": str(ROOT)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == (0 if age == "fresh" else 1), f"{name}, {age} file: {done.stderr}"
 
 
 def test_every_container_has_requests_limits_and_runs_as_non_root() -> None:

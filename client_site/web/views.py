@@ -18,6 +18,7 @@ from client_site.web.models import mark_used
 from client_site.web.profiles import current_profile, replica_user
 from reactive import clock, settings, sso
 from reactive.errors import ServiceUnavailable
+from reactive.health import live as live_response
 from reactive.health import response as health_response
 
 log = logging.getLogger("reactive.web")
@@ -47,6 +48,11 @@ def strict_csp(view: View) -> View:
 def health(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer, 503 naming what failed."""
     return health_response()
+
+
+async def live(request: HttpRequest) -> HttpResponse:
+    """200 {"ok": true}, asking nothing (liveness); under uvicorn asgi.py answers it before Django."""
+    return await live_response(request)
 
 
 def _current_tick() -> clock.Tick:

@@ -15,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from reactive import sso
+from reactive.health import live as live_response
 from reactive.health import response as health_response
 
 # Synced users are not staff, so the admin's login page would refuse them: the master has its own.
@@ -24,6 +25,11 @@ LOGIN_URL = reverse_lazy("login")
 def health(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer, 503 naming what failed."""
     return health_response()
+
+
+async def live(request: HttpRequest) -> HttpResponse:
+    """200 {"ok": true}, asking nothing (liveness); under uvicorn asgi.py answers it before Django."""
+    return await live_response(request)
 
 
 @login_required(login_url=LOGIN_URL)
