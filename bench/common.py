@@ -127,4 +127,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def machine() -> str:
-    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
+    return (
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}, "
+        f"reference loop {reference_loop_ms():.0f} ms"
+    )
+
+
+def reference_loop_ms() -> float:
+    """A fixed pure-Python loop, best of 5, timed when the report is written.
+
+    The VMs these figures come from differ in speed by 2x from one day to the next; this says how fast this
+    one was, so that figures of different days can be compared (in the same run, compare the ratios).
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from asgiref.sync import sync_to_async
 
 from reactive import clock
 from reactive.errors import ServiceUnavailable
+from tests.support.heartbeats import aged, fresh
 from tests.support.realtime import run
 from tests.support.services import free_port
 
@@ -266,17 +266,6 @@ def test_ticks_redis_never_takes_are_skipped_not_piled_up(
 
 
 # -- liveness: the beat's heartbeat file ------------------------------------------------------------------
-def _aged(path: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    os.utime(path, (then, then))
-
-
-def _fresh(path: Path) -> bool:
-    from reactive.heartbeat import age
-
-    return path.exists() and age(path) < 5
-
-
 def test_the_beat_touches_its_heartbeat_while_redis_is_down(
     redis_down: None, settings: Any, tmp_path: Path
 ) -> None:
@@ -290,10 +279,10 @@ def test_the_beat_touches_its_heartbeat_while_redis_is_down(
     async def scenario() -> int:
         stop = asyncio.Event()
         beat = asyncio.ensure_future(clock.run(0.05, stop, heartbeat=Heartbeat(path)))
-        await until(lambda: _fresh(path), what="the first heartbeat")
+        await until(lambda: fresh(path), what="the first heartbeat")
         for _ in range(2):
-            _aged(path, 600)
-            await until(lambda: _fresh(path), timeout=3, what="a heartbeat within a second or two")
+            aged(path, 600)
+            await until(lambda: fresh(path), timeout=3, what="a heartbeat within a second or two")
         stop.set()
         return await beat
 
@@ -318,9 +307,9 @@ def test_a_slow_clock_still_beats_between_its_ticks(monkeypatch: pytest.MonkeyPa
     async def scenario() -> int:
         stop = asyncio.Event()
         beat = asyncio.ensure_future(clock.run(3600, stop, heartbeat=Heartbeat(path)))
-        await until(lambda: ticks and _fresh(path), what="the first tick and heartbeat")
-        _aged(path, 600)
-        await until(lambda: _fresh(path), timeout=3, what="a heartbeat during the wait for the next tick")
+        await until(lambda: ticks and fresh(path), what="the first tick and heartbeat")
+        aged(path, 600)
+        await until(lambda: fresh(path), timeout=3, what="a heartbeat during the wait for the next tick")
         stop.set()
         return await beat
 

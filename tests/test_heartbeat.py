@@ -17,14 +17,9 @@ from reactive import heartbeat
 from reactive.errors import ConfigError
 from reactive.heartbeat import Heartbeat, Relay, age, check, relay_for, touch
 from reactive.supervisor import Child, ProcessSpec, listener_spec
+from tests.support.heartbeats import aged
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def aged(path: Path, seconds: float) -> None:
-    """Make ``path`` look last touched ``seconds`` ago."""
-    then = time.time() - seconds
-    os.utime(path, (then, then))
 
 
 def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

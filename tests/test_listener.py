@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from reactive.events import Event, encode
 from reactive.listener import Listener
 from reactive.transport.base import OutgoingMessage
+from tests.support.heartbeats import aged, fresh
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -220,20 +221,6 @@ def test_once_fails_when_the_database_is_down_instead_of_reporting_a_drain(memor
 
 
 # -- liveness: the heartbeat file goes on while the loop does, and only then --------------------------------
-def _aged(path, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    import os
-    import time
-
-    then = time.time() - seconds
-    os.utime(path, (then, then))
-
-
-def _fresh(path) -> bool:  # type: ignore[no-untyped-def]
-    from reactive.heartbeat import age
-
-    return path.exists() and age(path) < 5
-
-
 def test_the_heartbeat_is_touched_every_long_poll(memory, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The file REACTIVE_HEARTBEAT_FILE names (the one the probe reads) stays fresh while the loop polls."""
     import threading
@@ -247,10 +234,10 @@ def test_the_heartbeat_is_touched_every_long_poll(memory, monkeypatch, tmp_path)
 
     def watch() -> None:  # another thread, with no database work: the listener runs in the test's
         try:
-            eventually(lambda: _fresh(path), timeout=10, what="the first heartbeat")
+            eventually(lambda: fresh(path), timeout=10, what="the first heartbeat")
             for _ in range(3):  # made stale again and again: each time the next poll touches it
-                _aged(path, 600)
-                eventually(lambda: _fresh(path), timeout=4, what="a heartbeat within two long polls")
+                aged(path, 600)
+                eventually(lambda: fresh(path), timeout=4, what="a heartbeat within two long polls")
                 refreshed.append(1)
         finally:
             listener.stop()
@@ -304,11 +291,9 @@ def test_the_heartbeat_goes_on_while_an_outage_is_retried(monkeypatch, prefix, t
     def watch() -> None:
         try:
             eventually(lambda: len(attempts) >= 3, timeout=15, interval=0.02, what="three failed attempts")
-            _aged(path, 600)  # now in the third backoff, 4 s long: no attempt, no poll, only the wait
+            aged(path, 600)  # now in the third backoff, 4 s long: no attempt, no poll, only the wait
             seen["before"] = len(attempts)
-            eventually(
-                lambda: _fresh(path), timeout=2.5, interval=0.05, what="a heartbeat during the backoff"
-            )
+            eventually(lambda: fresh(path), timeout=2.5, interval=0.05, what="a heartbeat during the backoff")
             seen["after"] = len(attempts)
         finally:
             listener.stop()
