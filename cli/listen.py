@@ -19,7 +19,7 @@ def listen(
     each with its own database (DATABASE_URL_<CLIENT>, DATABASE_URL with {client}, or var/client-NAME.sqlite3).
 
     REACTIVE_HEARTBEAT_FILE names a file touched as the loop goes round (for a liveness probe:
-    python -m reactive.heartbeat --max-age 120); with several clients it stays fresh while every child's does.
+    python -m reactive.heartbeat --max-age 200); with several clients it stays fresh while every child's does.
 
     Example: [bold]reactive listen --client alpha --client beta[/bold]
     """

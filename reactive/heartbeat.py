@@ -4,7 +4,7 @@ A process that is running but stuck (a hung call, a deadlock, a blocked event lo
 its port; what it no longer does is go round its loop. Each loop touches ``REACTIVE_HEARTBEAT_FILE`` as
 it goes round, and a probe fails when the file is older than one round could ever take:
 
-    python -m reactive.heartbeat --max-age 120
+    python -m reactive.heartbeat --max-age 200
 
 Touching changes the mtime only (one utime call, which the kernel makes atomically); nothing is ever
 written into the file, so a probe cannot read it half-written. An outage is not a stuck loop: the

@@ -170,12 +170,16 @@ HEARTBEAT_PROBE = ["python", "-m", "reactive.heartbeat", "--max-age"]
 
 def heartbeat_minimum(role: str) -> float:
     """The least max-age that never restarts a loop that is merely waiting: a listener's longest round is
-    one AWS call timing out on each attempt (a long poll is 20 s); a beat goes round at least every second."""
+    one AWS call timing out on each attempt (the first and MAX_ATTEMPTS retries), with standard mode's
+    longest backoff between them (a long poll is 20 s); a beat goes round at least every second."""
+    from botocore.retries.standard import ExponentialBackoff
+
     from reactive.heartbeat import EVERY_SECONDS
-    from reactive.transport.sqs import BOTO_CONFIG
+    from reactive.transport.sqs import MAX_ATTEMPTS, READ_TIMEOUT_SECONDS
 
     if role == "listener":
-        return max(2 * 20.0, BOTO_CONFIG.read_timeout * BOTO_CONFIG.retries["max_attempts"] + 10)
+        calls = READ_TIMEOUT_SECONDS * (MAX_ATTEMPTS + 1)
+        return max(2 * 20.0, calls + MAX_ATTEMPTS * ExponentialBackoff._MAX_BACKOFF)
     return 10 * EVERY_SECONDS
 
 

@@ -39,9 +39,17 @@ BAD_CREDENTIALS = {
 PERMISSION_DENIED = {"AccessDenied", "AccessDeniedException", "AuthorizationError"}
 # botocore's ways of saying that no answer came back: no connection, TLS or proxy failure, a silent peer.
 UNREACHABLE = (bexc.ConnectionError, bexc.HTTPClientError)
-# Long polls last up to 20 s, so the read timeout must be longer; connection problems fail fast.
 LEAN_ATTRIBUTES = ("SentTimestamp", "ApproximateReceiveCount")  # what the listener reads besides the body
-BOTO_CONFIG = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+# Long polls last up to 20 s, so the read timeout must be longer; connection problems fail fast.
+READ_TIMEOUT_SECONDS = 30
+MAX_ATTEMPTS = 3  # botocore's "max_attempts": retries after the first call
+# botocore rewrites the retries dict it is given when it makes a client (max_attempts becomes
+# total_max_attempts): read the constants above, not BOTO_CONFIG.retries.
+BOTO_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=READ_TIMEOUT_SECONDS,
+    retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+)
 
 
 @contextlib.contextmanager
