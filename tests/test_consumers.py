@@ -56,6 +56,19 @@ async def in_room(cookie: str) -> WebsocketCommunicator:
     return ws
 
 
+async def profile_then_change(
+    path: str, cookie: str, local_pk: Any, profile: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Connect on ``path``, read what is sent on connect, push ``profile`` to the user's group, read that."""
+    ws = communicator(path, cookie)
+    assert (await ws.connect(timeout=5))[0]
+    first = await ws.receive_json_from(timeout=5)
+    await groups.send(groups.user_group(local_pk), {"type": groups.USER_CHANGED, "profile": profile})
+    second = await ws.receive_json_from(timeout=5)
+    await ws.disconnect()
+    return first, second
+
+
 async def on_clock(cookie: str) -> WebsocketCommunicator:
     """A clock page's socket on /time/tic/, connected and past the time sent on connect."""
     ws = communicator("/time/tic/", cookie)
@@ -86,15 +99,8 @@ def test_alice_in_her_room_gets_her_profile_then_each_change(alice: Any) -> None
     cookie = session_cookie(alice)
 
     async def scenario() -> list[dict[str, Any]]:
-        ws = communicator("/ws/alice", cookie)
-        connected, _ = await ws.connect(timeout=5)
-        assert connected
-        first = await ws.receive_json_from(timeout=5)
         change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
-        await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
-        second = await ws.receive_json_from(timeout=5)
-        await ws.disconnect()
-        return [first, second]
+        return list(await profile_then_change("/ws/alice", cookie, alice.pk, change))
 
     first, second = run(scenario)
     assert first["type"] == "profile"
@@ -265,14 +271,7 @@ def test_any_valid_username_has_a_room(redis_layer: str, username: str) -> None:
     cookie = session_cookie(user)
 
     async def scenario() -> dict[str, Any]:
-        ws = communicator(f"/ws/{username}", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        first = await ws.receive_json_from(timeout=5)
-        await groups.send(
-            groups.user_group(user.pk), {"type": groups.USER_CHANGED, "profile": {"version": 2}}
-        )
-        second = await ws.receive_json_from(timeout=5)
-        await ws.disconnect()
+        first, second = await profile_then_change(f"/ws/{username}", cookie, user.pk, {"version": 2})
         return {"first": first, "second": second}
 
     got = run(scenario)
@@ -576,14 +575,7 @@ def test_a_stale_redis_connection_costs_the_handshake_a_retry_not_a_500(alice: A
     async def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
         joins = Joins(get_channel_layer())
         joins.fail_next = 1
-        ws = communicator("/ws/", cookie)
-        assert (await ws.connect(timeout=5))[0]
-        first = await ws.receive_json_from(timeout=5)
-        await groups.send(
-            groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": {"version": 4}}
-        )
-        second = await ws.receive_json_from(timeout=5)
-        await ws.disconnect()
+        first, second = await profile_then_change("/ws/", cookie, alice.pk, {"version": 4})
         return joins.failures, first, second
 
     failures, first, second = run(scenario)
