@@ -369,13 +369,15 @@ def web_settings(site: str) -> dict[str, Any]:
     Browsers keep cookies per host, not per port: the master and its clients on one host (reactive up,
     compose) would overwrite each other's CSRF cookie, and the master's session cookie would sign the
     master out whenever a client signs in. The master's are named after it; a client's session cookie
-    stays Django's "sessionid", the name its websocket clients send. Behind a TLS-terminating proxy
-    (DJANGO_SECURE_PROXY=1) the sites trust its X-Forwarded-Proto and send cookies over HTTPS only;
-    DJANGO_CSRF_TRUSTED_ORIGINS lists the https:// origins forms are posted from.
+    is Django's "sessionid" unless DJANGO_SESSION_COOKIE_NAME names another (`reactive up` and compose
+    give each client its own, so that two clients on one host keep their sign-ins apart). Behind a
+    TLS-terminating proxy (DJANGO_SECURE_PROXY=1) the sites trust its X-Forwarded-Proto and send cookies
+    over HTTPS only; DJANGO_CSRF_TRUSTED_ORIGINS lists the https:// origins forms are posted from.
     """
-    values: dict[str, Any] = {"CSRF_COOKIE_NAME": f"{prefix()}-{site}-csrftoken"}
-    if site == "master":
-        values["SESSION_COOKIE_NAME"] = f"{prefix()}-master-session"
+    values: dict[str, Any] = {
+        "CSRF_COOKIE_NAME": f"{prefix()}-{site}-csrftoken",
+        "SESSION_COOKIE_NAME": session_cookie_name(site),
+    }
     origins = os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "")
     values["CSRF_TRUSTED_ORIGINS"] = [o.strip() for o in origins.split(",") if o.strip()]
     if flag("DJANGO_SECURE_PROXY"):
@@ -385,6 +387,22 @@ def web_settings(site: str) -> dict[str, Any]:
             CSRF_COOKIE_SECURE=True,
         )
     return values
+
+
+# RFC 6265's cookie-name token: a name outside it is mangled or dropped by browsers, signing nobody in.
+COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def session_cookie_name(site: str) -> str:
+    """The master's own name; on a client DJANGO_SESSION_COOKIE_NAME, else Django's "sessionid"."""
+    if site == "master":  # never the clients' variable: a value shared in compose's .env would clash
+        return f"{prefix()}-master-session"
+    name = os.environ.get("DJANGO_SESSION_COOKIE_NAME", "").strip() or "sessionid"
+    if not COOKIE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"DJANGO_SESSION_COOKIE_NAME {name!r} is not a cookie name (letters, digits and !#$%&'*+.^_`|~-)"
+        )
+    return name
 
 
 def allowed_hosts() -> list[str]:

@@ -293,7 +293,13 @@ def site_env(site: str, client: str | None = None) -> dict[str, str]:
     if site == "master":
         return {"DJANGO_SETTINGS_MODULE": "master_site.settings"}
     assert client is not None
-    return {"DJANGO_SETTINGS_MODULE": "client_site.settings", "REACTIVE_CLIENT": client}
+    return {
+        "DJANGO_SETTINGS_MODULE": "client_site.settings",
+        "REACTIVE_CLIENT": client,
+        # Every site runs on this one host, and browsers keep cookies per host, not per port: with one
+        # shared "sessionid", signing in on beta would sign the same browser out of alpha.
+        "DJANGO_SESSION_COOKIE_NAME": f"{settings.prefix()}-{client}-session",
+    }
 
 
 def migrate(sites: Sequence[tuple[str, str | None]], log_dir: Path) -> None:

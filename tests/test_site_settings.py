@@ -33,9 +33,30 @@ def test_the_master_and_each_client_keep_cookies_of_their_own(monkeypatch: pytes
     monkeypatch.setenv("REACTIVE_PREFIX", "reactive")
     master, alpha, beta = (settings.web_settings(site) for site in ("master", "alpha", "beta"))
     assert master["SESSION_COOKIE_NAME"] == "reactive-master-session"
-    assert "SESSION_COOKIE_NAME" not in alpha  # Django's sessionid: what websocket clients send
+    assert alpha["SESSION_COOKIE_NAME"] == beta["SESSION_COOKIE_NAME"] == "sessionid"  # Django's, unless set
     assert len({s["CSRF_COOKIE_NAME"] for s in (master, alpha, beta)}) == 3
     assert "SECURE_PROXY_SSL_HEADER" not in master and master["CSRF_TRUSTED_ORIGINS"] == []
+
+
+def test_a_session_cookie_name_from_the_environment_is_used_and_a_malformed_one_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DJANGO_SESSION_COOKIE_NAME", "alpha-session")
+    assert settings.web_settings("alpha")["SESSION_COOKIE_NAME"] == "alpha-session"
+    assert settings.web_settings("master")["SESSION_COOKIE_NAME"].endswith("-master-session")  # its own
+    for malformed in ("alpha session", "alpha;beta", "a=b", "caf\u00e9"):
+        monkeypatch.setenv("DJANGO_SESSION_COOKIE_NAME", malformed)
+        with pytest.raises(ConfigError, match="DJANGO_SESSION_COOKIE_NAME .* is not a cookie name"):
+            settings.web_settings("alpha")
+
+
+def test_up_gives_each_client_a_session_cookie_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reactive up` runs every site on one host: one shared "sessionid" would let beta sign alpha out."""
+    from reactive.up import site_env
+
+    monkeypatch.setenv("REACTIVE_PREFIX", "demo")
+    names = {client: site_env("client", client)["DJANGO_SESSION_COOKIE_NAME"] for client in ("alpha", "beta")}
+    assert names == {"alpha": "demo-alpha-session", "beta": "demo-beta-session"}
 
 
 def test_behind_a_tls_proxy_the_sites_trust_its_scheme_and_the_listed_origins(

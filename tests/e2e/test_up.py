@@ -5,6 +5,7 @@ replicas, and SIGINT leaving no process behind; with the Redis at REDIS_URL, and
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -170,6 +172,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def signed_in_on_every_client(run: UpRun, env_file: str, username: str) -> dict[str, int]:
+    """One browser (one cookie jar: per host, not per port) follows a login link to each client in turn,
+    then asks every client whether it is still signed in: each site's status of /api/initial_state."""
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    for client in ("alpha", "beta"):
+        link = operator_command(run, env_file, "login-link", username, "--client", client).strip()
+        with browser.open(link, timeout=10) as landed:
+            assert landed.status == 200, f"{client}'s login link landed on {landed.status}"
+    found = {}
+    for client in ("alpha", "beta"):
+        try:
+            with browser.open(f"http://127.0.0.1:{run.ports[client]}/api/initial_state", timeout=10) as r:
+                found[client] = int(r.status)
+        except urllib.error.HTTPError as refused:
+            found[client] = refused.code
+    return found
+
+
 def exercise(run: UpRun) -> dict[str, Any]:
     """Ready, healthy, admin static files, a master change on both replicas; SIGINT leaves nothing."""
     ready = eventually(
@@ -191,6 +211,8 @@ def exercise(run: UpRun) -> dict[str, Any]:
     for client in ("alpha", "beta"):
         renamed = functools.partial(has_first_name, run.var, client, "alice", new_name)
         eventually(renamed, timeout=60, what=f"{client} replica")
+
+    assert signed_in_on_every_client(run, ready["env_file"], "alice") == {"alpha": 200, "beta": 200}
 
     status = operator_command(run, ready["env_file"], "status", "--json")
     report = json.loads(status)
