@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 from celery import shared_task
+
+from reactive.heartbeat import Heartbeat
 
 log = logging.getLogger("reactive.tasks")
 
@@ -55,4 +58,12 @@ def clock_tick() -> str:
     """
     from reactive import clock
 
+    _clock_heartbeat().beat()  # the schedule reached a worker: beat and worker both go round
     return clock.tick()["time"]
+
+
+@functools.cache
+def _clock_heartbeat() -> Heartbeat:
+    """REACTIVE_HEARTBEAT_FILE for a Celery clock (compose's worker with embedded beat), as `reactive beat`
+    touches it: when beat stops scheduling or the worker stops taking ticks, the file goes stale."""
+    return Heartbeat.configured()

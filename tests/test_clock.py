@@ -141,13 +141,27 @@ def test_celery_beat_runs_the_tick_twice_a_second_and_drops_late_ones(
     assert 0 < entry["options"]["expires"] <= 2 * entry["schedule"]
 
 
-def test_celery_task_ticks(redis_layer: str, redis_url: str, prefix: str) -> None:
-    from reactive.tasks import clock_tick
+def test_celery_task_ticks_and_touches_the_heartbeat(
+    redis_layer: str, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Compose's clock is a Celery worker with beat embedded: its probe reads the file each tick touches."""
+    from reactive import tasks
 
-    assert clock_tick.name == "reactive.clock_tick"
-    result = clock_tick.apply().get()
-    value, _ = stored(redis_url, prefix)
-    assert value["time"] == result
+    path = tmp_path / "clock.alive"
+    monkeypatch.setenv("REACTIVE_HEARTBEAT_FILE", str(path))
+    tasks._clock_heartbeat.cache_clear()
+    try:
+        assert tasks.clock_tick.name == "reactive.clock_tick"
+        result = tasks.clock_tick.apply().get()
+        value, _ = stored(redis_url, prefix)
+        assert value["time"] == result
+        assert fresh(path)
+        aged(path, 600)
+        time.sleep(1.1)  # the heartbeat touches at most once a second
+        tasks.clock_tick.apply().get()
+        assert fresh(path)
+    finally:
+        tasks._clock_heartbeat.cache_clear()
 
 
 def test_reactive_beat_and_celery_beat_share_one_interval_setting(

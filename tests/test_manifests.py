@@ -203,13 +203,10 @@ def loop_workloads() -> Iterator[tuple[str, str, list[str], dict[str, str]]]:
     example = env_example()
     for name, service in compose_services().items():
         command = " ".join(str(a) for a in service.get("command", []))
-        role = (
-            "listener"
-            if command.startswith("reactive listen")
-            else "beat"
-            if "reactive beat" in command
-            else ""
+        clock = "reactive beat" in command or (
+            command.startswith("celery -A client_site") and "--beat" in command
         )
+        role = "listener" if command.startswith("reactive listen") else "beat" if clock else ""
         if role:
             test = service["healthcheck"]["test"]
             assert test[0] == "CMD", f"compose {name}: the healthcheck must run the probe as it is"
@@ -219,8 +216,8 @@ def loop_workloads() -> Iterator[tuple[str, str, list[str], dict[str, str]]]:
 def test_listeners_and_beats_are_live_while_their_heartbeat_file_is_fresh() -> None:
     found = list(loop_workloads())
     roles = [role for _, role, _, _ in found]
-    # Listeners: alpha and beta, in k8s and compose; `reactive beat`: k8s (compose ticks with Celery beat).
-    assert roles.count("listener") == 4 and roles.count("beat") == 2, found
+    # Listeners: alpha and beta, in k8s and compose; clocks: `reactive beat` in k8s, Celery beat in compose.
+    assert roles.count("listener") == 4 and roles.count("beat") == 4, found
     for name, role, command, env in found:
         assert heartbeat_probe(name, command, env) >= heartbeat_minimum(role), (
             f"{name}: restarts a waiting loop"
