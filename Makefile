@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Most of the end-to-end time is waiting on other processes (listeners,
+# workers, moto's server), so two share two cores well; each end-to-end test starts half a dozen processes,
+# so more than the machine's cores mostly adds contention. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -24,14 +28,14 @@ demo: install
 # PostgreSQL; the in-process tests that use the database (django_db) then run once more on SQLite (less
 # those of PostgreSQL's own locks). The others do not depend on it: once is enough.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 	@if [ -n "$$TEST_POSTGRES_URL" ]; then \
 		echo "again on SQLite: the in-process tests that use the database"; \
-		TEST_POSTGRES_URL= $(PY) -m pytest -m "django_db and not e2e and not browser and not postgres" $(PYTEST_ARGS); \
+		TEST_POSTGRES_URL= $(PY) -m pytest -n $(PYTEST_WORKERS) -m "django_db and not e2e and not browser and not postgres" $(PYTEST_ARGS); \
 	fi
 
 test-fast: install
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,11 @@ import pytest
 
 from tests.support import services
 
+# pytest-xdist's workers find COLUMNS=80 set, and rich fixes a console's width when it is created with
+# COLUMNS set: the CLI's console would then ignore the widths the CLI tests ask for.
+for _fixed_size in ("COLUMNS", "LINES"):
+    os.environ.pop(_fixed_size, None)
+
 # Fixtures of the realtime tests (a real channels-redis layer) live beside their helpers.
 pytest_plugins = ["tests.support.realtime"]
 
