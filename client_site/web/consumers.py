@@ -78,10 +78,12 @@ _discards: set[asyncio.Task[None]] = set()
 
 
 def _discard_in_background(layer: Any, group: str, channel: str) -> None:
-    """Take a refused socket's channel out of the group its join timed out on, without holding the refusal.
+    """Take a refused socket's channel out of the group its join failed on, without holding the refusal.
 
-    Redis may have applied the join after all (it answered late, or between channels-redis's ZADD and
-    EXPIRE): the dead channel would then stay a member until group_expiry (a day), sent every change.
+    Redis may have applied the join after all: it answered too late, or it took the ZADD and the connection
+    broke before its answer came (or between channels-redis's ZADD and EXPIRE). The dead channel would then
+    stay a member until group_expiry (a day), sent every change. When Redis is simply down, the discard
+    fails too, with one debug line.
     """
     task = asyncio.get_running_loop().create_task(_discard(layer, group, channel), name=f"discard {group}")
     _discards.add(task)
@@ -96,7 +98,7 @@ async def _discard(layer: Any, group: str, channel: str) -> None:
         async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
             await layer.group_discard(group, channel)
     except Exception as exc:
-        log.debug("could not discard %s from %s after a timed-out join: %s", channel, group, describe(exc))
+        log.debug("could not discard %s from %s after a failed join: %s", channel, group, describe(exc))
 
 
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
@@ -179,8 +181,7 @@ class UserConsumer(AsyncJsonWebsocketConsumer):
             await self._add_to(group)
         except Exception as exc:  # Redis down, stalled or refusing: a clean refusal, not a 500
             log.warning("user socket refused: cannot join %s: %s", group, describe(exc))
-            if isinstance(exc, TimeoutError):
-                _discard_in_background(self.channel_layer, group, self.channel_name)
+            _discard_in_background(self.channel_layer, group, self.channel_name)
             return False
         return True
 
