@@ -266,3 +266,49 @@ def test_the_fan_out_rejoins_a_group_redis_forgot_and_logs_a_failing_rejoin_once
         ),
         ("INFO", "broadcast clock: rejoining the group works again"),
     ]
+
+
+def test_an_audit_the_database_could_not_answer_is_asked_again_at_the_next_round(
+    redis_layer: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a join the fan-out asks the database which of its sockets' accounts ended (ends sent while it
+    was out of the group went nowhere). The database is down at first: one warning, and the question is
+    asked again at the next rejoin round, which ends the socket of the account that did end."""
+    monkeypatch.setattr(fanout, "REJOIN_SECONDS", 0.05)
+    asked: list[list[str]] = []
+
+    async def audit(users: list[str]) -> dict[str, int]:
+        asked.append(users)
+        if len(asked) == 1:
+            raise ConnectionError("the database is restarting")
+        return {"7": 4004} if "7" in users else {}
+
+    ends = fanout.Ends("ends", "end", lambda m: None, audit)
+    gone, other = Socket(), Socket()
+
+    async def scenario() -> None:
+        RealLayer()
+        group = fanout.broadcast("clock", identity, ends)
+        try:
+            await group.join(gone, gone.send, user="7")
+            await group.join(other, other.send, user="8")
+            await until(lambda: gone.frames, what="the ended account's socket closed")
+            assert group.sockets_of == {"8": {other}}
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        run(scenario)
+    assert gone.frames == [{"type": "websocket.close", "code": 4004}] and other.frames == []
+    assert asked[:2] == [["7"], ["7"]]  # the first join's question, then the same again
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    assert lines == [
+        (
+            "WARNING",
+            "broadcast clock: checking accounts for missed ends failed: ConnectionError: the database is "
+            "restarting; retrying, silently until it works",
+        ),
+        ("INFO", "broadcast clock: checking accounts for missed ends works again"),
+        ("INFO", "broadcast clock: closed the sockets of an account that ended unannounced here"),
+    ]

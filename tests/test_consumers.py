@@ -395,6 +395,81 @@ def test_the_clock_sockets_of_an_account_that_ended_close_and_others_tick_on(
     assert open_sockets == 1  # bob's
 
 
+def disable(user: Any) -> None:
+    user.is_active = False
+    user.save()
+
+
+async def until_closed(ws: WebsocketCommunicator) -> dict[str, Any]:
+    """Skip the frames before the close (the time sent on connect, ticks), and return the close."""
+    while True:
+        output = await ws.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            return dict(output)
+
+
+def test_an_end_lost_with_redis_data_closes_the_clock_sockets_at_the_rejoin(
+    alice: Any, bob: Any, redis_url: str, losses_fast: None
+) -> None:
+    """Alice was disabled while Redis had lost the fan-out's memberships (or was down when the listener
+    announced it): the end reached no one. Rejoining, the fan-out asks the database about its sockets'
+    users: alice's clock closes with her user socket's code, bob's ticks on."""
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+
+    async def scenario() -> tuple[dict[str, Any], bool, int]:
+        alices, bobs = await on_clock(alice_cookie), await on_clock(bob_cookie)
+        await database_sync_to_async(disable)(alice)  # announced to nobody
+        quiet = await alices.receive_nothing(timeout=0.3)
+        assert quiet, "closed before any rejoin: the test no longer shows the rejoin's check"
+        watch = epochs.redis_epochs()
+        await until(
+            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
+        )
+        redis.Redis.from_url(redis_url).delete(watch.key)  # what FLUSHALL does to it, and to every group
+        closed = await until_closed(alices)
+        tick = await clock.atick()
+        bob_ticks = await bobs.receive_json_from(timeout=5) == clock.message(tick)
+        open_sockets = len(broadcast(groups.CLOCK, clock_frame).sockets)
+        for ws in (alices, bobs):
+            await ws.disconnect()
+        return closed, bob_ticks, open_sockets
+
+    closed, bob_ticks, open_sockets = run(scenario)
+    assert closed == {"type": "websocket.close", "code": 4003}
+    assert bob_ticks and open_sockets == 1
+
+
+@pytest.mark.parametrize("still_ended", [True, False])
+def test_a_clock_socket_let_in_just_before_its_account_ended_is_closed(
+    alice: Any, monkeypatch: pytest.MonkeyPatch, still_ended: bool
+) -> None:
+    """The handshake read alice's account before her end committed; the end came before her socket was
+    in the fan-out, so it closed nothing. Joining within RECENT_END_SECONDS of an end of its user, the
+    socket is checked against the database: closed if the account is still ended, left open if it was
+    enabled again since."""
+    cookie = session_cookie(alice)
+    read_before_the_end = alice
+    monkeypatch.setattr(consumers, "_authenticated_user", lambda scope: read_before_the_end)
+
+    async def scenario() -> dict[str, Any] | None:
+        await on_clock(cookie)  # the process is in the ends group
+        if still_ended:
+            await database_sync_to_async(disable)(alice)
+        await groups.send(groups.ENDED_ACCOUNTS, groups.ended_message(alice.pk, groups.DISABLED))
+        await until(lambda: broadcast(groups.CLOCK, clock_frame).recent_ends, what="the end received")
+        late = communicator("/time/tic/", cookie)
+        assert (await late.connect(timeout=5))[0]
+        if not still_ended:
+            assert await late.receive_json_from(timeout=5)  # the time, then nothing more than ticks
+            stays = await late.receive_nothing(timeout=0.5)
+            await late.disconnect()
+            return None if stays else {"closed": True}
+        closed = await until_closed(late)
+        return closed
+
+    assert run(scenario) == ({"type": "websocket.close", "code": 4003} if still_ended else None)
+
+
 def test_a_group_send_reaches_every_socket_in_the_room(alice: Any) -> None:
     cookie = session_cookie(alice)
 

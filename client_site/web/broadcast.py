@@ -11,6 +11,12 @@ A socket may name its user (the signed-in one). The process channel is then also
 whose messages (an account disabled or removed: a few a day, not a few a second) close that user's
 sockets here with the close code the message calls for: the sockets have no channel of their own that
 the user's group could reach. A tick pays nothing for it but one type comparison per process.
+
+An end sent while this process was not in the ends group never reaches it: Redis was down, or lost the
+membership with its data, or the process had not joined yet; or the end came during a socket's handshake,
+after its account was read and before the socket was here. So the database is asked (``Ends.audit``, one
+query for many users) whenever that may have happened: after every (re)join, for every named socket; and
+when a socket joins within RECENT_END_SECONDS of an end of its own user, for that user.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ RETRY_SECONDS = (0.5, 1, 2, 5)
 REJOIN_SECONDS = 30.0
 JOIN_TIMEOUT_SECONDS = 3.0  # a stalled Redis (socket_timeout is 30 s) fails a join this soon, to be retried
 YIELD_EVERY = 500  # sends in a row before the fan-out lets the event loop run other tasks
+# An end is remembered this long: a socket of its user that joins meanwhile may have been let in by a read
+# made before the end committed (a handshake takes JOIN_TIMEOUT_SECONDS at most, plus the database's time).
+RECENT_END_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class Ends:
     group: str
     type: str  # the message type of an end
     read: Callable[[dict[str, Any]], tuple[str, int] | None]  # an end -> (user, close code); None: malformed
+    # Of these users, those whose account has ended, each with its close code: the database's word, asked
+    # when an end may have been missed (see the module doc). None: never asked.
+    audit: Callable[[list[str]], Awaitable[dict[str, int]]] | None = None
 
 
 class LocalBroadcast:
@@ -57,6 +69,10 @@ class LocalBroadcast:
         self.sockets_of: dict[str, set[object]] = {}  # user -> sockets: an end finds them without a scan
         self.task: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
+        self.recent_ends: dict[str, float] = {}  # user -> when an end of theirs came (loop time)
+        self.unaudited: set[str] = set()  # users to ask the database about (again, if it was down)
+        self.audits: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        self.audit_failures = FailureStreak(f"broadcast {group}: checking accounts for missed ends")
 
     async def join(self, key: object, send: Send, user: str | None = None) -> None:
         """Add a socket; returns once the process is in the group (so no message is missed after this)."""
@@ -68,6 +84,9 @@ class LocalBroadcast:
             self.joined.clear()
             self.task = asyncio.get_running_loop().create_task(self._follow(), name=f"broadcast {self.group}")
         await self.joined.wait()
+        if user is not None and self._ended_lately(user):
+            self.unaudited.add(user)
+            self.audit()
 
     def leave(self, key: object) -> None:
         self.sockets.pop(key, None)
@@ -90,10 +109,48 @@ class LocalBroadcast:
                     await send({"type": "websocket.close", "code": code})
         return len(keys)
 
+    def _ended_lately(self, user: str) -> bool:
+        when = self.recent_ends.get(user)
+        return when is not None and asyncio.get_running_loop().time() - when <= RECENT_END_SECONDS
+
+    def _remember_end(self, user: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for old in [u for u, when in self.recent_ends.items() if now - when > RECENT_END_SECONDS]:
+            del self.recent_ends[old]
+        self.recent_ends[user] = now
+
+    def audit(self) -> None:
+        """Ask the database, in the background, about the users in ``unaudited`` that still have sockets
+        here, and end the sockets of those whose account ended; on failure they are asked again at the
+        next rejoin round."""
+        users = sorted(self.unaudited.intersection(self.sockets_of))
+        self.unaudited.clear()
+        if not users or self.ends is None or self.ends.audit is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._audit(users), name=f"audit {self.group}")
+        self.audits.add(task)
+        task.add_done_callback(self.audits.discard)
+
+    async def _audit(self, users: list[str]) -> None:
+        assert self.ends is not None and self.ends.audit is not None
+        try:
+            ended = await self.ends.audit(users)
+        except Exception as exc:  # the database down: the next rejoin round asks again
+            self.unaudited.update(users)
+            self.audit_failures.failed(exc)
+            return
+        self.audit_failures.succeeded()
+        for user, code in ended.items():
+            if await self.end(user, code):
+                log.info(
+                    "broadcast %s: closed the sockets of an account that ended unannounced here", self.group
+                )
+
     async def _dispatch(self, message: dict[str, Any]) -> None:
         if self.ends is not None and message.get("type") == self.ends.type:
             ended = self.ends.read(message)
             if ended is not None:
+                self._remember_end(ended[0])
                 await self.end(*ended)
             return
         await self.deliver(message)
@@ -122,6 +179,8 @@ class LocalBroadcast:
                     await self._add(layer, channel)
                 self.joined.set()
                 failures = 0
+                self.unaudited.update(self.sockets_of)  # ends sent before this join never came here
+                self.audit()
                 refresh = asyncio.get_running_loop().create_task(self._stay_in_group(layer, channel))
                 try:
                     while True:
@@ -152,6 +211,8 @@ class LocalBroadcast:
                     TimeoutError
                 ):  # the usual round; Redis losing its data cuts it short
                     await asyncio.wait_for(epochs.lost.wait(), timeout=REJOIN_SECONDS)
+            if epochs.losses != seen:  # the membership went with the data: ends meanwhile went nowhere
+                self.unaudited.update(self.sockets_of)
             seen = epochs.losses
             try:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
@@ -160,6 +221,7 @@ class LocalBroadcast:
                 failing.failed(exc)
             else:
                 failing.succeeded()
+                self.audit()
 
     async def deliver(self, message: dict[str, Any]) -> int:
         """Write one message to every socket; returns how many took it.

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth import get_user_model
 
 from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
@@ -122,8 +123,29 @@ def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
     return None if user is None or code is None else (str(user), code)
 
 
+AUDIT_CHUNK = 500  # users a query asks about: well under every database's limit on parameters
+
+
+def ended_accounts(users: list[str]) -> dict[str, int]:
+    """Of these local users (primary keys as text), those whose account ended, with the close code their
+    user socket would get: gone (the replica deleted it) or disabled."""
+    model = get_user_model()
+    fields = ["pk", "is_active"] if any(f.name == "is_active" for f in model._meta.fields) else ["pk"]
+    active: dict[str, bool] = {}
+    for start in range(0, len(users), AUDIT_CHUNK):
+        rows = model._default_manager.filter(pk__in=users[start : start + AUDIT_CHUNK]).values_list(*fields)
+        active.update((str(row[0]), bool(row[-1]) if len(row) > 1 else True) for row in rows)
+    return {
+        user: CLOSE_ACCOUNT_DISABLED if user in active else CLOSE_ACCOUNT_REMOVED
+        for user in users
+        if not active.get(user, False)
+    }
+
+
 # A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends).
-ACCOUNT_ENDS = Ends(groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account)
+ACCOUNT_ENDS = Ends(
+    groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account, database_sync_to_async(ended_accounts)
+)
 
 
 class UserConsumer(AsyncJsonWebsocketConsumer):
