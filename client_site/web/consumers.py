@@ -126,7 +126,7 @@ def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
 AUDIT_CHUNK = 500  # users a query asks about: well under every database's limit on parameters
 
 
-def ended_accounts(users: list[str]) -> dict[str, int]:
+def ended_in_database(users: list[str]) -> dict[str, int]:
     """Of these local users (primary keys as text), those whose account ended, with the close code their
     user socket would get: gone (the replica deleted it) or disabled."""
     model = get_user_model()
@@ -144,7 +144,7 @@ def ended_accounts(users: list[str]) -> dict[str, int]:
 
 # A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends).
 ACCOUNT_ENDS = Ends(
-    groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account, database_sync_to_async(ended_accounts)
+    groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account, database_sync_to_async(ended_in_database)
 )
 
 
