@@ -464,8 +464,7 @@ def test_a_clock_socket_let_in_just_before_its_account_ended_is_closed(
             stays = await late.receive_nothing(timeout=0.5)
             await late.disconnect()
             return None if stays else {"closed": True}
-        closed = await until_closed(late)
-        return closed
+        return await until_closed(late)
 
     assert run(scenario) == ({"type": "websocket.close", "code": 4003} if still_ended else None)
 
