@@ -105,15 +105,15 @@ def send_sync(group: str, message: Mapping[str, Any]) -> bool:
 
 def notify_profiles(changes: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
     """Send each (local_pk, profile) to that user's personal group, and an account's end to ENDED_ACCOUNTS
-    too; return how many profiles were sent."""
+    too; return how many were sent whole, in order (the rest were not, or not all of their messages)."""
     sent = 0
     for local_pk, profile in changes:
         if not send_sync(user_group(local_pk), {"type": USER_CHANGED, "profile": dict(profile)}):
             break  # the layer is down: one warning per batch is enough
-        sent += 1
         end = account_end(profile)
         if end is not None and not send_sync(ENDED_ACCOUNTS, ended_message(local_pk, end)):
-            break
+            break  # not counted: sent again, the profile is harmless twice and the end goes out
+        sent += 1
     return sent
 
 

@@ -10,6 +10,10 @@ pays one delete per ten changes instead of one per change, and the delete is off
 change to the next. They are sent when ten are pending, when the linger is up, and when the listener
 stops. A listener killed before that loses nothing: the messages come back and apply as stale.
 
+Browsers hear of a change from the channel layer, after the commit. When it is down (Redis out, for this
+process at least), the profiles it did not take are kept, the latest per user, and sent again before every
+poll until it takes them (Unnotified): a page that missed a push would show the old profile until reloaded.
+
 A listener that is running but stuck (a hung call, a deadlock) is found by its heartbeat
 (REACTIVE_HEARTBEAT_FILE, reactive/heartbeat.py): it is touched before every call that may wait on AWS
 (the long poll, a delete) and all along an outage's backoff, so only a loop that stopped going round
@@ -46,6 +50,9 @@ log = logging.getLogger("reactive.listener")
 Notifier = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Any]
 ONCE_WAIT_SECONDS = 1  # --once drains what is visible now; it never waits a full long poll
 ACK_LINGER_SECONDS = 5.0
+# Users whose latest profile waits for the channel layer, at most: past it the oldest are given up (one
+# warning), and those pages catch up when they reconnect. Some 10,000 small dicts: a few megabytes.
+UNNOTIFIED_LIMIT = 10_000
 
 
 @dataclass
@@ -60,6 +67,48 @@ class Totals:
     def add(self, other: Totals) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Unnotified:
+    """Profiles the channel layer has not taken yet: the latest per user, oldest change first."""
+
+    def __init__(self, notify: Notifier, limit: int = UNNOTIFIED_LIMIT) -> None:
+        self.notify = notify
+        self.limit = limit
+        self.profiles: dict[str, Mapping[str, Any]] = {}
+        self.held = False  # the last send left some: said once, and once more when they go
+
+    def send(self, changes: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> None:
+        """Send what still waits, then these changes (each one: a live page shows every step); keep, per
+        user, the latest of what the layer did not take."""
+        waiting = [*self.profiles.items(), *changes]
+        if not waiting:
+            return
+        sent = self.notify(waiting)
+        taken = sent if isinstance(sent, int) else len(waiting)  # a notifier that says nothing took all
+        self.profiles = {}
+        for local_pk, profile in waiting[taken:]:
+            self.profiles.pop(local_pk, None)  # applied later, so newer: it replaces an older one
+            self.profiles[local_pk] = profile
+        self._give_up_past_the_limit()
+        if self.profiles and not self.held:
+            log.warning(
+                "%d changes wait for the channel layer: sent again before every poll", len(self.profiles)
+            )
+        elif self.held and not self.profiles:
+            log.info("the channel layer took the changes that waited for it")
+        self.held = bool(self.profiles)
+
+    def _give_up_past_the_limit(self) -> None:
+        over = len(self.profiles) - self.limit
+        if over > 0:
+            for local_pk in list(self.profiles)[:over]:
+                del self.profiles[local_pk]
+            log.warning(
+                "gave up pushing %d changes to browsers (the channel layer is down): their pages show "
+                "them when they reconnect",
+                over,
+            )
 
 
 class _PollInterrupted(BaseException):
@@ -86,7 +135,7 @@ class Listener:
         self.batch = max(1, min(10, batch))
         self.wait = wait
         self.using = using
-        self.notify = notify
+        self.unnotified = Unnotified(notify)
         self._stop = threading.Event()
         self._polling = False
         if ack_linger is None:
@@ -128,6 +177,7 @@ class Listener:
             while not self.stopping:
                 wait = min(self.wait, ONCE_WAIT_SECONDS) if once else self.wait
                 try:
+                    self.unnotified.send()  # what the channel layer did not take before
                     totals.acked += self._ack_if_due()
                     report = self.poll(wait=self._wait_with_acks_pending(wait))
                 except _PollInterrupted:
@@ -148,6 +198,13 @@ class Listener:
                     break
         finally:
             totals.acked += self._ack_on_the_way_out()
+            if self.unnotified.profiles:
+                log.warning(
+                    "listener %s: %d changes never reached browsers (the channel layer is down): their "
+                    "pages show them when they reload",
+                    self.client,
+                    len(self.unnotified.profiles),
+                )
         return totals
 
     def _require_schema(self) -> None:
@@ -266,8 +323,7 @@ class Listener:
         changes = [
             (o.local_pk, o.profile) for o in outcomes if o.status == "applied" and o.local_pk and o.profile
         ]
-        if changes:
-            self.notify(changes)
+        self.unnotified.send(changes)
 
 
 def _log_bad(message: ReceivedMessage, reason: str) -> None:

@@ -469,6 +469,40 @@ def test_a_clock_socket_let_in_just_before_its_account_ended_is_closed(
     assert run(scenario) == ({"type": "websocket.close", "code": 4003} if still_ended else None)
 
 
+def test_a_change_the_layer_did_not_take_reaches_the_open_page_once_redis_is_back(
+    alice: Any, memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener commits alice's rename while its Redis is out: the push fails. Redis back, the
+    listener's next round sends it again, and her open page shows the new name without a reload."""
+    cookie = session_cookie(alice)
+    real_send, out = groups.send, {"now": True}
+
+    async def send_unless_out(group: str, message: Any) -> None:
+        if out["now"]:
+            raise redis.ConnectionError("Error 111 connecting to redis. Connection refused.")
+        await real_send(group, message)
+
+    monkeypatch.setattr(groups, "send", send_unless_out)
+    rename = Event(model="auth.user", action="update", key="17", version=4, data={"first_name": "Alicia"})
+    memory.publish([OutgoingMessage(id="1", body=encode(rename))])
+    listener = Listener("alpha", memory, wait=0)  # the real notify: groups.notify_profiles
+
+    async def scenario() -> tuple[bool, dict[str, Any]]:
+        ws = await in_room(cookie)
+        assert (await database_sync_to_async(listener.poll)()).applied == 1
+        missed = await ws.receive_nothing(timeout=0.3)
+        out["now"] = False
+        await database_sync_to_async(listener.unnotified.send)()  # what the loop does before each poll
+        pushed = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return missed, pushed
+
+    missed, pushed = run(scenario)
+    assert missed
+    assert pushed["type"] == groups.USER_CHANGED
+    assert pushed["profile"]["first_name"] == "Alicia" and pushed["profile"]["version"] == 4
+
+
 def test_a_group_send_reaches_every_socket_in_the_room(alice: Any) -> None:
     cookie = session_cookie(alice)
 

@@ -76,3 +76,20 @@ def test_a_group_name_is_valid_only_as_a_whole() -> None:
     assert groups.is_valid_group("clock") and groups.is_valid_group("user.42")
     assert not groups.is_valid_group("clock\n")  # `reactive tail $'clock\n'` would join another group
     assert not groups.is_valid_group("x" * 100) and not groups.is_valid_group("")
+
+
+def test_notify_counts_a_change_only_once_all_its_messages_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disabled account's profile went to its room, but its end did not reach accounts.ended: the change
+    is not counted as sent, so the listener sends it again (the profile twice is harmless)."""
+    sent: list[str] = []
+
+    def send_sync(group: str, message: Any) -> bool:
+        if group == groups.ENDED_ACCOUNTS:
+            return False
+        sent.append(group)
+        return True
+
+    monkeypatch.setattr(groups, "send_sync", send_sync)
+    changes = [("1", {"first_name": "A"}), ("2", {"is_active": False}), ("3", {"first_name": "C"})]
+    assert groups.notify_profiles(changes) == 1
+    assert sent == ["user.1", "user.2"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -303,3 +305,68 @@ def test_the_heartbeat_goes_on_while_an_outage_is_retried(monkeypatch, prefix, t
     listener.run()
     watcher.join()
     assert seen["before"] == seen["after"] == 3, seen  # touched by the wait itself, not by a new attempt
+
+
+class LayerDown:
+    """A notifier whose channel layer takes nothing until ``up``, then everything (the count it took)."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[tuple[str, dict]] = []
+
+    def __call__(self, changes) -> int:  # type: ignore[no-untyped-def]
+        changes = list(changes)
+        if not self.up:
+            self.up = True  # back for the next try
+            return 0
+        self.sent.extend((pk, dict(p)) for pk, p in changes)
+        return len(changes)
+
+
+def test_changes_the_channel_layer_did_not_take_are_sent_again_the_latest_per_user(
+    memory, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis was out when the batch committed: a page would have shown the old profile until reloaded.
+    Before its next poll the listener sends again what the layer did not take, the latest per user."""
+    layer = LayerDown()
+    listener = make_listener(memory, layer)
+    bodies = [
+        event_body("insert", "1", 1, username="alice", first_name="Alice"),
+        event_body("update", "1", 2, first_name="Al"),
+        event_body("insert", "2", 3, username="bob", first_name="Bob"),
+    ]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    with caplog.at_level(logging.INFO, logger="reactive.listener"):
+        totals = listener.run(once=True)
+    assert (totals.applied, totals.acked) == (3, 3)  # committed and acked all the same
+    alice, bob = (str(User.objects.get(username=u).pk) for u in ("alice", "bob"))
+    assert [(pk, p["first_name"]) for pk, p in layer.sent] == [(alice, "Al"), (bob, "Bob")]
+    assert listener.unnotified.profiles == {}
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "reactive.listener" and "channel layer" in r.getMessage()
+    ]
+    assert lines == [
+        "2 changes wait for the channel layer: sent again before every poll",
+        "the channel layer took the changes that waited for it",
+    ]
+
+
+def test_what_waits_for_the_channel_layer_is_bounded_and_said_at_exit(
+    memory, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    from reactive.listener import Unnotified
+
+    never = Unnotified(lambda changes: 0, limit=2)
+    with caplog.at_level(logging.WARNING, logger="reactive.listener"):
+        never.send([("1", {"v": 1}), ("2", {"v": 2}), ("3", {"v": 3})])
+        never.send([("2", {"v": 4})])
+    assert never.profiles == {"3": {"v": 3}, "2": {"v": 4}}  # the oldest given up; 2's latest kept
+    assert "gave up pushing 1 changes to browsers" in caplog.text
+
+    down = Listener("alpha", memory, wait=0, notify=lambda changes: 0)
+    memory.publish([message(event_body("insert", "1", 1, username="alice"), 1)])
+    with caplog.at_level(logging.WARNING, logger="reactive.listener"):
+        down.run(once=True)
+    assert "1 changes never reached browsers (the channel layer is down)" in caplog.text
