@@ -41,7 +41,7 @@ from reactive.errors import (
     ServiceUnavailable,
     is_missing_schema,
 )
-from reactive.events import Event, decode
+from reactive.events import USER_MODEL, Event, decode
 from reactive.heartbeat import Heartbeat
 from reactive.replica import Outcome, ReplicaState, apply_batch
 from reactive.transport.base import BATCH_LIMIT, ReceivedMessage, Transport
@@ -69,19 +69,33 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class Unnotified:
-    """Profiles the channel layer has not taken yet: the latest per user, oldest change first."""
+Profiles = dict[str, Mapping[str, Any]]
 
-    def __init__(self, notify: Notifier, limit: int = UNNOTIFIED_LIMIT) -> None:
+
+class Unnotified:
+    """Profiles the channel layer has not taken yet: the latest per user, oldest change first.
+
+    ``current`` keeps, of the profiles that waited, those still the replica's latest: another listener of
+    the client may have applied (and announced) a newer version meanwhile, and an outdated end (disabled,
+    since enabled again) would close that user's sockets for good.
+    """
+
+    def __init__(
+        self, notify: Notifier, current: Callable[[Profiles], Profiles], limit: int = UNNOTIFIED_LIMIT
+    ) -> None:
         self.notify = notify
+        self.current = current
         self.limit = limit
-        self.profiles: dict[str, Mapping[str, Any]] = {}
+        self.profiles: Profiles = {}
         self.held = False  # the last send left some: said once, and once more when they go
 
     def send(self, changes: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> None:
         """Send what still waits, then these changes (each one: a live page shows every step); keep, per
         user, the latest of what the layer did not take."""
-        waiting = [*self.profiles.items(), *changes]
+        changes = list(changes)
+        newer = {local_pk for local_pk, _ in changes}  # applied after what waits: it supersedes it
+        held = {pk: p for pk, p in self.profiles.items() if pk not in newer}
+        waiting = [*(self.current(held) if held else {}).items(), *changes]
         if not waiting:
             return
         sent = self.notify(waiting)
@@ -135,7 +149,7 @@ class Listener:
         self.batch = max(1, min(10, batch))
         self.wait = wait
         self.using = using
-        self.unnotified = Unnotified(notify)
+        self.unnotified = Unnotified(notify, self._still_current)
         self._stop = threading.Event()
         self._polling = False
         if ack_linger is None:
@@ -318,6 +332,19 @@ class Listener:
                 "could not delete a processed message (it will be redelivered, harmlessly): %s", reason
             )
         return len(result.succeeded)
+
+    def _still_current(self, profiles: Profiles) -> Profiles:
+        """Those of ``profiles`` (by local pk) whose user's replica has not moved past their version since:
+        whoever moved it announced the newer one."""
+        live = ReplicaState.objects.using(self.using).filter(
+            model=USER_MODEL, local_pk__in=list(profiles), deleted=False
+        )
+        versions = dict(live.values_list("local_pk", "version"))
+        return {
+            pk: profile
+            for pk, profile in profiles.items()
+            if versions.get(pk, profile.get("version")) == profile.get("version")
+        }
 
     def _notify(self, outcomes: Iterable[Outcome]) -> None:
         changes = [

@@ -358,7 +358,7 @@ def test_what_waits_for_the_channel_layer_is_bounded_and_said_at_exit(
 ) -> None:  # type: ignore[no-untyped-def]
     from reactive.listener import Unnotified
 
-    never = Unnotified(lambda changes: 0, limit=2)
+    never = Unnotified(lambda changes: 0, lambda held: held, limit=2)
     with caplog.at_level(logging.WARNING, logger="reactive.listener"):
         never.send([("1", {"v": 1}), ("2", {"v": 2}), ("3", {"v": 3})])
         never.send([("2", {"v": 4})])
@@ -370,3 +370,39 @@ def test_what_waits_for_the_channel_layer_is_bounded_and_said_at_exit(
     with caplog.at_level(logging.WARNING, logger="reactive.listener"):
         down.run(once=True)
     assert "1 changes never reached browsers (the channel layer is down)" in caplog.text
+
+
+def test_a_waiting_change_is_dropped_once_a_newer_one_of_its_user_exists(memory) -> None:  # type: ignore[no-untyped-def]
+    """Alice's disabling waits for the layer. Sent late, an outdated end would close her sockets for good:
+    a newer change of hers in the same send replaces it, and so does one another listener of the client
+    applied (and announced) meanwhile."""
+    from reactive.listener import Unnotified
+    from reactive.replica import ReplicaState
+
+    sent: list[tuple[str, dict]] = []
+    never_then_all = iter([0, None])
+    same_send = Unnotified(lambda changes: sent.extend(changes) or next(never_then_all), lambda held: held)
+    same_send.send([("7", {"version": 4, "is_active": False})])
+    sent.clear()
+    same_send.send([("7", {"version": 5, "is_active": True})])
+    assert sent == [("7", {"version": 5, "is_active": True})] and same_send.profiles == {}
+
+    layer = LayerDown()
+    listener = make_listener(memory, layer)
+    bodies = [
+        event_body("insert", "1", 1, username="alice", first_name="Alice"),
+        event_body("update", "1", 2, is_active=False),
+        event_body("insert", "2", 3, username="bob", first_name="Bob"),
+    ]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    failing_notify = layer.__call__
+
+    def meanwhile_another_listener_enables_alice(changes):  # type: ignore[no-untyped-def]
+        if not layer.up:
+            ReplicaState.objects.filter(key="1").update(version=9)
+        return failing_notify(changes)
+
+    listener.unnotified.notify = meanwhile_another_listener_enables_alice
+    listener.run(once=True)
+    assert [p["username"] for _, p in layer.sent] == ["bob"]  # alice's outdated end stayed unsent
+    assert listener.unnotified.profiles == {}
