@@ -105,6 +105,15 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     capture.untrack(get_user_model())
 
 
+@pytest.fixture
+def on_postgres() -> None:
+    """The test is about PostgreSQL's own row locks: its database must be PostgreSQL (TEST_POSTGRES_URL)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        services.missing("PostgreSQL", "TEST_POSTGRES_URL is not set")
+
+
 @pytest.fixture(autouse=True)
 def no_relay_burst_in_memory() -> None:
     """A burst relayed by an earlier test is not this test's load (the relay remembers one per process)."""

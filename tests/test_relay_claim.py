@@ -17,20 +17,13 @@ from django.utils import timezone
 
 from reactive import outbox
 from reactive.outbox import OutboxEvent
-from tests.support import services
 
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("captured"),
+    pytest.mark.usefixtures("captured", "on_postgres"),
 ]
 User = get_user_model()
-
-
-@pytest.fixture(autouse=True)
-def on_postgres() -> None:
-    if connection.vendor != "postgresql":
-        services.missing("PostgreSQL", "TEST_POSTGRES_URL is not set")
 
 
 def test_a_claim_is_one_statement_that_leases_the_due_rows_in_id_order() -> None:

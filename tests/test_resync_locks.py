@@ -24,15 +24,9 @@ from tests.support import services
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("captured"),
+    pytest.mark.usefixtures("captured", "on_postgres"),
 ]
 User = get_user_model()
-
-
-@pytest.fixture(autouse=True)
-def on_postgres() -> None:
-    if connection.vendor != "postgresql":
-        services.missing("PostgreSQL", "TEST_POSTGRES_URL is not set")
 
 
 def test_a_save_during_a_sync_chunk_gets_the_higher_version(monkeypatch: pytest.MonkeyPatch) -> None:
