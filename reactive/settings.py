@@ -128,9 +128,9 @@ def time_zone() -> str:
     return str(env_or_setting("TIME_ZONE", "UTC"))
 
 
-CHANNEL_LAYER_BACKENDS = {
-    "redis": "channels_redis.core.RedisChannelLayer",
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+CHANNEL_LAYER_BACKENDS = {  # channels-redis's layers, whose receive a cancel always ends (reactive/layers.py)
+    "redis": "reactive.layers.RedisChannelLayer",
+    "pubsub": "reactive.layers.RedisPubSubChannelLayer",
 }
 # Chosen by bench/fanout.py (docs/benchmarks.md, "fanout"): with the clock fanned out once per process
 # (client_site/web/broadcast.py) both layers carry one message per process per tick; RedisChannelLayer

@@ -95,16 +95,21 @@ class Deployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop_all(self) -> None:
+        """SIGTERM to every process; one still running 15 s later is killed, and fails the test: a
+        deployment's processes must stop when asked (Kubernetes and compose send SIGTERM too)."""
         for process in self.processes:
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     continue
+        deaf = []
         for process in self.processes:
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
+                deaf.append(" ".join(map(str, process.args)))
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        assert not deaf, f"still running 15 s after SIGTERM, killed: {deaf}"
