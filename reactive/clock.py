@@ -204,7 +204,8 @@ async def _wait_until(due: float, stop: asyncio.Event, heartbeat: Heartbeat) -> 
     while True:  # awaits at least once, even when the tick is due already: the sent ticks must get to run
         left = max(0.0, due - loop.time())
         with contextlib.suppress(TimeoutError):  # the normal case: the next tick (or beat) is due
-            await asyncio.wait_for(stop.wait(), timeout=min(left, EVERY_SECONDS))
+            async with asyncio.timeout(min(left, EVERY_SECONDS)):  # not wait_for: see reactive/layers.py
+                await stop.wait()
         heartbeat.beat()
         if stop.is_set() or loop.time() >= due:
             return

@@ -68,7 +68,8 @@ async def _next_round(epochs: RedisEpochs, seen: int) -> int:
     """
     if epochs.losses == seen:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(epochs.lost.wait(), timeout=_refresh_delay())
+            async with asyncio.timeout(_refresh_delay()):  # wait_for can swallow a cancel on 3.11 (layers.py)
+                await epochs.lost.wait()
     if epochs.losses != seen:
         await asyncio.sleep(random.uniform(0, LOSS_SPREAD_SECONDS))  # a process's sockets do not read at once
     return epochs.losses
