@@ -120,20 +120,113 @@ def signed_in_username(client: Client) -> str | None:
     return response.json()["current"]["profile"]["username"] if response.status_code == 200 else None
 
 
-def test_a_valid_link_signs_the_replica_user_in_once() -> None:
+def browser() -> Client:
+    return Client(enforce_csrf_checks=True)  # as a real browser's requests are checked
+
+
+def continue_on(page: Any, browser: Client, token: str) -> Any:
+    """Press "continue" on the confirmation page ``page`` (a form with its CSRF token)."""
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert csrf, page.content.decode()
+    return browser.post("/sso/login", {"token": token, "csrfmiddlewaretoken": csrf.group(1)})
+
+
+def sign_in_by_link(browser: Client, token: str) -> Any:
+    """What a person does with a link: open it, then press "continue" on the page that names the account."""
+    asked = browser.get("/sso/login", {"token": token})
+    return continue_on(asked, browser, token) if asked.status_code == 200 else asked
+
+
+def test_a_valid_link_asks_then_signs_the_replica_user_in_once() -> None:
     replica("alice", master_key="42", first_name="Alice")
     token = sso.issue("42", "alice", "alpha")
-    browser = Client()
-    response = browser.get("/sso/login", {"token": token})
+    person = browser()
+    asked = person.get("/sso/login", {"token": token})
+    assert asked.status_code == 200 and "no-store" in asked["Cache-Control"]
+    assert '<strong id="account">alice</strong>' in asked.content.decode()
+    assert signed_in_username(person) is None  # opening the link alone signs nobody in
+    response = continue_on(asked, person, token)
     assert response.status_code == 302 and response["Location"] == "/"
-    assert signed_in_username(browser) == "alice"
-    assert 'Hello <span id="first-name">Alice</span>' in browser.get("/").content.decode()
+    assert signed_in_username(person) == "alice"
+    assert 'Hello <span id="first-name">Alice</span>' in person.get("/").content.decode()
 
-    again = Client()
+    again = browser()
     response = again.get("/sso/login", {"token": token})
     assert response.status_code == 403
     assert "already been used" in response.content.decode()
     assert signed_in_username(again) is None
+
+
+def test_a_forwarded_link_cannot_sign_its_victim_in_unseen() -> None:
+    """Login CSRF: the attacker's own link, opened in the victim's browser (a redirect, a frame, an image),
+    and the attacker's post of it from another browser: neither signs anybody in."""
+    replica("mallory", master_key="66")
+    token = sso.issue("66", "mallory", "alpha")
+    victim, attacker = browser(), browser()
+    asked = victim.get("/sso/login", {"token": token})
+    assert asked.status_code == 200 and "frame-ancestors 'none'" in asked["Content-Security-Policy"]
+    assert signed_in_username(victim) is None
+
+    forged = victim.post("/sso/login", {"token": token})  # a cross-site form has no CSRF token
+    assert forged.status_code == 403 and signed_in_username(victim) is None
+
+    attackers_page = attacker.get("/sso/login", {"token": token})
+    elsewhere = continue_on(attackers_page, attacker, token)  # confirmed, but by the attacker's browser
+    assert elsewhere.status_code == 302 and signed_in_username(attacker) == "mallory"
+    assert signed_in_username(victim) is None
+
+    late = continue_on(asked, victim, token)  # and the victim's page is now spent with the link
+    assert late.status_code == 403 and signed_in_username(victim) is None
+
+
+def test_a_confirmation_from_another_browser_or_too_late_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client_site.web import views
+
+    replica("alice", master_key="42")
+    token = sso.issue("42", "alice", "alpha")
+    other = browser()
+    other.get("/")  # a session of its own, and the CSRF cookie, without ever opening the link
+    csrf = browser()
+    page = csrf.get("/sso/login", {"token": token})
+    never_asked = other.post(
+        "/sso/login",
+        {
+            "token": token,
+            "csrfmiddlewaretoken": re.search(r'value="([^"]+)"', page.content.decode()).group(1),
+        },
+    )
+    assert never_asked.status_code == 403
+    assert signed_in_username(other) is None
+
+    real = time.time
+    monkeypatch.setattr(views.time, "time", lambda: real() + views.CONFIRM_SECONDS + 1)
+    response = continue_on(page, csrf, token)
+    assert response.status_code == 403
+    assert 'data-reason="unconfirmed"' in response.content.decode()
+    assert signed_in_username(csrf) is None
+
+
+def test_a_browser_already_signed_in_as_the_links_user_goes_straight_on() -> None:
+    alice = replica("alice", master_key="42")
+    token = sso.issue("42", "alice", "alpha")
+    person = browser()
+    person.force_login(alice)
+    response = person.get("/sso/login", {"token": token})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert browser().get("/sso/login", {"token": token}).status_code == 403  # spent
+
+
+def test_a_link_for_another_account_says_it_switches() -> None:
+    alice = replica("alice", master_key="42")
+    replica("bob", master_key="43")
+    token = sso.issue("43", "bob", "alpha")
+    person = browser()
+    person.force_login(alice)
+    asked = person.get("/sso/login", {"token": token})
+    assert "signed in here as alice: continuing signs it in as bob" in asked.content.decode()
+    assert signed_in_username(person) == "alice"
+    assert continue_on(asked, person, token).status_code == 302
+    assert signed_in_username(person) == "bob"
 
 
 def test_a_used_link_stays_refused_when_the_masters_clock_runs_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,21 +240,19 @@ def test_a_used_link_stays_refused_when_the_masters_clock_runs_ahead(monkeypatch
     monkeypatch.setattr(clock, "time", lambda: real() + 90)  # the master's clock
     token = sso.issue("42", "alice", "alpha")
     monkeypatch.setattr(clock, "time", real)
-    assert Client().get("/sso/login", {"token": token}).status_code == 302
+    assert sign_in_by_link(browser(), token).status_code == 302
     UsedLoginLink.objects.update(used_at=timezone.now() - timedelta(seconds=121))
     replica("bob", master_key="43")
-    Client().get(
-        "/sso/login", {"token": sso.issue("43", "bob", "alpha")}
-    )  # a later sign-in prunes old nonces
-    assert Client().get("/sso/login", {"token": token}).status_code == 403
+    sign_in_by_link(browser(), sso.issue("43", "bob", "alpha"))  # a later sign-in prunes old nonces
+    assert browser().get("/sso/login", {"token": token}).status_code == 403
 
 
 def test_identity_is_the_master_key_not_the_username() -> None:
     replica("alice", master_key="42")
     replica("mallory", master_key="43")
-    browser = Client()
-    browser.get("/sso/login", {"token": sso.issue("43", "alice", "alpha")})  # renamed on the master since
-    assert signed_in_username(browser) == "mallory"
+    person = browser()
+    sign_in_by_link(person, sso.issue("43", "alice", "alpha"))  # renamed on the master since
+    assert signed_in_username(person) == "mallory"
 
 
 @pytest.mark.parametrize("case", ["expired", "tampered", "foreign", "unknown", "inactive", "deleted"])

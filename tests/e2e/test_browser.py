@@ -186,6 +186,8 @@ def test_sign_in_by_master_link_then_the_name_changes_live_as_text(system: Syste
     with page.expect_request(lambda request: "/sso/login?token=" in request.url) as followed:
         page.click("tr[data-client=alpha] >> text=open")
     link = followed.value.url
+    expect(page.locator("#account")).to_have_text("alice")  # alpha asks before it signs anyone in
+    page.click("#continue")
     expect(page).to_have_url(system.alpha.url + "/")
     expect(page.locator("h1")).to_have_text("Hello Alice")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")

@@ -9,6 +9,7 @@ import http.cookiejar
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import psutil
 import pytest
@@ -178,7 +180,17 @@ def signed_in_on_every_client(run: UpRun, env_file: str, username: str) -> dict[
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     for client in ("alpha", "beta"):
         link = operator_command(run, env_file, "login-link", username, "--client", client).strip()
-        with browser.open(link, timeout=10) as landed:
+        with browser.open(link, timeout=10) as asked:  # the page that names the account
+            csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', asked.read().decode())
+        assert csrf, f"{client}'s login link did not ask to continue"
+        token = parse_qs(urlsplit(link).query)["token"][0]
+        form = urlencode({"token": token, "csrfmiddlewaretoken": csrf.group(1)}).encode()
+        confirm = urllib.request.Request(
+            link.split("?")[0],
+            data=form,
+            headers={"Origin": "{0.scheme}://{0.netloc}".format(urlsplit(link))},
+        )
+        with browser.open(confirm, timeout=10) as landed:  # "continue", then the redirect home
             assert landed.status == 200, f"{client}'s login link landed on {landed.status}"
     found = {}
     for client in ("alpha", "beta"):
