@@ -357,6 +357,47 @@ def test_clock_sends_the_stored_time_at_once_then_each_tick(alice: Any) -> None:
     assert first == {"type": "clock.tick", **stored}
 
 
+# What a client may send on a socket that only sends: junk, bytes, and a message dressed as a server event.
+CLIENT_FRAMES = [
+    {"text_data": "not json {"},
+    {"bytes_data": b"\x00\xff"},
+    {"text_data": json.dumps({"type": "user.changed", "profile": {"first_name": "Mallory"}})},
+    {"text_data": json.dumps({"type": "websocket.disconnect", "code": 1000})},
+]
+
+
+@pytest.mark.parametrize("path", ["/ws/", "/time/tic/"])
+def test_what_a_client_sends_is_ignored_and_its_socket_goes_on(
+    alice: Any, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sockets only send: a page never sends a frame. Whatever a client sends is dropped, without an
+    error, a traceback or a dispatch, and the socket still gets what the server sends next."""
+    cookie = session_cookie(alice)
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(path, cookie)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.receive_json_from(timeout=5)
+        for frame in CLIENT_FRAMES:
+            await ws.send_to(**frame)
+        assert await ws.receive_nothing(timeout=0.3)  # nothing back: no echo, no close, no dispatch
+        if path == "/ws/":
+            change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+            await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
+        else:
+            await clock.atick()
+        after: dict[str, Any] = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return after
+
+    after = run(scenario)
+    assert after["type"] == ("user.changed" if path == "/ws/" else "clock.tick")
+    if path == "/ws/":
+        assert after["profile"]["first_name"] == "Alicia"
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def ended_on_master(how: str) -> Event:
     """Alice's account (master key 17, at version 3 here) disabled or deleted on the master."""
     if how == "deleted":

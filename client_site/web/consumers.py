@@ -149,7 +149,16 @@ ACCOUNT_ENDS = Ends(
 )
 
 
-class UserConsumer(AsyncJsonWebsocketConsumer):
+class PushOnly(AsyncJsonWebsocketConsumer):
+    """A socket only the server sends on. A page never sends a frame; what a client sends anyway (junk,
+    bytes, a message dressed as a server event) is dropped unread: not decoded, not dispatched, no
+    traceback, and the socket goes on."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **_: Any) -> None:
+        log.debug("dropped a frame a client sent on %s", self.scope.get("path"))
+
+
+class UserConsumer(PushOnly):
     """The signed-in user's own room; sends the profile, then every committed change.
 
     ``/ws/<username>`` names the room, and must name the session's user. ``/ws/`` is the same room keyed
@@ -285,7 +294,7 @@ def clock_frame(message: dict[str, Any]) -> dict[str, Any]:
     return {"type": groups.CLOCK_TICK, "time": message["time"], "iso": message["iso"]}
 
 
-class ClockConsumer(AsyncJsonWebsocketConsumer):
+class ClockConsumer(PushOnly):
     """``/time/tic/``: signed-in users only; the current time at once, then every tick.
 
     The process is in the clock group once for all its clock sockets (see broadcast.py): a tick is one
