@@ -394,7 +394,10 @@ def login_link(username: str, client: str) -> str:
 # -- processes --------------------------------------------------------------------------------------------
 # Frames here are a few dozen bytes: per-message deflate would halve nothing but cost every socket its own
 # compressor (about 45 KiB) and take 1.1-1.6 times the CPU of a clock fan-out (docs/benchmarks.md).
-WS_OPTIONS = ("--ws-per-message-deflate", "false")
+# A page never sends a frame (the consumers drop what a client sends): 4 KiB at most, not uvicorn's 16 MiB
+# that each socket could make the process buffer; a bigger frame closes its socket (1009).
+WS_MAX_SIZE = 4096
+WS_OPTIONS = ("--ws-per-message-deflate", "false", "--ws-max-size", str(WS_MAX_SIZE))
 
 
 def web_spec(

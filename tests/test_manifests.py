@@ -19,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from reactive.up import WS_MAX_SIZE
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
@@ -119,6 +121,7 @@ def test_every_role_has_a_k8s_workload_that_runs_what_its_name_says() -> None:
         assert command.startswith(wanted), f"{name} runs {command!r}"
         if role == "web" and site != "master":
             assert "--ws-per-message-deflate false" in command, f"{name} compresses every tiny frame"
+            assert f"--ws-max-size {WS_MAX_SIZE}" in command, f"{name} takes 16 MiB frames nobody sends"
         if site != "master":
             assert k8s_env(deployments[name])["REACTIVE_CLIENT"] == site, (
                 f"{name} is not configured as {site}"
@@ -303,6 +306,7 @@ def test_compose_has_every_service_healthchecks_and_its_settings_from_the_env_ex
             assert "/health" in " ".join(service["healthcheck"]["test"]), f"{name}: no healthcheck on /health"
         if name.endswith("-web") and name != "master-web":
             assert "--ws-per-message-deflate false" in " ".join(service["command"]), name
+            assert f"--ws-max-size {WS_MAX_SIZE}" in " ".join(service["command"]), name
 
 
 def test_every_setting_the_manifests_give_is_one_that_is_read() -> None:

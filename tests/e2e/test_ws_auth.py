@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import websockets
 
+from reactive.up import WS_MAX_SIZE
 from tests.support.services import eventually
 from tests.support.sites import Deployment
 from tests.support.web import replica_names, serve, session_cookie, set_first_name
@@ -79,3 +80,25 @@ def test_only_the_right_user_and_origin_get_in_and_changes_follow(deployment: De
     assert change["profile"]["first_name"] == "Alicia"
     assert change["profile"]["key"] == on_connect["profile"]["key"]
     assert change["profile"]["version"] > on_connect["profile"]["version"]
+
+    async def oversized_frame() -> tuple[dict[str, Any], int | None]:
+        """A page never sends; small junk is dropped (the socket goes on), a frame past 4 KiB closes it."""
+        headers = {"Origin": good, "Cookie": f"sessionid={cookie}"}
+        async with websockets.connect(ws + "/ws/alice", additional_headers=headers) as socket:
+            await asyncio.wait_for(socket.recv(), 5)
+            await socket.send("not json {")
+            await socket.send(b"\x00\xff")
+            await socket.ping()  # answered: the junk did not end the socket
+            await asyncio.to_thread(set_first_name, deployment, "alice", "Alice again")
+            after = json.loads(await asyncio.wait_for(socket.recv(), 60))
+            await socket.send("x" * (WS_MAX_SIZE + 1))
+            try:
+                await asyncio.wait_for(socket.recv(), 10)
+            except websockets.ConnectionClosed as closed:
+                return after, closed.rcvd.code if closed.rcvd else None
+            except TimeoutError:
+                return after, None  # still open: the frame was taken
+
+    after_junk, close_code = asyncio.run(oversized_frame())
+    assert after_junk["profile"]["first_name"] == "Alice again"
+    assert close_code == 1009  # message too big
