@@ -20,7 +20,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer as _RedisPubSubChannel
 
 T = TypeVar("T")
 
-RECANCEL_SECONDS = 0.1  # how long a cancelled receive has to end before it is cancelled again
+RECANCEL_SECONDS = 0.1  # how long a cancelled call has to end before it is cancelled again
 
 
 async def cancel_until_ended(task: asyncio.Future[Any]) -> None:
