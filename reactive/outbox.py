@@ -406,7 +406,17 @@ def _claim_in_a_transaction(connection: Any, limit: int, using: str, lease: _Lea
     return rows
 
 
+_claim_sql_by_vendor: dict[str, str] = {}
+
+
 def _claim_sql(connection: Any) -> str:
+    sql = _claim_sql_by_vendor.get(connection.vendor)
+    if sql is None:
+        sql = _claim_sql_by_vendor[connection.vendor] = _build_claim_sql(connection)
+    return sql
+
+
+def _build_claim_sql(connection: Any) -> str:
     quote = connection.ops.quote_name
     table = quote(OutboxEvent._meta.db_table)
     pk, sent, due = (
