@@ -5,9 +5,10 @@ redis-py sends every command through ``asyncio.wait_for`` (the layers set a sock
 Python 3.11 ``wait_for`` returns the result instead of raising when the cancel comes just as the send
 completes (CPython gh-86296, fixed in 3.12). The layer's receive then goes on waiting for a message
 that never comes: the closed socket's task lives for ever, and uvicorn, which waits for it, never exits
-on SIGTERM. Here each layer call that waits on Redis runs in a task of its own, which is cancelled until
-it has ended; then the caller's cancel raises.
-"""
+on SIGTERM. Here the calls a site makes that wait on Redis (receive, send, group_add, group_discard,
+group_send) each run in a task of their own, which is cancelled until it has ended; then the caller's
+cancel raises. The pub/sub layer's receive on a subscribed channel waits on its own queue, not on
+Redis: it is left as it is, cancel clean-up included."""
 
 from __future__ import annotations
 
@@ -20,16 +21,26 @@ from channels_redis.pubsub import RedisPubSubChannelLayer as _RedisPubSubChannel
 
 T = TypeVar("T")
 
-RECANCEL_SECONDS = 0.1  # how long a cancelled call has to end before it is cancelled again
+# A cancelled call first gets this long to end, then is cancelled again, waiting twice as long each time
+# (up to RECANCEL_MAX_SECONDS). Not sooner: a call may be busy tidying up after the first cancel (the
+# pub/sub layer unsubscribes), and many sockets closing at once queue those clean-ups behind each other.
+RECANCEL_SECONDS = 0.5
+RECANCEL_MAX_SECONDS = 5.0
 
 
 async def cancel_until_ended(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` again and again until it has ended (however it ends: its outcome is dropped)."""
+    """Cancel ``task`` until it has ended (its outcome is dropped). Cancelled meanwhile, this goes on all
+    the same (leaving ``task`` behind is what it is for), then raises the cancel once ``task`` has ended."""
+    cancelled_again, wait = False, RECANCEL_SECONDS
     while not task.done():
         task.cancel()
-        await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
-    if not task.cancelled():
-        task.exception()  # retrieved, so that asyncio does not log it as never retrieved
+        try:
+            await asyncio.wait({task}, timeout=wait)
+        except asyncio.CancelledError:
+            cancelled_again = True
+        wait = min(wait * 2, RECANCEL_MAX_SECONDS)
+    if cancelled_again:
+        raise asyncio.CancelledError
 
 
 async def ending_on_cancel(awaitable: Awaitable[T]) -> T:
@@ -77,7 +88,13 @@ class RedisChannelLayer(_EndsOnCancel, _RedisChannelLayer):
 
 class RedisPubSubChannelLayer(_EndsOnCancel, _RedisPubSubChannelLayer):
     """channels-redis's pub/sub layer (REACTIVE_CHANNEL_LAYER=pubsub), which hands every call to a layer of
-    the running loop; its receive waits on Redis too (a subscribe) before its queue."""
+    the running loop."""
 
     def _library(self) -> Any:
         return self._get_layer()
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        layer = self._get_layer()
+        if channel in layer.channels:  # subscribed (by new_channel): a wait on its queue, which a cancel ends
+            return await layer.receive(channel)  # and its unsubscribe on a cancel is not cut short
+        return await ending_on_cancel(layer.receive(channel))  # it subscribes first: a wait on Redis

@@ -128,7 +128,7 @@ def time_zone() -> str:
     return str(env_or_setting("TIME_ZONE", "UTC"))
 
 
-CHANNEL_LAYER_BACKENDS = {  # channels-redis's layers, whose receive a cancel always ends (reactive/layers.py)
+CHANNEL_LAYER_BACKENDS = {  # channels-redis's layers, whose calls a cancel always ends (reactive/layers.py)
     "redis": "reactive.layers.RedisChannelLayer",
     "pubsub": "reactive.layers.RedisPubSubChannelLayer",
 }

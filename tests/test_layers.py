@@ -9,6 +9,8 @@ real call on the test Redis; the site's layer (from the site's settings) must st
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import channels_redis.core
@@ -22,6 +24,7 @@ LIBRARY_LAYERS = {
     "pubsub": channels_redis.pubsub.RedisPubSubLoopLayer,  # the pub/sub layer hands its calls to it
 }
 
+SOCKETS_CLOSING = 2000
 CALLS = {  # a layer method and its arguments (the group "g" and a fresh channel "c")
     "receive": lambda c: (c,),
     "send": lambda c: (c, {"type": "x"}),
@@ -31,7 +34,7 @@ CALLS = {  # a layer method and its arguments (the group "g" and a fresh channel
 }
 
 
-def swallow_first_cancel(monkeypatch: pytest.MonkeyPatch, backend: str, method: str) -> list[str]:
+def swallow_first_cancel(patch: pytest.MonkeyPatch, backend: str, method: str) -> list[str]:
     """channels-redis's ``method`` as on Python 3.11 when the race hits: the cancel that lands while its
     command is in flight is swallowed, and the real call goes on. Returns what the method went through."""
     library = LIBRARY_LAYERS[backend]
@@ -46,8 +49,13 @@ def swallow_first_cancel(monkeypatch: pytest.MonkeyPatch, backend: str, method: 
             seen.append("cancel swallowed")
         return await real(self, *args)
 
-    monkeypatch.setattr(library, method, as_on_python_311)
+    patch.setattr(library, method, as_on_python_311)
     return seen
+
+
+# Where each call waits on Redis. The pub/sub layer's receive waits on its own queue once its channel is
+# subscribed (new_channel does that): on Redis only when it has to subscribe first.
+SWALLOWED_IN = {("pubsub", "receive"): "_subscribe_to_channel"}
 
 
 @pytest.mark.parametrize("method", sorted(CALLS))
@@ -56,28 +64,83 @@ def test_a_cancelled_call_ends_cancelled_even_when_the_cancel_is_swallowed(
 ) -> None:
     from channels.layers import get_channel_layer
 
-    seen = swallow_first_cancel(monkeypatch, redis_layer, method)
-
-    async def scenario() -> tuple[bool, bool, dict[str, Any]]:
+    async def scenario() -> tuple[bool, bool, list[str], dict[str, Any]]:
         layer = get_channel_layer()
         channel = await layer.new_channel()
-        call = asyncio.ensure_future(getattr(layer, method)(*CALLS[method](channel)))
-        await until(lambda: seen == ["in flight"], what=f"{method} under way")
-        call.cancel()  # a websocket closed, a refresh stopped, a timeout fired
-        done, _ = await asyncio.wait({call}, timeout=10)
-        if not done:
-            call.cancel()  # not to leave it behind: the assertions say what went wrong
-        monkeypatch.undo()
+        if (redis_layer, method) in SWALLOWED_IN:
+            channel += "-never-subscribed"
+        with monkeypatch.context() as patch:
+            seen = swallow_first_cancel(patch, redis_layer, SWALLOWED_IN.get((redis_layer, method), method))
+            call = asyncio.ensure_future(getattr(layer, method)(*CALLS[method](channel)))
+            await until(lambda: seen == ["in flight"], what=f"{method} under way")
+            call.cancel()  # a websocket closed, a refresh stopped, a timeout fired
+            done, _ = await asyncio.wait({call}, timeout=10)
+            if not done:
+                call.cancel()  # not to leave it behind: the assertions say what went wrong
         other = await layer.new_channel()
         await layer.send(other, {"type": "still.working"})
         after = await asyncio.wait_for(layer.receive(other), 10)
-        return bool(done), call.cancelled(), after
+        return bool(done), call.cancelled(), seen, after
 
-    ended, cancelled, after = run(scenario)
+    ended, cancelled, seen, after = run(scenario)
     assert ended, f"{method} did not end after its cancel: {seen}"
     assert cancelled, f"{method} returned as if it had not been cancelled: {seen}"
     assert seen[:2] == ["in flight", "cancel swallowed"]
     assert after["type"] == "still.working"  # the layer serves the next call as before
+
+
+def test_a_call_cancelled_twice_still_ends_before_the_cancel_raises() -> None:
+    """A second cancel (a timeout, then the shutdown) must not leave the call behind, still waiting."""
+    from reactive.layers import ending_on_cancel
+
+    async def scenario() -> tuple[bool, bool]:
+        released = asyncio.Event()
+        inner_ended = asyncio.Event()
+
+        async def swallows_the_first_cancel() -> None:
+            with contextlib.suppress(asyncio.CancelledError):  # as redis-py on Python 3.11: goes on
+                await asyncio.Event().wait()
+            try:
+                await released.wait()
+            finally:
+                inner_ended.set()
+
+        outer = asyncio.ensure_future(ending_on_cancel(swallows_the_first_cancel()))
+        await asyncio.sleep(0)  # the call under way (one turn of the loop: no time is waited)
+        outer.cancel()
+        await asyncio.sleep(0)
+        outer.cancel()  # again, while the call is being ended
+        done, _ = await asyncio.wait({outer}, timeout=10)
+        return inner_ended.is_set() and bool(done), outer.cancelled()
+
+    ended, cancelled = run(scenario)
+    assert ended and cancelled
+
+
+@pytest.mark.parametrize("redis_layer", ["pubsub"], indirect=True)  # the list layer's clean-up is no wait
+def test_many_pubsub_receives_cancelled_at_once_unsubscribe_cleanly(
+    redis_layer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sockets closing together (a shutdown, a network blip): each receive's clean-up (its unsubscribe,
+    queued behind the others on the shard's lock) is left to finish, not cut short."""
+    from channels.layers import get_channel_layer
+
+    async def scenario() -> tuple[int, int]:
+        layer = get_channel_layer()
+        channels = [await layer.new_channel() for _ in range(SOCKETS_CLOSING)]
+        receives = [asyncio.ensure_future(layer.receive(c)) for c in channels]
+        await asyncio.sleep(0)  # every receive waiting on its queue (one turn of the loop)
+        for receive in receives:
+            receive.cancel()
+        await asyncio.wait(receives, timeout=60)
+        own = layer._get_layer()
+        still = sum(1 for c in channels if c in own.channels)
+        subscribed = sum(1 for shard in own._shards for c in channels if c in shard._subscribed_to)
+        return still, subscribed
+
+    still, subscribed = run(scenario)
+    assert (still, subscribed) == (0, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_receive_returns_what_is_sent_to_its_channel_and_its_groups(redis_layer: str) -> None:

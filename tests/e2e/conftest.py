@@ -48,6 +48,8 @@ def pg_deployment(provisioned: dict[str, str], redis_url: str, tmp_path: Path) -
             system.migrate()
             yield system
         finally:
-            system.stop_all()
-            for name in names.values():
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            try:
+                system.stop_all()
+            finally:  # a process that ignored SIGTERM fails the test, but leaves no database behind
+                for name in names.values():
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -95,8 +95,9 @@ class Deployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop_all(self) -> None:
-        """SIGTERM to every process; one still running 15 s later is killed, and fails the test: a
-        deployment's processes must stop when asked (Kubernetes and compose send SIGTERM too)."""
+        """SIGTERM to every process, then a wait of up to 15 s for each in turn; one still running after its
+        wait is killed, and fails the test: a deployment's processes must stop when asked (Kubernetes and
+        compose send SIGTERM too)."""
         for process in self.processes:
             if process.poll() is None:
                 try:
