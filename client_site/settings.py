@@ -57,6 +57,7 @@ STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"
 LOGIN_URL = "/login/"
+CSRF_FAILURE_VIEW = "client_site.web.views.csrf_failure"  # a stale form says so, in the site's words
 LOGGING = reactive_settings.logging_config()
 globals().update(reactive_settings.web_settings(REACTIVE_CLIENT))
 

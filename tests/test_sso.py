@@ -124,20 +124,25 @@ def browser() -> Client:
     return Client(enforce_csrf_checks=True)  # as a real browser's requests are checked
 
 
-def continue_on(page: Any, browser: Client, token: str) -> Any:
-    """Press "continue" on the confirmation page ``page`` (a form with its CSRF token)."""
-    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
-    assert csrf, page.content.decode()
-    return browser.post("/sso/login", {"token": token, "csrfmiddlewaretoken": csrf.group(1)})
+def form_field(page: Any, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', page.content.decode())
+    assert found, page.content.decode()
+    return found.group(1)
+
+
+def continue_on(page: Any, browser: Client) -> Any:
+    """Press "continue" on the confirmation page ``page`` (its form: the CSRF token and the link's nonce)."""
+    fields = {name: form_field(page, name) for name in ("csrfmiddlewaretoken", "nonce")}
+    return browser.post("/sso/login", fields)
 
 
 def sign_in_by_link(browser: Client, token: str) -> Any:
     """What a person does with a link: open it, then press "continue" on the page that names the account."""
     asked = browser.get("/sso/login", {"token": token})
-    return continue_on(asked, browser, token) if asked.status_code == 200 else asked
+    return continue_on(asked, browser) if asked.status_code == 200 else asked
 
 
-def test_a_valid_link_asks_then_signs_the_replica_user_in_once() -> None:
+def test_a_valid_link_is_spent_when_opened_and_signs_in_on_continue() -> None:
     replica("alice", master_key="42", first_name="Alice")
     token = sso.issue("42", "alice", "alpha")
     person = browser()
@@ -145,65 +150,80 @@ def test_a_valid_link_asks_then_signs_the_replica_user_in_once() -> None:
     assert asked.status_code == 200 and "no-store" in asked["Cache-Control"]
     assert '<strong id="account">alice</strong>' in asked.content.decode()
     assert signed_in_username(person) is None  # opening the link alone signs nobody in
-    response = continue_on(asked, person, token)
+
+    thief = browser()  # the link copied (history, a proxy's log) once its owner opened it
+    response = thief.get("/sso/login", {"token": token})
+    assert response.status_code == 403 and "already been used" in response.content.decode()
+    assert signed_in_username(thief) is None
+
+    response = continue_on(asked, person)
     assert response.status_code == 302 and response["Location"] == "/"
     assert signed_in_username(person) == "alice"
     assert 'Hello <span id="first-name">Alice</span>' in person.get("/").content.decode()
 
-    again = browser()
-    response = again.get("/sso/login", {"token": token})
-    assert response.status_code == 403
-    assert "already been used" in response.content.decode()
-    assert signed_in_username(again) is None
-
 
 def test_a_forwarded_link_cannot_sign_its_victim_in_unseen() -> None:
-    """Login CSRF: the attacker's own link, opened in the victim's browser (a redirect, a frame, an image),
-    and the attacker's post of it from another browser: neither signs anybody in."""
+    """Login CSRF: the attacker's own link opened in the victim's browser (a redirect, a frame, an image),
+    then posted to by another page, or by the attacker's browser: nobody is signed in."""
     replica("mallory", master_key="66")
     token = sso.issue("66", "mallory", "alpha")
-    victim, attacker = browser(), browser()
+    victim = browser()
     asked = victim.get("/sso/login", {"token": token})
     assert asked.status_code == 200 and "frame-ancestors 'none'" in asked["Content-Security-Policy"]
     assert signed_in_username(victim) is None
 
-    forged = victim.post("/sso/login", {"token": token})  # a cross-site form has no CSRF token
+    nonce = form_field(asked, "nonce")  # the attacker knows it: it is in the link they made
+    forged = victim.post("/sso/login", {"nonce": nonce})  # a cross-site form has no CSRF token
     assert forged.status_code == 403 and signed_in_username(victim) is None
 
-    attackers_page = attacker.get("/sso/login", {"token": token})
-    elsewhere = continue_on(attackers_page, attacker, token)  # confirmed, but by the attacker's browser
-    assert elsewhere.status_code == 302 and signed_in_username(attacker) == "mallory"
-    assert signed_in_username(victim) is None
+    attacker = browser()
+    own_page = attacker.get("/sso/login", {"token": sso.issue("66", "mallory", "alpha")})  # a CSRF token
+    response = attacker.post(
+        "/sso/login", {"nonce": nonce, "csrfmiddlewaretoken": form_field(own_page, "csrfmiddlewaretoken")}
+    )
+    assert 'data-reason="unconfirmed"' in response.content.decode()  # not the browser that opened it
+    assert signed_in_username(victim) is None and signed_in_username(attacker) is None
 
-    late = continue_on(asked, victim, token)  # and the victim's page is now spent with the link
-    assert late.status_code == 403 and signed_in_username(victim) is None
 
-
-def test_a_confirmation_from_another_browser_or_too_late_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_confirmation_past_five_minutes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from client_site.web import views
 
     replica("alice", master_key="42")
-    token = sso.issue("42", "alice", "alpha")
-    other = browser()
-    other.get("/")  # a session of its own, and the CSRF cookie, without ever opening the link
-    csrf = browser()
-    page = csrf.get("/sso/login", {"token": token})
-    never_asked = other.post(
-        "/sso/login",
-        {
-            "token": token,
-            "csrfmiddlewaretoken": re.search(r'value="([^"]+)"', page.content.decode()).group(1),
-        },
-    )
-    assert never_asked.status_code == 403
-    assert signed_in_username(other) is None
-
+    person = browser()
+    asked = person.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
     real = time.time
     monkeypatch.setattr(views.time, "time", lambda: real() + views.CONFIRM_SECONDS + 1)
-    response = continue_on(page, csrf, token)
+    response = continue_on(asked, person)
     assert response.status_code == 403
     assert 'data-reason="unconfirmed"' in response.content.decode()
-    assert signed_in_username(csrf) is None
+    assert signed_in_username(person) is None
+
+
+def test_an_account_disabled_before_continue_is_not_signed_in() -> None:
+    alice = replica("alice", master_key="42")
+    person = browser()
+    asked = person.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
+    alice.is_active = False
+    alice.save()
+    response = continue_on(asked, person)
+    assert 'data-reason="inactive"' in response.content.decode()
+    assert signed_in_username(person) is None
+
+
+def test_a_reload_shows_the_page_again_and_an_earlier_tab_still_signs_in() -> None:
+    replica("alice", master_key="42")
+    first, second = sso.issue("42", "alice", "alpha"), sso.issue("42", "alice", "alpha")
+    person = browser()
+    first_tab = person.get("/sso/login", {"token": first})
+    assert person.get("/sso/login", {"token": first}).status_code == 200  # a reload, not a second use
+    second_tab = person.get("/sso/login", {"token": second})  # "open" clicked twice on the master
+    assert continue_on(first_tab, person).status_code == 302
+    assert signed_in_username(person) == "alice"
+    # Signing in renewed the CSRF token: the other tab's form is out of date, and says so in the site's words.
+    stale = continue_on(second_tab, person)
+    assert stale.status_code == 403 and 'id="stale"' in stale.content.decode()
+    assert "You are signed in as alice" in stale.content.decode()
+    assert signed_in_username(person) == "alice"
 
 
 def test_a_browser_already_signed_in_as_the_links_user_goes_straight_on() -> None:
@@ -219,13 +239,12 @@ def test_a_browser_already_signed_in_as_the_links_user_goes_straight_on() -> Non
 def test_a_link_for_another_account_says_it_switches() -> None:
     alice = replica("alice", master_key="42")
     replica("bob", master_key="43")
-    token = sso.issue("43", "bob", "alpha")
     person = browser()
     person.force_login(alice)
-    asked = person.get("/sso/login", {"token": token})
+    asked = person.get("/sso/login", {"token": sso.issue("43", "bob", "alpha")})
     assert "signed in here as alice: continuing signs it in as bob" in asked.content.decode()
     assert signed_in_username(person) == "alice"
-    assert continue_on(asked, person, token).status_code == 302
+    assert continue_on(asked, person).status_code == 302
     assert signed_in_username(person) == "bob"
 
 

@@ -19,10 +19,6 @@ class UsedLoginLink(models.Model):
         return f"{self.username} at {self.used_at:%Y-%m-%d %H:%M:%S}"
 
 
-def was_used(nonce: str) -> bool:
-    return UsedLoginLink.objects.filter(nonce=nonce).exists()
-
-
 def mark_used(nonce: str, username: str, keep: timedelta) -> bool:
     """Record a nonce; False when it was used before. Rows older than ``keep`` (links expired) are pruned."""
     try:

@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from client_site.web.models import mark_used, was_used
+from client_site.web.models import mark_used
 from client_site.web.profiles import current_profile, replica_user
 from reactive import clock, settings, sso
 from reactive.errors import ServiceUnavailable
@@ -29,7 +29,8 @@ log = logging.getLogger("reactive.web")
 USED_LINKS_KEPT = timedelta(days=1)
 # From arriving with a login link to pressing "continue" on the page that names the account.
 CONFIRM_SECONDS = 300
-PENDING_SIGN_IN = "reactive.sso.pending"  # session key: the nonce of the link this browser is confirming
+PENDING_SIGN_INS = "reactive.sso.pending"  # session key: the links this browser opened, not yet confirmed
+PENDING_KEPT = 10  # the newest of them (one per tab), so that the session stays small
 View = Callable[..., HttpResponse]
 
 # The pages run only their own scripts: even if some user text reached the DOM as markup, no inline
@@ -109,13 +110,14 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 @strict_csp
 @require_http_methods(["GET", "POST"])
 def sso_login(request: HttpRequest) -> HttpResponse:
-    """Follow a master login link: checked, then confirmed by whoever is at this browser.
+    """Follow a master login link: checked and spent by this browser, then confirmed by whoever is at it.
 
-    The GET checks the link (valid, fresh, unused, for this client, an active replica) and asks "continue
-    as alice?"; only that page's POST, from the same browser within CONFIRM_SECONDS and CSRF-checked,
-    signs in. A link that someone forwards (to sign a victim into the forwarder's account, a login CSRF)
-    cannot sign anyone in unseen: the page names the account, and nothing happens without its button.
-    A browser already signed in as the link's user goes straight on.
+    The GET checks the link (valid, fresh, unused, for this client, an active replica), spends it, keeps
+    it in this browser's session and asks "continue as alice?"; only that page's POST, CSRF-checked, from
+    the same session within CONFIRM_SECONDS, signs in. A link that someone forwards (to sign a victim into
+    the forwarder's account, a login CSRF) cannot sign anyone in unseen: the page names the account and
+    nothing happens without its button. A link copied after its owner opened it is already spent. A
+    browser already signed in as the link's user goes straight on; a reload shows the page again.
     """
     client = settings.current_client()
     try:
@@ -128,52 +130,65 @@ def sso_login(request: HttpRequest) -> HttpResponse:
         return render(request, "web/refused.html", context, status=403)
 
 
-def _checked_link(token: str, client: str, max_age: float) -> tuple[sso.Claim, Any]:
-    """The link's claim and the replica user it signs in, or LinkRefused saying why not."""
-    claim = sso.verify(token, client, max_age=max_age)
-    user = replica_user(claim.key, claim.username)
+@strict_csp
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form posted from a page made before this browser signed in or out (another tab): say so."""
+    log.info("form refused (CSRF): %s", reason)
+    return render(request, "web/stale.html", {"client": settings.current_client()}, status=403)
+
+
+def _active_replica(key: str, username: str, client: str) -> Any:
+    """The replica user a link signs in, or LinkRefused saying why there is none to sign in."""
+    user = replica_user(key, username)
     if user is None:
-        raise sso.LinkRefused("unknown", f"{claim.username} has no account on {client} (not synced yet?).")
+        raise sso.LinkRefused("unknown", f"{username} has no account on {client} (not synced yet?).")
     if not user.is_active:
-        raise sso.LinkRefused("inactive", f"The account {claim.username} is disabled on {client}.")
-    if was_used(claim.nonce):
-        raise _used()
-    return claim, user
-
-
-def _used() -> sso.LinkRefused:
-    return sso.LinkRefused("used", "This login link has already been used; ask the master for a new one.")
+        raise sso.LinkRefused("inactive", f"The account {username} is disabled on {client}.")
+    return user
 
 
 def _ask_to_confirm(request: HttpRequest, client: str) -> HttpResponse:
     token = request.GET.get("token", "")
-    claim, user = _checked_link(token, client, sso.MAX_AGE_SECONDS)
-    if request.user.is_authenticated and request.user.pk == user.pk:
-        mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT)  # spent here, not left to be reused
-        return redirect("home")
-    request.session[PENDING_SIGN_IN] = {"nonce": claim.nonce, "at": time.time()}
+    # A reload of this browser's own page stays valid as long as its confirmation does.
+    claim = sso.verify(token, client, max_age=sso.MAX_AGE_SECONDS + CONFIRM_SECONDS)
+    pending = _pending_sign_ins(request)
+    first_use = claim.nonce not in pending
+    if first_use:
+        sso.verify(token, client)  # fresh: 60 s
+    user = _active_replica(claim.key, claim.username, client)
+    if first_use:  # unused, and spent here
+        if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):
+            raise sso.LinkRefused(
+                "used", "This login link has already been used; ask the master for a new one."
+            )
+        if request.user.is_authenticated and request.user.pk == user.pk:
+            return redirect("home")  # already signed in as this user: nothing to confirm
+        pending[claim.nonce] = {"key": claim.key, "username": claim.username, "at": time.time()}
+        newest = sorted(pending.items(), key=lambda item: item[1]["at"])[-PENDING_KEPT:]
+        request.session[PENDING_SIGN_INS] = dict(newest)
     current = request.user.get_username() if request.user.is_authenticated else ""
-    context = {"client": client, "username": user.get_username(), "token": token, "current": current}
+    context = {"client": client, "username": user.get_username(), "nonce": claim.nonce, "current": current}
     return render(request, "web/confirm.html", context)
 
 
 def _sign_in_confirmed(request: HttpRequest, client: str) -> HttpResponse:
-    # The link was fresh when this browser arrived with it (the GET): its age now includes the reading.
-    claim, user = _checked_link(request.POST.get("token", ""), client, sso.MAX_AGE_SECONDS + CONFIRM_SECONDS)
-    pending = request.session.pop(PENDING_SIGN_IN, None)
-    if (
-        not isinstance(pending, dict)
-        or pending.get("nonce") != claim.nonce
-        or time.time() - float(pending.get("at", 0)) > CONFIRM_SECONDS
-    ):
+    pending = _pending_sign_ins(request)
+    claimed = pending.pop(request.POST.get("nonce", ""), None)
+    request.session[PENDING_SIGN_INS] = pending
+    if claimed is None or time.time() - float(claimed["at"]) > CONFIRM_SECONDS:
         raise sso.LinkRefused(
             "unconfirmed",
-            f"This sign-in was not confirmed on {client}'s page in this browser within "
-            f"{CONFIRM_SECONDS // 60} minutes.",
+            f"This sign-in was not confirmed on {client}'s page in the browser that opened the link, "
+            f"within {CONFIRM_SECONDS // 60} minutes of opening it.",
         )
-    if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):
-        raise _used()
+    user = _active_replica(claimed["key"], claimed["username"], client)  # it may have changed meanwhile
     # Replicas have no usable password: the master vouched for this user, so no backend authenticates.
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-    log.info("%s signed in on %s by master link", claim.username, client)
+    log.info("%s signed in on %s by master link", claimed["username"], client)
     return redirect("home")
+
+
+def _pending_sign_ins(request: HttpRequest) -> dict[str, dict[str, Any]]:
+    """The links this browser opened and has not confirmed yet, by nonce (one per tab it opened them in)."""
+    pending = request.session.get(PENDING_SIGN_INS)
+    return dict(pending) if isinstance(pending, dict) else {}

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import psutil
 import pytest
@@ -181,10 +181,11 @@ def signed_in_on_every_client(run: UpRun, env_file: str, username: str) -> dict[
     for client in ("alpha", "beta"):
         link = operator_command(run, env_file, "login-link", username, "--client", client).strip()
         with browser.open(link, timeout=10) as asked:  # the page that names the account
-            csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', asked.read().decode())
-        assert csrf, f"{client}'s login link did not ask to continue"
-        token = parse_qs(urlsplit(link).query)["token"][0]
-        form = urlencode({"token": token, "csrfmiddlewaretoken": csrf.group(1)}).encode()
+            fields = dict(
+                re.findall(r'name="(csrfmiddlewaretoken|nonce)" value="([^"]+)"', asked.read().decode())
+            )
+        assert len(fields) == 2, f"{client}'s login link did not ask to continue"
+        form = urlencode(fields).encode()
         confirm = urllib.request.Request(
             link.split("?")[0],
             data=form,
