@@ -312,3 +312,60 @@ def test_a_misspelt_relay_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         settings.relay_mode()
     with pytest.raises(ConfigError):
         outbox._request_relay()
+
+
+def test_the_sweep_goes_through_every_database_that_holds_the_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model captured on every alias writes its rows wherever a save goes (save(using=...)): the sweep
+    must retry them there too, not only in the router's database."""
+    from django.contrib.auth import get_user_model
+
+    from reactive import capture
+
+    class Aliases(dict[str, Any]):
+        """Django's connections, as far as the sweep looks: the configured aliases, each a database."""
+
+    looked: list[str] = []
+
+    def holds(alias: str) -> bool:
+        looked.append(alias)
+        return alias == "users"
+
+    monkeypatch.setattr(outbox, "connections", Aliases(default=None, users=None, analytics=None))
+    monkeypatch.setattr(outbox, "_holds_outbox", holds)
+    capture.track(get_user_model())
+    try:
+        assert outbox.databases() == ["default", "users"]  # analytics has no outbox table
+        assert sorted(looked) == ["analytics", "users"]  # the router's own alias needs no look
+    finally:
+        capture.untrack(get_user_model())
+    capture.track(get_user_model(), databases=["users"])
+    try:
+        looked.clear()
+        assert outbox.databases() == ["users"] and looked == []  # listed aliases: only those
+    finally:
+        capture.untrack(get_user_model())
+
+
+def test_a_database_is_looked_at_for_the_outbox_once_found_and_now_and_then_when_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError, connections
+
+    class Down:
+        class introspection:  # noqa: N801 - Django's attribute name
+            @staticmethod
+            def table_names() -> list[str]:
+                calls.append("down")
+                raise OperationalError("could not connect to server")
+
+    calls: list[str] = []
+    now = [1000.0]
+    monkeypatch.setattr(outbox, "_clock", lambda: now[0])
+    monkeypatch.setattr(outbox, "_outbox_found", {})
+    monkeypatch.setattr(outbox, "connections", {"default": connections["default"], "down": Down()})
+    assert outbox._holds_outbox("default") is True  # the test database has the table
+    assert outbox._holds_outbox("down") is False and calls == ["down"]  # not answering: nothing to send
+    now[0] += outbox.OUTBOX_LOOKUP_SECONDS - 1
+    assert outbox._holds_outbox("down") is False and calls == ["down"]  # not asked at every sweep
+    now[0] += 2
+    assert outbox._holds_outbox("down") is False and calls == ["down", "down"]  # asked again, later
