@@ -160,6 +160,8 @@ def test_a_valid_link_is_spent_when_opened_and_signs_in_on_continue() -> None:
     assert response.status_code == 302 and response["Location"] == "/"
     assert signed_in_username(person) == "alice"
     assert 'Hello <span id="first-name">Alice</span>' in person.get("/").content.decode()
+    back = person.get("/sso/login", {"token": token})  # the back button: on to the site, not an error
+    assert back.status_code == 302 and back["Location"] == "/"
 
 
 def test_a_forwarded_link_cannot_sign_its_victim_in_unseen() -> None:

@@ -157,12 +157,13 @@ def _ask_to_confirm(request: HttpRequest, client: str) -> HttpResponse:
         sso.verify(token, client)  # fresh: 60 s
     user = _active_replica(claim.key, claim.username, client)
     if first_use:  # unused, and spent here
-        if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):
+        unused = mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT)
+        if request.user.is_authenticated and request.user.pk == user.pk:
+            return redirect("home")  # already signed in as this user (maybe by this link): nothing to do
+        if not unused:
             raise sso.LinkRefused(
                 "used", "This login link has already been used; ask the master for a new one."
             )
-        if request.user.is_authenticated and request.user.pk == user.pk:
-            return redirect("home")  # already signed in as this user: nothing to confirm
         pending[claim.nonce] = {"key": claim.key, "username": claim.username, "at": time.time()}
         newest = sorted(pending.items(), key=lambda item: item[1]["at"])[-PENDING_KEPT:]
         request.session[PENDING_SIGN_INS] = dict(newest)
