@@ -215,6 +215,7 @@ def exercise(run: UpRun) -> dict[str, Any]:
     master = f"http://127.0.0.1:{run.ports['master']}"
     assert get(f"{master}/admin/login/") == 200
     assert get(f"{master}/static/admin/css/base.css") == 200, "the admin has no CSS under uvicorn"
+    assert get(f"{master}/static/accounts/site.css") == 200, "the master's own pages have no CSS"
 
     eventually(
         lambda: replica_first_name(run.var, "beta", "bob") == "Bob", timeout=60, what="demo users synced"
