@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reactive.errors import ConfigError
 
@@ -422,6 +423,20 @@ def client_urls() -> dict[str, str]:
         name: f"http://127.0.0.1:{port}"
         for name, port in zip(names, default_client_ports(len(names)), strict=True)
     }
+
+
+DEFAULT_MASTER_URL = "http://127.0.0.1:8001"  # `reactive up`'s master on this machine
+
+
+def master_url() -> str:
+    """REACTIVE_MASTER_URL: where browsers reach the master site; a client's sign-in page links to it."""
+    raw = str(env_or_setting("REACTIVE_MASTER_URL", DEFAULT_MASTER_URL)).strip().rstrip("/")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"REACTIVE_MASTER_URL must be an http(s) address such as https://master.example.com, got {raw!r}"
+        )
+    return raw
 
 
 def default_client_ports(count: int) -> list[int]:

@@ -521,6 +521,7 @@ def run_environment(options: UpOptions) -> dict[str, str]:
         "REACTIVE_VAR_DIR": str(options.var_dir),
         "REACTIVE_CLIENTS": ",".join(options.clients),
         "REACTIVE_CLIENT_URLS": ",".join(f"{c}={http_url(options.local_host, p)}" for c, p in ports.items()),
+        "REACTIVE_MASTER_URL": http_url(options.local_host, options.master_port),
         "REACTIVE_PREFIX": settings.prefix(),
         "DJANGO_ALLOWED_HOSTS": ",".join(allowed_hosts(options.host)),
         "PYTHONUNBUFFERED": "1",

@@ -158,6 +158,7 @@ def test_sites_bound_to_an_address_accept_requests_for_it(
     for url in [
         *up._web_urls().values(),
         *(u.split("=", 1)[1] for u in env["REACTIVE_CLIENT_URLS"].split(",")),
+        env["REACTIVE_MASTER_URL"],  # the clients' sign-in pages link to it
     ]:
         netloc = url.removeprefix("http://")
         assert netloc.rsplit(":", 1)[0].strip("[]") == host, url  # health checks and links use the address
@@ -174,6 +175,7 @@ def test_a_wildcard_host_is_reached_on_loopback_and_keeps_what_the_operator_allo
         env = run_environment(options(tmp_path, host=host))
         allowed = env["DJANGO_ALLOWED_HOSTS"].split(",")
         assert env["REACTIVE_CLIENT_URLS"] == "alpha=http://127.0.0.1:8000,beta=http://127.0.0.1:8002"
+        assert env["REACTIVE_MASTER_URL"] == "http://127.0.0.1:8001"
         assert Up(options(tmp_path, host=host))._web_urls() == {
             "master-web": "http://127.0.0.1:8001",
             "alpha-web": "http://127.0.0.1:8000",

@@ -45,6 +45,19 @@ def test_pages_need_a_signed_in_user(path: str) -> None:
     assert "Sign in on the master" in Client().get("/login/").content.decode()
 
 
+def test_the_sign_in_page_links_to_the_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive import settings as reactive_settings
+
+    monkeypatch.delenv("REACTIVE_MASTER_URL", raising=False)
+    assert '<a id="master" href="http://127.0.0.1:8001/">' in Client().get("/login/").content.decode()
+    monkeypatch.setenv("REACTIVE_MASTER_URL", "https://master.example.com/")
+    assert '<a id="master" href="https://master.example.com/">' in Client().get("/login/").content.decode()
+    for wrong in ("master.example.com", "ftp://master.example.com", "https://"):
+        monkeypatch.setenv("REACTIVE_MASTER_URL", wrong)
+        with pytest.raises(reactive_settings.ConfigError, match="REACTIVE_MASTER_URL must be an http"):
+            reactive_settings.master_url()
+
+
 def test_the_live_page_greets_by_first_name_and_carries_the_version(browser: Client) -> None:
     response = browser.get("/")
     page = response.content.decode()

@@ -96,8 +96,9 @@ def initial_state(request: HttpRequest) -> JsonResponse:
 @strict_csp
 @require_GET
 def login_page(request: HttpRequest) -> HttpResponse:
-    """Clients keep no passwords: explain that sign-in starts on the master."""
-    return render(request, "web/login.html", {"client": settings.current_client()})
+    """Clients keep no passwords: explain that sign-in starts on the master, and link to it."""
+    context = {"client": settings.current_client(), "master_url": settings.master_url()}
+    return render(request, "web/login.html", context)
 
 
 @require_POST
