@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import timedelta
@@ -407,3 +408,19 @@ def test_login_link_command_refuses_unknown_users_and_clients(
     result = CliRunner().invoke(app, argv)
     assert isinstance(result.exception, ReactiveError) and result.exception.exit_code == 1
     assert message in str(result.exception)
+
+
+def test_a_form_from_another_origin_is_refused_and_the_operator_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another site's form, or a TLS proxy whose origin is not trusted: not "out of date", and a warning."""
+    replica("alice", master_key="42")
+    person = browser()
+    asked = person.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
+    fields = {name: form_field(asked, name) for name in ("csrfmiddlewaretoken", "nonce")}
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        response = person.post("/sso/login", fields, HTTP_ORIGIN="https://evil.example")
+    assert response.status_code == 403 and 'id="foreign"' in response.content.decode()
+    assert signed_in_username(person) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "DJANGO_CSRF_TRUSTED_ORIGINS" in warnings[0] and "evil.example" in warnings[0]

@@ -133,9 +133,16 @@ def sso_login(request: HttpRequest) -> HttpResponse:
 
 @strict_csp
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    """A form posted from a page made before this browser signed in or out (another tab): say so."""
-    log.info("form refused (CSRF): %s", reason)
-    return render(request, "web/stale.html", {"client": settings.current_client()}, status=403)
+    """A form Django's CSRF check refused. Its token: most likely a page made before this browser signed in
+    or out (another tab), said so. Its origin or referer: another site's form, or a proxy in front of this
+    one whose https:// origin is not in DJANGO_CSRF_TRUSTED_ORIGINS, which the operator must hear of."""
+    foreign = reason.startswith(("Origin checking failed", "Referer checking failed"))
+    if foreign:
+        log.warning("form refused (CSRF): %s; behind a TLS proxy, see DJANGO_CSRF_TRUSTED_ORIGINS", reason)
+    else:
+        log.info("form refused (CSRF): %s", reason)
+    context = {"client": settings.current_client(), "foreign": foreign}
+    return render(request, "web/stale.html", context, status=403)
 
 
 def _active_replica(key: str, username: str, client: str) -> Any:
