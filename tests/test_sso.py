@@ -424,3 +424,18 @@ def test_a_form_from_another_origin_is_refused_and_the_operator_told(
     assert signed_in_username(person) is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "DJANGO_CSRF_TRUSTED_ORIGINS" in warnings[0] and "evil.example" in warnings[0]
+
+
+def test_a_link_that_comes_before_its_user_is_looked_at_again_until_the_user_is_here() -> None:
+    """A user created on the master a moment ago: the page looks again every 2 s while the link lives."""
+    token = sso.issue("42", "alice", "alpha")
+    person = browser()
+    early = person.get("/sso/login", {"token": token})
+    assert 'data-reason="unknown"' in early.content.decode()
+    assert '<meta http-equiv="refresh" content="2">' in early.content.decode()
+    replica("alice", master_key="42")  # the listener applied the insert meanwhile
+    again = person.get("/sso/login", {"token": token})  # what the refresh does
+    assert again.status_code == 200 and '<strong id="account">alice</strong>' in again.content.decode()
+    assert continue_on(again, person).status_code == 302 and signed_in_username(person) == "alice"
+    other = browser().get("/sso/login", {"token": sso.issue("42", "alice", "beta")})  # another refusal
+    assert "http-equiv" not in other.content.decode()  # looking again would not change it
