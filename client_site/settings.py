@@ -13,7 +13,6 @@ SECRET_KEY = reactive_settings.secret_key(DEBUG)
 ALLOWED_HOSTS = reactive_settings.allowed_hosts()
 REACTIVE_CLIENT = reactive_settings.current_client()
 REACTIVE_SSO_KEY = reactive_settings.sso_key(DEBUG)
-REACTIVE_MASTER_URL = reactive_settings.master_url()  # checked at start-up: the sign-in page links to it
 
 INSTALLED_APPS = [
     "django.contrib.auth",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -45,7 +46,9 @@ def test_pages_need_a_signed_in_user(path: str) -> None:
     assert "Sign in on the master" in Client().get("/login/").content.decode()
 
 
-def test_the_sign_in_page_links_to_the_master(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sign_in_page_links_to_the_master(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from reactive import settings as reactive_settings
 
     monkeypatch.delenv("REACTIVE_MASTER_URL", raising=False)
@@ -56,6 +59,10 @@ def test_the_sign_in_page_links_to_the_master(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("REACTIVE_MASTER_URL", wrong)
         with pytest.raises(reactive_settings.ConfigError, match="REACTIVE_MASTER_URL must be an http"):
             reactive_settings.master_url()
+        with caplog.at_level(logging.WARNING, logger="reactive.web"):
+            page = Client().get("/login/")  # the page stays up, without the link, and the log says why
+        assert page.status_code == 200 and 'id="master"' not in page.content.decode()
+        assert "REACTIVE_MASTER_URL must be an http" in caplog.records[-1].getMessage()
 
 
 def test_the_live_page_greets_by_first_name_and_carries_the_version(browser: Client) -> None:

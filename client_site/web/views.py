@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from client_site.web.models import mark_used
 from client_site.web.profiles import current_profile, replica_user
 from reactive import clock, settings, sso
-from reactive.errors import ServiceUnavailable
+from reactive.errors import ConfigError, ServiceUnavailable
 from reactive.health import live as live_response
 from reactive.health import response as health_response
 
@@ -97,7 +97,12 @@ def initial_state(request: HttpRequest) -> JsonResponse:
 @require_GET
 def login_page(request: HttpRequest) -> HttpResponse:
     """Clients keep no passwords: explain that sign-in starts on the master, and link to it."""
-    context = {"client": settings.current_client(), "master_url": settings.master_url()}
+    try:
+        master_url = settings.master_url()
+    except ConfigError as exc:  # a wrong link is no reason to stop the site (or its listener, which reads
+        log.warning("sign-in page without a link to the master: %s", exc)  # the same settings)
+        master_url = ""
+    context = {"client": settings.current_client(), "master_url": master_url}
     return render(request, "web/login.html", context)
 
 
