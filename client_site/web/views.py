@@ -97,10 +97,12 @@ def initial_state(request: HttpRequest) -> JsonResponse:
 @require_GET
 def login_page(request: HttpRequest) -> HttpResponse:
     """Clients keep no passwords: explain that sign-in starts on the master, and link to it."""
+    # Read here, not at start-up: a wrong link is no reason to stop the site, nor its listener and beat,
+    # which read the same settings.
     try:
         master_url = settings.master_url()
-    except ConfigError as exc:  # a wrong link is no reason to stop the site (or its listener, which reads
-        log.warning("sign-in page without a link to the master: %s", exc)  # the same settings)
+    except ConfigError as exc:
+        log.warning("sign-in page without a link to the master: %s", exc)
         master_url = ""
     context = {"client": settings.current_client(), "master_url": master_url}
     return render(request, "web/login.html", context)
