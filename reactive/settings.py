@@ -429,8 +429,13 @@ DEFAULT_MASTER_URL = "http://127.0.0.1:8001"  # `reactive up`'s master on this m
 
 
 def master_url() -> str:
-    """REACTIVE_MASTER_URL: where browsers reach the master site; a client's sign-in page links to it."""
-    raw = str(env_or_setting("REACTIVE_MASTER_URL", DEFAULT_MASTER_URL)).strip().rstrip("/")
+    """REACTIVE_MASTER_URL: where browsers reach the master site; a client's sign-in page links to it.
+
+    Unset: `reactive up`'s master on this machine under DEBUG, "" (no link) otherwise: a production page
+    must not send people to 127.0.0.1."""
+    raw = str(env_or_setting("REACTIVE_MASTER_URL", "") or "").strip().rstrip("/")
+    if not raw:
+        return DEFAULT_MASTER_URL if debug() else ""
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(

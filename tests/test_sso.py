@@ -410,20 +410,49 @@ def test_login_link_command_refuses_unknown_users_and_clients(
     assert message in str(result.exception)
 
 
-def test_a_form_from_another_origin_is_refused_and_the_operator_told(
-    caplog: pytest.LogCaptureFixture,
+def ours(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """What the site logged at ``level`` (Django's own CSRF warning aside)."""
+    return [r.getMessage() for r in caplog.records if r.name == "reactive.web" and r.levelno == level]
+
+
+@pytest.mark.parametrize(
+    ("origin", "hint"),
+    [
+        ("https://evil.example", None),  # anyone's page can post here: no warning
+        ("https://testserver", "DJANGO_CSRF_TRUSTED_ORIGINS"),  # our own host, through a TLS proxy
+    ],
+)
+def test_a_form_from_another_origin_is_refused_and_a_proxy_set_up_is_told(
+    caplog: pytest.LogCaptureFixture, origin: str, hint: str | None
 ) -> None:
-    """Another site's form, or a TLS proxy whose origin is not trusted: not "out of date", and a warning."""
     replica("alice", master_key="42")
     person = browser()
     asked = person.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
     fields = {name: form_field(asked, name) for name in ("csrfmiddlewaretoken", "nonce")}
     with caplog.at_level(logging.INFO, logger="reactive.web"):
-        response = person.post("/sso/login", fields, HTTP_ORIGIN="https://evil.example")
+        response = person.post("/sso/login", fields, HTTP_ORIGIN=origin)
     assert response.status_code == 403 and 'id="foreign"' in response.content.decode()
     assert signed_in_username(person) is None
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings and "DJANGO_CSRF_TRUSTED_ORIGINS" in warnings[0] and "evil.example" in warnings[0]
+    warnings = ours(caplog, logging.WARNING)
+    if hint is None:
+        assert warnings == [] and origin in ours(caplog, logging.INFO)[0]
+    else:
+        assert len(warnings) == 1 and hint in warnings[0] and origin in warnings[0]
+
+
+def test_a_browser_that_sends_no_cookies_is_told_and_the_operator_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    replica("alice", master_key="42")
+    person = browser()
+    asked = person.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
+    fields = {name: form_field(asked, name) for name in ("csrfmiddlewaretoken", "nonce")}
+    person.cookies.clear()  # secure cookies over plain HTTP never come back
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        response = person.post("/sso/login", fields)
+    assert response.status_code == 403 and 'id="no-cookie"' in response.content.decode()
+    warnings = ours(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "DJANGO_SECURE_PROXY" in warnings[0]
 
 
 def test_a_link_that_comes_before_its_user_is_looked_at_again_until_the_user_is_here() -> None:
@@ -439,3 +468,55 @@ def test_a_link_that_comes_before_its_user_is_looked_at_again_until_the_user_is_
     assert continue_on(again, person).status_code == 302 and signed_in_username(person) == "alice"
     other = browser().get("/sso/login", {"token": sso.issue("42", "alice", "beta")})  # another refusal
     assert "http-equiv" not in other.content.decode()  # looking again would not change it
+
+
+def test_the_back_button_after_continue_goes_on_to_the_site_even_past_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice = replica("alice", master_key="42")
+    token = issued_seconds_ago(100, monkeypatch, key="42")  # made, opened, read, confirmed: 100 s ago
+    person = browser()
+    person.force_login(alice)
+    back = person.get("/sso/login", {"token": token})
+    assert back.status_code == 302 and back["Location"] == "/"
+
+
+def test_a_reload_past_the_five_minutes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client_site.web import views
+
+    replica("alice", master_key="42")
+    token = sso.issue("42", "alice", "alpha")
+    person = browser()
+    assert person.get("/sso/login", {"token": token}).status_code == 200
+    real = time.time
+    monkeypatch.setattr(views.time, "time", lambda: real() + views.CONFIRM_SECONDS + 1)
+    reload = person.get("/sso/login", {"token": token})
+    assert 'data-reason="unconfirmed"' in reload.content.decode()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"nonce": "n0", "at": 1.0},  # another release's shape
+        {"n1": {"key": "42"}},  # an entry cut short
+        "opened",
+        {"n2": {"key": 42, "username": "alice", "at": "soon"}},
+    ],
+)
+def test_odd_session_contents_do_not_stop_a_sign_in(stored: Any) -> None:
+    from client_site.web import views
+
+    replica("alice", master_key="42")
+    person = browser()
+    person.get("/login/")  # a session to put things in
+    session = person.session
+    session[views.PENDING_SIGN_INS] = stored
+    session.save()
+    assert sign_in_by_link(person, sso.issue("42", "alice", "alpha")).status_code == 302
+    assert signed_in_username(person) == "alice"
+    forged = browser()
+    page = forged.get("/sso/login", {"token": sso.issue("42", "alice", "alpha")})
+    response = forged.post(
+        "/sso/login", {"nonce": "n2", "csrfmiddlewaretoken": form_field(page, "csrfmiddlewaretoken")}
+    )
+    assert 'data-reason="unconfirmed"' in response.content.decode()

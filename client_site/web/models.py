@@ -9,7 +9,7 @@ from django.utils import timezone
 
 
 class UsedLoginLink(models.Model):
-    """A login link's nonce, recorded the moment it logs someone in; a second use finds it here."""
+    """A login link's nonce, recorded the moment a browser opens the link; a second use finds it here."""
 
     nonce = models.CharField(max_length=64, primary_key=True)
     username = models.CharField(max_length=150)

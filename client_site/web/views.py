@@ -8,10 +8,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings as django_settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.request import validate_host
+from django.middleware.csrf import REASON_NO_CSRF_COOKIE
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -29,7 +33,7 @@ log = logging.getLogger("reactive.web")
 USED_LINKS_KEPT = timedelta(days=1)
 # From arriving with a login link to pressing "continue" on the page that names the account.
 CONFIRM_SECONDS = 300
-PENDING_SIGN_INS = "reactive.sso.pending"  # session key: the links this browser opened, not yet confirmed
+PENDING_SIGN_INS = "reactive.sso.opened"  # session key: the links this browser opened, not yet confirmed
 PENDING_KEPT = 10  # the newest of them (one per tab), so that the session stays small
 View = Callable[..., HttpResponse]
 
@@ -102,10 +106,20 @@ def login_page(request: HttpRequest) -> HttpResponse:
     try:
         master_url = settings.master_url()
     except ConfigError as exc:
-        log.warning("sign-in page without a link to the master: %s", exc)
+        _warn_once(f"sign-in page without a link to the master: {exc}")
         master_url = ""
     context = {"client": settings.current_client(), "master_url": master_url}
     return render(request, "web/login.html", context)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A set-up problem seen on every request: logged once per process, not once per page."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 @require_POST
@@ -143,13 +157,33 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form Django's CSRF check refused. Its token: most likely a page made before this browser signed in
     or out (another tab), said so. Its origin or referer: another site's form, or a proxy in front of this
     one whose https:// origin is not in DJANGO_CSRF_TRUSTED_ORIGINS, which the operator must hear of."""
-    foreign = reason.startswith(("Origin checking failed", "Referer checking failed"))
-    if foreign:
-        log.warning("form refused (CSRF): %s; behind a TLS proxy, see DJANGO_CSRF_TRUSTED_ORIGINS", reason)
-    else:
+    kind = _csrf_failure_kind(request, reason)
+    if kind == "stale":
         log.info("form refused (CSRF): %s", reason)
-    context = {"client": settings.current_client(), "foreign": foreign}
+    elif kind == "foreign":  # anyone's page can post here: not worth a warning each time
+        log.info("form refused (CSRF), from another site: %s", reason)
+    else:  # this site's own pages refused: the set-up, which the operator must hear of
+        log.warning("form refused (CSRF): %s; %s", reason, CSRF_SETUP_HINTS[kind])
+    context = {"client": settings.current_client(), "kind": kind}
     return render(request, "web/stale.html", context, status=403)
+
+
+CSRF_SETUP_HINTS = {
+    "proxy": "behind a TLS proxy, list the site's https:// origin in DJANGO_CSRF_TRUSTED_ORIGINS",
+    "cookie": "the browser sent no CSRF cookie: cookies blocked, or DJANGO_SECURE_PROXY=1 (secure cookies) "
+    "on a site served over plain HTTP",
+}
+
+
+def _csrf_failure_kind(request: HttpRequest, reason: str) -> str:
+    """stale (a form older than a sign-in), foreign (another site's), proxy or cookie (the set-up)."""
+    if reason == REASON_NO_CSRF_COOKIE:
+        return "cookie"
+    if reason.startswith(("Origin checking failed", "Referer checking failed")):
+        origin = request.headers.get("Origin") or request.headers.get("Referer") or ""
+        host = urlsplit(origin).netloc
+        return "proxy" if host and validate_host(host, django_settings.ALLOWED_HOSTS) else "foreign"
+    return "stale"
 
 
 def _active_replica(key: str, username: str, client: str) -> Any:
@@ -164,24 +198,28 @@ def _active_replica(key: str, username: str, client: str) -> Any:
 
 def _ask_to_confirm(request: HttpRequest, client: str) -> HttpResponse:
     token = request.GET.get("token", "")
-    # A reload of this browser's own page stays valid as long as its confirmation does.
+    # Checked first for as long as a confirmation can last: a reload, or the back button after Continue.
     claim = sso.verify(token, client, max_age=sso.MAX_AGE_SECONDS + CONFIRM_SECONDS)
     pending = _pending_sign_ins(request)
-    first_use = claim.nonce not in pending
-    if first_use:
-        sso.verify(token, client)  # fresh: 60 s
-    user = _active_replica(claim.key, claim.username, client)
-    if first_use:  # unused, and spent here
-        unused = mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT)
-        if request.user.is_authenticated and request.user.pk == user.pk:
+    opened = pending.get(claim.nonce)
+    if opened is None:
+        signed_in_as = request.user.pk if request.user.is_authenticated else None
+        user = replica_user(claim.key, claim.username)
+        if user is not None and signed_in_as == user.pk:
+            mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT)  # spent, whatever it was
             return redirect("home")  # already signed in as this user (maybe by this link): nothing to do
-        if not unused:
+        sso.verify(token, client)  # a link's first use: fresh (60 s)
+        user = _active_replica(claim.key, claim.username, client)
+        if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):  # unused, and spent here
             raise sso.LinkRefused(
                 "used", "This login link has already been used; ask the master for a new one."
             )
         pending[claim.nonce] = {"key": claim.key, "username": claim.username, "at": time.time()}
         newest = sorted(pending.items(), key=lambda item: item[1]["at"])[-PENDING_KEPT:]
         request.session[PENDING_SIGN_INS] = dict(newest)
+    else:  # this browser's own page again
+        _in_time(opened, client)
+        user = _active_replica(claim.key, claim.username, client)
     current = request.user.get_username() if request.user.is_authenticated else ""
     context = {"client": client, "username": user.get_username(), "nonce": claim.nonce, "current": current}
     return render(request, "web/confirm.html", context)
@@ -189,14 +227,10 @@ def _ask_to_confirm(request: HttpRequest, client: str) -> HttpResponse:
 
 def _sign_in_confirmed(request: HttpRequest, client: str) -> HttpResponse:
     pending = _pending_sign_ins(request)
-    claimed = pending.pop(request.POST.get("nonce", ""), None)
-    request.session[PENDING_SIGN_INS] = pending
-    if claimed is None or time.time() - float(claimed["at"]) > CONFIRM_SECONDS:
-        raise sso.LinkRefused(
-            "unconfirmed",
-            f"This sign-in was not confirmed on {client}'s page in the browser that opened the link, "
-            f"within {CONFIRM_SECONDS // 60} minutes of opening it.",
-        )
+    popped = pending.pop(request.POST.get("nonce", ""), None)
+    if popped is not None:
+        request.session[PENDING_SIGN_INS] = pending  # written only when it held the link
+    claimed = _in_time(popped, client)
     user = _active_replica(claimed["key"], claimed["username"], client)  # it may have changed meanwhile
     # Replicas have no usable password: the master vouched for this user, so no backend authenticates.
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -204,7 +238,30 @@ def _sign_in_confirmed(request: HttpRequest, client: str) -> HttpResponse:
     return redirect("home")
 
 
+def _in_time(opened: dict[str, Any] | None, client: str) -> dict[str, Any]:
+    """The link this browser opened, CONFIRM_SECONDS ago at most; LinkRefused otherwise."""
+    if opened is None or time.time() - opened["at"] > CONFIRM_SECONDS:
+        raise sso.LinkRefused(
+            "unconfirmed",
+            f"This sign-in was not confirmed on {client}'s page in the browser that opened the link, "
+            f"within {CONFIRM_SECONDS // 60} minutes of opening it.",
+        )
+    return opened
+
+
 def _pending_sign_ins(request: HttpRequest) -> dict[str, dict[str, Any]]:
-    """The links this browser opened and has not confirmed yet, by nonce (one per tab it opened them in)."""
-    pending = request.session.get(PENDING_SIGN_INS)
-    return dict(pending) if isinstance(pending, dict) else {}
+    """The links this browser opened and has not confirmed yet, by nonce (one per tab it opened them in).
+
+    Only well-formed entries: a session is kept for weeks, across releases that may have stored another
+    shape here."""
+    stored = request.session.get(PENDING_SIGN_INS)
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        nonce: entry
+        for nonce, entry in stored.items()
+        if isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("username"), str)
+        and isinstance(entry.get("at"), int | float)
+    }
