@@ -200,48 +200,22 @@ def _relay_request(using: str) -> Callable[[], None]:
 
 
 def databases() -> list[str]:
-    """The aliases outbox rows may be written to, which the sweep goes through.
+    """The aliases outbox rows are written to, which the sweep goes through: each tracked model's listed
+    aliases (``track(databases=...)``), or the router's alias for it when it is captured on every alias.
 
-    A model captured on listed aliases (``track(databases=...)``) writes only there. One captured on every
-    alias writes where each save goes: the router's alias for it, and any other (``save(using=...)``,
-    ``objects.using(...)``): every configured database that holds the outbox table is swept too, or a row
-    whose relay failed there would wait for the next commit on that database, maybe for ever.
+    A model saved to other aliases as well (``save(using=...)``) writes its rows there too; they are
+    relayed at their commit, but the sweep retries them only where listed: list every alias the model is
+    saved to. Not guessed from the configured databases: a read replica or a second alias of the same
+    database holds the outbox table too, and is no place to claim rows.
     """
     from django.db import router
 
     from reactive import capture
 
     found: set[str] = set()
-    on_every_alias = False
     for tracking in capture.tracked_models():
-        if tracking.databases is not None:
-            found.update(tracking.databases)
-        else:
-            found.add(router.db_for_write(tracking.model))
-            on_every_alias = True
-    if on_every_alias:
-        found.update(alias for alias in connections if alias not in found and _holds_outbox(alias))
+        found.update(tracking.databases or {router.db_for_write(tracking.model)})
     return sorted(found) or ["default"]
-
-
-# alias -> (holds the outbox table, when that was found): a table found stays found; a database without it
-# (or not answering) is asked again after OUTBOX_LOOKUP_SECONDS, not at every sweep.
-_outbox_found: dict[str, tuple[bool, float]] = {}
-OUTBOX_LOOKUP_SECONDS = 300.0
-
-
-def _holds_outbox(alias: str) -> bool:
-    known = _outbox_found.get(alias)
-    if known is not None and (known[0] or _clock() - known[1] < OUTBOX_LOOKUP_SECONDS):
-        return known[0]
-
-    try:
-        holds = OutboxEvent._meta.db_table in connections[alias].introspection.table_names()
-    except Exception as exc:  # a database that does not answer (or cannot be set up) holds nothing to send
-        log.debug("sweep: cannot look for the outbox in database %s: %s", alias, exc)
-        holds = False
-    _outbox_found[alias] = (holds, _clock())
-    return holds
 
 
 def relay_pending(transport: Transport, *, limit: int = 500, using: str = "default") -> RelayResult:

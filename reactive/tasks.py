@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Any
 
 from celery import shared_task
 
@@ -33,20 +34,54 @@ def sweep_outbox() -> int:
     from reactive.transport import get_transport
 
     aliases = outbox.databases()  # where capture writes rows: each tracked model's database
-    pruned = sum(outbox.prune_sent(using=using) for using in aliases)
     budget = max(1.0, settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
-    sent = 0
+    sent = pruned = 0
     transport = get_transport()
     for using in aliases:  # each its share: a busy one must not starve a quiet one's retries
-        deadline = time.monotonic() + budget / len(aliases)
-        while time.monotonic() < deadline:
-            result = outbox.relay_pending(transport, using=using)
-            sent += result.sent
-            if result.sent == 0 or result.failed:
-                break
+        try:
+            pruned += outbox.prune_sent(using=using)
+            sent += _relay_for(transport, using, seconds=budget / len(aliases))
+        except Exception as exc:  # one database down must not stop the sweep of the others
+            _sweep_failed(using, exc)
+        else:
+            _sweep_worked(using)
     if sent or pruned:
         log.info("sweep: relayed %d, pruned %d", sent, pruned)
     return sent
+
+
+def _relay_for(transport: Any, using: str, seconds: float) -> int:
+    from reactive import outbox
+
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = outbox.relay_pending(transport, using=using)
+        sent += result.sent
+        if result.sent == 0 or result.failed:
+            break
+    return sent
+
+
+_failing_databases: set[str] = set()  # said once when a database's sweep starts failing, once when it works
+
+
+def _sweep_failed(using: str, exc: Exception) -> None:
+    from django.db import DatabaseError
+
+    if using in _failing_databases:
+        log.debug("sweep: database %s still failing: %s", using, exc)
+        return
+    _failing_databases.add(using)
+    if isinstance(exc, DatabaseError):
+        log.warning("sweep: database %s: %s; the other databases are swept, this one next time", using, exc)
+    else:
+        log.exception("sweep: database %s failed; the other databases are swept, this one next time", using)
+
+
+def _sweep_worked(using: str) -> None:
+    if using in _failing_databases:
+        _failing_databases.discard(using)
+        log.info("sweep: database %s works again", using)
 
 
 @shared_task(name="reactive.clock_tick", ignore_result=True)

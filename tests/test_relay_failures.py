@@ -238,7 +238,7 @@ def test_rows_written_to_another_database_are_relayed_from_it(monkeypatch) -> No
     )
     tasks.sweep_outbox()
     tasks.relay_outbox(using="users")
-    assert relayed == ["prune default", "prune users", "default", "users", "users"]
+    assert relayed == ["prune default", "default", "prune users", "users", "users"]  # alias by alias
 
 
 def test_a_refusal_of_the_topic_itself_is_not_retried_for_every_row() -> None:
@@ -314,58 +314,43 @@ def test_a_misspelt_relay_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         outbox._request_relay()
 
 
-def test_the_sweep_goes_through_every_database_that_holds_the_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model captured on every alias writes its rows wherever a save goes (save(using=...)): the sweep
-    must retry them there too, not only in the router's database."""
-    from django.contrib.auth import get_user_model
-
-    from reactive import capture
-
-    class Aliases(dict[str, Any]):
-        """Django's connections, as far as the sweep looks: the configured aliases, each a database."""
-
-    looked: list[str] = []
-
-    def holds(alias: str) -> bool:
-        looked.append(alias)
-        return alias == "users"
-
-    monkeypatch.setattr(outbox, "connections", Aliases(default=None, users=None, analytics=None))
-    monkeypatch.setattr(outbox, "_holds_outbox", holds)
-    capture.track(get_user_model())
-    try:
-        assert outbox.databases() == ["default", "users"]  # analytics has no outbox table
-        assert sorted(looked) == ["analytics", "users"]  # the router's own alias needs no look
-    finally:
-        capture.untrack(get_user_model())
-    capture.track(get_user_model(), databases=["users"])
-    try:
-        looked.clear()
-        assert outbox.databases() == ["users"] and looked == []  # listed aliases: only those
-    finally:
-        capture.untrack(get_user_model())
-
-
-def test_a_database_is_looked_at_for_the_outbox_once_found_and_now_and_then_when_not(
-    monkeypatch: pytest.MonkeyPatch,
+def test_one_database_failing_does_not_stop_the_sweep_of_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from django.db import OperationalError, connections
+    """A tracked database that does not answer (or refuses the claim): the others are swept all the same,
+    and the log says so once when it starts failing and once when it works again."""
+    import logging
 
-    class Down:
-        class introspection:  # noqa: N801 - Django's attribute name
-            @staticmethod
-            def table_names() -> list[str]:
-                calls.append("down")
-                raise OperationalError("could not connect to server")
+    from django.db import OperationalError
 
-    calls: list[str] = []
-    now = [1000.0]
-    monkeypatch.setattr(outbox, "_clock", lambda: now[0])
-    monkeypatch.setattr(outbox, "_outbox_found", {})
-    monkeypatch.setattr(outbox, "connections", {"default": connections["default"], "down": Down()})
-    assert outbox._holds_outbox("default") is True  # the test database has the table
-    assert outbox._holds_outbox("down") is False and calls == ["down"]  # not answering: nothing to send
-    now[0] += outbox.OUTBOX_LOOKUP_SECONDS - 1
-    assert outbox._holds_outbox("down") is False and calls == ["down"]  # not asked at every sweep
-    now[0] += 2
-    assert outbox._holds_outbox("down") is False and calls == ["down", "down"]  # asked again, later
+    down = {"users"}
+    relayed: list[str] = []
+
+    def prune(using: str) -> int:
+        if using in down:
+            raise OperationalError("could not connect to server: Connection refused")
+        return 0
+
+    def relay(transport: Any, using: str) -> RelayResult:
+        relayed.append(using)
+        return RelayResult(sent=0)
+
+    monkeypatch.setattr(outbox, "databases", lambda: ["default", "users"])
+    monkeypatch.setattr(outbox, "prune_sent", prune)
+    monkeypatch.setattr(outbox, "relay_pending", relay)
+    monkeypatch.setattr(tasks, "_failing_databases", set())
+    with caplog.at_level(logging.DEBUG, logger="reactive.tasks"):
+        tasks.sweep_outbox()
+        tasks.sweep_outbox()
+        down.clear()
+        tasks.sweep_outbox()
+    assert relayed == ["default", "default", "default", "users"]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert said == [
+        (
+            "WARNING",
+            "sweep: database users: could not connect to server: Connection refused; "
+            "the other databases are swept, this one next time",
+        ),
+        ("INFO", "sweep: database users works again"),
+    ]
