@@ -154,9 +154,10 @@ def sso_login(request: HttpRequest) -> HttpResponse:
 
 @strict_csp
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    """A form Django's CSRF check refused. Its token: most likely a page made before this browser signed in
-    or out (another tab), said so. Its origin or referer: another site's form, or a proxy in front of this
-    one whose https:// origin is not in DJANGO_CSRF_TRUSTED_ORIGINS, which the operator must hear of."""
+    """A form Django's CSRF check refused, and why, in the site's words. Its token: most likely a page made
+    before this browser signed in (another tab). Its origin or referer: another site's form, or this site's
+    own host through a TLS proxy whose https:// origin is not in DJANGO_CSRF_TRUSTED_ORIGINS. No cookie
+    back: cookies blocked, or secure cookies over plain HTTP. The set-up cases are warnings."""
     kind = _csrf_failure_kind(request, reason)
     if kind == "stale":
         log.info("form refused (CSRF): %s", reason)
