@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 class ReactiveError(Exception):
     """Base of every error reactive raises on purpose; ``exit_code`` follows DESIGN.md."""
@@ -71,3 +73,33 @@ def is_missing_schema(exc: BaseException) -> bool:
     if sqlstate is not None:
         return sqlstate in MISSING_SCHEMA_SQLSTATES
     return str(exc).startswith(("no such table", "no such column"))
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line: its type and message (a bare TimeoutError says what it means)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: no answer in time"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class FailureStreak:
+    """Logs a periodic job's failures once per streak: the first one, then the recovery.
+
+    One instance may serve many jobs (every user socket of a process): Redis going away is then one
+    warning, not one per socket per round.
+    """
+
+    def __init__(self, what: str, log: logging.Logger) -> None:
+        self.what = what
+        self.log = log
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            self.failing = True
+            self.log.warning("%s failed: %s; retrying, silently until it works", self.what, describe(exc))
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.failing = False
+            self.log.info("%s works again", self.what)

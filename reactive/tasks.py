@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import shared_task
 
+from reactive.errors import FailureStreak
 from reactive.heartbeat import Heartbeat
 
 log = logging.getLogger("reactive.tasks")
@@ -30,6 +31,8 @@ def sweep_outbox() -> int:
     Relays until a run sends nothing, one fails, or a sweep interval has gone by: under steady load
     there is always something to send, and the next sweep (or the relay each commit asks for) goes on.
     """
+    from django.db import DatabaseError
+
     from reactive import outbox, settings
     from reactive.transport import get_transport
 
@@ -38,13 +41,14 @@ def sweep_outbox() -> int:
     sent = pruned = 0
     transport = get_transport()
     for using in aliases:  # each its share: a busy one must not starve a quiet one's retries
+        streak = _sweep_streaks.setdefault(using, FailureStreak(f"sweep: database {using}", log))
         try:
             pruned += outbox.prune_sent(using=using)
             sent += _relay_for(transport, using, seconds=budget / len(aliases))
-        except Exception as exc:  # one database down must not stop the sweep of the others
-            _sweep_failed(using, exc)
+        except DatabaseError as exc:  # one database down must not stop the sweep of the others
+            streak.failed(exc)
         else:
-            _sweep_worked(using)
+            streak.succeeded()
     if sent or pruned:
         log.info("sweep: relayed %d, pruned %d", sent, pruned)
     return sent
@@ -62,26 +66,7 @@ def _relay_for(transport: Any, using: str, seconds: float) -> int:
     return sent
 
 
-_failing_databases: set[str] = set()  # said once when a database's sweep starts failing, once when it works
-
-
-def _sweep_failed(using: str, exc: Exception) -> None:
-    from django.db import DatabaseError
-
-    if using in _failing_databases:
-        log.debug("sweep: database %s still failing: %s", using, exc)
-        return
-    _failing_databases.add(using)
-    if isinstance(exc, DatabaseError):
-        log.warning("sweep: database %s: %s; the other databases are swept, this one next time", using, exc)
-    else:
-        log.exception("sweep: database %s failed; the other databases are swept, this one next time", using)
-
-
-def _sweep_worked(using: str) -> None:
-    if using in _failing_databases:
-        _failing_databases.discard(using)
-        log.info("sweep: database %s works again", using)
+_sweep_streaks: dict[str, FailureStreak] = {}  # per database: its failure said once, then its recovery
 
 
 @shared_task(name="reactive.clock_tick", ignore_result=True)

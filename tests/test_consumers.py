@@ -16,9 +16,10 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from client_site.web import consumers, epochs
-from client_site.web.broadcast import FailureStreak, broadcast
+from client_site.web.broadcast import broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
+from reactive.errors import FailureStreak
 from reactive.events import Event, encode
 from reactive.listener import Listener
 from reactive.replica import ReplicaState
@@ -611,7 +612,10 @@ def discard_tasks() -> list[asyncio.Task[Any]]:
 def refresh_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consumers, "MEMBERSHIP_REFRESH_SECONDS", 0.05, raising=False)
     monkeypatch.setattr(
-        consumers, "_membership_failures", FailureStreak("user sockets: memberships"), raising=False
+        consumers,
+        "_membership_failures",
+        FailureStreak("user sockets: memberships", logging.getLogger("reactive.web")),
+        raising=False,
     )
 
 

@@ -338,7 +338,7 @@ def test_one_database_failing_does_not_stop_the_sweep_of_the_others(
     monkeypatch.setattr(outbox, "databases", lambda: ["default", "users"])
     monkeypatch.setattr(outbox, "prune_sent", prune)
     monkeypatch.setattr(outbox, "relay_pending", relay)
-    monkeypatch.setattr(tasks, "_failing_databases", set())
+    monkeypatch.setattr(tasks, "_sweep_streaks", {})
     with caplog.at_level(logging.DEBUG, logger="reactive.tasks"):
         tasks.sweep_outbox()
         tasks.sweep_outbox()
@@ -349,8 +349,8 @@ def test_one_database_failing_does_not_stop_the_sweep_of_the_others(
     assert said == [
         (
             "WARNING",
-            "sweep: database users: could not connect to server: Connection refused; "
-            "the other databases are swept, this one next time",
+            "sweep: database users failed: OperationalError: could not connect to server: Connection "
+            "refused; retrying, silently until it works",
         ),
         ("INFO", "sweep: database users works again"),
     ]

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from reactive.errors import FailureStreak, describe
+
 log = logging.getLogger("reactive.web")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Encode = Callable[[dict[str, Any]], dict[str, Any]]
@@ -72,7 +74,7 @@ class LocalBroadcast:
         self.recent_ends: dict[str, float] = {}  # user -> when an end of theirs came (loop time)
         self.unaudited: set[str] = set()  # users to ask the database about (again, if it was down)
         self.audits: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
-        self.audit_failures = FailureStreak(f"broadcast {group}: checking accounts for missed ends")
+        self.audit_failures = FailureStreak(f"broadcast {group}: checking accounts for missed ends", log)
 
     async def join(self, key: object, send: Send, user: str | None = None) -> None:
         """Add a socket; returns once the process is in the group (so no message is missed after this)."""
@@ -202,7 +204,7 @@ class LocalBroadcast:
         # receiving alone (it has its own retries): the next round tries again.
         from client_site.web.epochs import redis_epochs
 
-        failing = FailureStreak(f"broadcast {self.group}: rejoining the group")
+        failing = FailureStreak(f"broadcast {self.group}: rejoining the group", log)
         epochs = redis_epochs()
         seen = epochs.losses
         while True:
@@ -259,34 +261,6 @@ class LocalBroadcast:
                     waiting = None
                     log.info("broadcast %s: dropped a socket that stopped reading", self.group)
         return delivered
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "TimeoutError: no answer in time"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class FailureStreak:
-    """Logs a periodic job's failures once per streak: the first one, then the recovery.
-
-    One instance may serve many jobs (every user socket of a process): Redis going away is then one
-    warning, not one per socket per round.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.failing = False
-
-    def failed(self, exc: BaseException) -> None:
-        if not self.failing:
-            self.failing = True
-            log.warning("%s failed: %s; retrying, silently until it works", self.what, describe(exc))
-
-    def succeeded(self) -> None:
-        if self.failing:
-            self.failing = False
-            log.info("%s works again", self.what)
 
 
 SERVER_SEND = "reactive.server_send"

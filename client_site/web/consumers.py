@@ -24,14 +24,13 @@ from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
     SERVER_SEND,
     Ends,
-    FailureStreak,
     LocalBroadcast,
     broadcast,
-    describe,
 )
 from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
+from reactive.errors import FailureStreak, describe
 
 log = logging.getLogger("reactive.web")
 
@@ -53,7 +52,7 @@ RETRIED_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, Connec
 MEMBERSHIP_REFRESH_SECONDS = 60.0
 MEMBERSHIP_JITTER = 0.25
 LOSS_SPREAD_SECONDS = 2.0
-_membership_failures = FailureStreak("user sockets: keeping their group memberships")
+_membership_failures = FailureStreak("user sockets: keeping their group memberships", log)
 
 
 def _refresh_delay() -> float:
