@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from client_site.web import broadcast as fanout
-from tests.support.realtime import group_members, run, until
+from tests.support.realtime import group_members, run, until, web_log
 
 FRAME = {"type": "clock.tick", "time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
 
@@ -257,7 +257,7 @@ def test_the_fan_out_rejoins_a_group_redis_forgot_and_logs_a_failing_rejoin_once
 
     with caplog.at_level(logging.INFO, logger="reactive.web"):
         run(scenario)
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    lines = web_log(caplog)
     assert lines == [
         (
             "WARNING",
@@ -302,7 +302,7 @@ def test_an_audit_the_database_could_not_answer_is_asked_again_at_the_next_round
         run(scenario)
     assert gone.frames == [{"type": "websocket.close", "code": 4004}] and other.frames == []
     assert asked[:2] == [["7"], ["7"]]  # the first join's question, then the same again
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    lines = web_log(caplog)
     assert lines == [
         (
             "WARNING",

@@ -24,7 +24,7 @@ from reactive.events import Event, encode
 from reactive.listener import Listener
 from reactive.replica import ReplicaState
 from reactive.transport.base import OutgoingMessage
-from tests.support.realtime import group_members, run, session_cookie, until
+from tests.support.realtime import group_members, run, session_cookie, until, web_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = "http://testserver"
@@ -709,7 +709,7 @@ def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives
 
     with caplog.at_level(logging.INFO, logger="reactive.web"):
         assert run(scenario)["profile"]["first_name"] == "Alicia"
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    lines = web_log(caplog)
     assert lines == [
         (
             "WARNING",
@@ -810,7 +810,7 @@ def test_a_join_redis_applied_without_answering_leaves_no_member_behind(
         was_refused, not_held, joined, members = run(scenario)
     assert was_refused and not_held
     assert len(joined) == 1
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
+    lines = web_log(caplog)
     assert lines[0][0] == "WARNING" and lines[0][1].startswith(f"user socket refused: cannot join {group}")
     if discard == "works":
         assert members == set() and len(lines) == 1

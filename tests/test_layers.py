@@ -96,19 +96,22 @@ def test_a_call_cancelled_twice_still_ends_before_the_cancel_raises() -> None:
     async def scenario() -> tuple[bool, bool]:
         released = asyncio.Event()
         inner_ended = asyncio.Event()
+        seen: list[str] = []
 
         async def swallows_the_first_cancel() -> None:
+            seen.append("in flight")
             with contextlib.suppress(asyncio.CancelledError):  # as redis-py on Python 3.11: goes on
                 await asyncio.Event().wait()
+            seen.append("cancel swallowed")
             try:
                 await released.wait()
             finally:
                 inner_ended.set()
 
         outer = asyncio.ensure_future(ending_on_cancel(swallows_the_first_cancel()))
-        await asyncio.sleep(0)  # the call under way (one turn of the loop: no time is waited)
+        await until(lambda: seen == ["in flight"], what="the call under way")
         outer.cancel()
-        await asyncio.sleep(0)
+        await until(lambda: "cancel swallowed" in seen, what="the first cancel swallowed")
         outer.cancel()  # again, while the call is being ended
         done, _ = await asyncio.wait({outer}, timeout=10)
         return inner_ended.is_set() and bool(done), outer.cancelled()
@@ -129,11 +132,12 @@ def test_many_pubsub_receives_cancelled_at_once_unsubscribe_cleanly(
         layer = get_channel_layer()
         channels = [await layer.new_channel() for _ in range(SOCKETS_CLOSING)]
         receives = [asyncio.ensure_future(layer.receive(c)) for c in channels]
-        await asyncio.sleep(0)  # every receive waiting on its queue (one turn of the loop)
+        own = layer._get_layer()
+        # Every receive waiting on its channel's queue (asyncio.Queue keeps its waiters in _getters).
+        await until(lambda: all(own.channels[c]._getters for c in channels), what="the receives waiting")
         for receive in receives:
             receive.cancel()
         await asyncio.wait(receives, timeout=60)
-        own = layer._get_layer()
         still = sum(1 for c in channels if c in own.channels)
         subscribed = sum(1 for shard in own._shards for c in channels if c in shard._subscribed_to)
         return still, subscribed

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from reactive import sso
 from reactive.replica import ReplicaState
+from tests.support.realtime import web_log
 
 pytestmark = pytest.mark.django_db
 
@@ -412,7 +413,7 @@ def test_login_link_command_refuses_unknown_users_and_clients(
 
 def ours(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     """What the site logged at ``level`` (Django's own CSRF warning aside)."""
-    return [r.getMessage() for r in caplog.records if r.name == "reactive.web" and r.levelno == level]
+    return [message for name, message in web_log(caplog) if name == logging.getLevelName(level)]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from django.test import Client
 
 from reactive import clock
 from reactive.replica import ReplicaState
+from tests.support.realtime import web_log
 
 pytestmark = pytest.mark.django_db
 XSS = "<img src=x onerror=alert(1)>"
@@ -70,7 +71,7 @@ def test_the_sign_in_page_links_to_the_master(
             page = Client().get("/login/")  # the page stays up, without the link, and the log says why
             Client().get("/login/")  # once per process, not once per page
         assert page.status_code == 200 and 'id="master"' not in page.content.decode()
-        said = [r.getMessage() for r in caplog.records if r.name == "reactive.web"]
+        said = [message for _, message in web_log(caplog)]
         assert len(said) == 1 and "REACTIVE_MASTER_URL must be an http" in said[0]
 
 

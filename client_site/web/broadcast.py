@@ -209,11 +209,7 @@ class LocalBroadcast:
         seen = epochs.losses
         while True:
             if epochs.losses == seen:  # a loss found during the last re-add is not waited past
-                # The usual round; Redis losing its data cuts it short. asyncio.timeout, not wait_for, which
-                # can swallow the cancel that stops this loop on Python 3.11 (see reactive/layers.py).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(REJOIN_SECONDS):
-                        await epochs.lost.wait()
+                await epochs.next_loss(REJOIN_SECONDS)  # the usual round; Redis losing its data cuts it short
             if epochs.losses != seen:  # the membership went with the data: ends meanwhile went nowhere
                 self.unaudited.update(self.sockets_of)
             seen = epochs.losses

@@ -10,7 +10,6 @@ JOIN_TIMEOUT_SECONDS at most: the page's reconnect backoff takes it from there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from typing import Any
@@ -66,9 +65,7 @@ async def _next_round(epochs: RedisEpochs, seen: int) -> int:
     two waits is not missed either.
     """
     if epochs.losses == seen:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_refresh_delay()):  # wait_for can swallow a cancel on 3.11 (layers.py)
-                await epochs.lost.wait()
+        await epochs.next_loss(_refresh_delay())
     if epochs.losses != seen:
         await asyncio.sleep(random.uniform(0, LOSS_SPREAD_SECONDS))  # a process's sockets do not read at once
     return epochs.losses

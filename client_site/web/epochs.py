@@ -10,6 +10,7 @@ themselves now and then (cheap), and read nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 import weakref
@@ -55,6 +56,15 @@ class RedisEpochs:
                 log.debug("redis epochs: %s: %s", type(exc).__name__, exc)
             _still_wanted()
             await asyncio.sleep(EPOCH_CHECK_SECONDS)
+
+    async def next_loss(self, timeout: float) -> None:
+        """Return when Redis is next found to have lost its data, or after ``timeout`` seconds.
+
+        asyncio.timeout, not wait_for, which on Python 3.11 can swallow the cancel that stops a waiting
+        loop (CPython gh-86296; see reactive/layers.py)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.lost.wait()
 
     def _lost(self) -> None:
         self.losses += 1

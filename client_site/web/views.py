@@ -187,9 +187,10 @@ def _csrf_failure_kind(request: HttpRequest, reason: str) -> str:
     return "stale"
 
 
-def _active_replica(key: str, username: str, client: str) -> Any:
-    """The replica user a link signs in, or LinkRefused saying why there is none to sign in."""
-    user = replica_user(key, username)
+def _active_replica(key: str, username: str, client: str, user: Any = None) -> Any:
+    """The replica user a link signs in (``user``, when already read), or LinkRefused saying why there is
+    none to sign in."""
+    user = user if user is not None else replica_user(key, username)
     if user is None:
         raise sso.LinkRefused("unknown", f"{username} has no account on {client} (not synced yet?).")
     if not user.is_active:
@@ -210,7 +211,7 @@ def _ask_to_confirm(request: HttpRequest, client: str) -> HttpResponse:
             mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT)  # spent, whatever it was
             return redirect("home")  # already signed in as this user (maybe by this link): nothing to do
         sso.verify(token, client)  # a link's first use: fresh (60 s)
-        user = _active_replica(claim.key, claim.username, client)
+        user = _active_replica(claim.key, claim.username, client, user)
         if not mark_used(claim.nonce, claim.username, keep=USED_LINKS_KEPT):  # unused, and spent here
             raise sso.LinkRefused(
                 "used", "This login link has already been used; ask the master for a new one."

@@ -66,3 +66,8 @@ async def group_members(layer: Any, group: str) -> set[str]:
         return set(own.groups.get(own._get_group_channel_name(group), ()))
     connection = layer.connection(layer.consistent_hash(group))
     return {member.decode() for member in await connection.zrange(layer._group_key(group), 0, -1)}
+
+
+def web_log(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """What the client site logged (reactive.web), in order: (level name, message)."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.web"]
