@@ -12,7 +12,9 @@ stops. A listener killed before that loses nothing: the messages come back and a
 
 Browsers hear of a change from the channel layer, after the commit. When it is down (Redis out, for this
 process at least), the profiles it did not take are kept, the latest per user, and sent again before every
-poll until it takes them (Unnotified): a page that missed a push would show the old profile until reloaded.
+poll until it takes them (Unnotified), so that open pages show a change as soon as Redis is back. What is
+still kept when the listener stops, the sites' own check of their open pages against the replica
+(client_site/web/freshness.py) sends within seconds.
 
 A listener that is running but stuck (a hung call, a deadlock) is found by its heartbeat
 (REACTIVE_HEARTBEAT_FILE, reactive/heartbeat.py): it is touched before every call that may wait on AWS
@@ -214,8 +216,8 @@ class Listener:
             totals.acked += self._ack_on_the_way_out()
             if self.unnotified.profiles:
                 log.warning(
-                    "listener %s: %d changes never reached browsers (the channel layer is down): their "
-                    "pages show them when they reload",
+                    "listener %s: %d changes never reached browsers (the channel layer is down): open "
+                    "pages catch up at their site's next check against the replica (every 15 s or so)",
                     self.client,
                     len(self.unnotified.profiles),
                 )

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -14,8 +16,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.db import OperationalError
 
-from client_site.web import consumers, epochs
+from client_site.web import consumers, epochs, freshness
 from client_site.web.broadcast import broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
@@ -24,7 +27,9 @@ from reactive.events import Event, encode
 from reactive.listener import Listener
 from reactive.replica import ReplicaState
 from reactive.transport.base import OutgoingMessage
+from tests.support.proxy import Proxy
 from tests.support.realtime import group_members, run, session_cookie, until, web_log
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = "http://testserver"
@@ -686,6 +691,206 @@ def test_a_change_missed_while_redis_lost_its_data_is_sent_after_the_rejoin(
     assert resent["type"] == "profile"
     assert resent["profile"]["first_name"] == "Alicia" and resent["profile"]["version"] == 4
     assert then_quiet
+
+
+@pytest.fixture
+def watch_through_proxy(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Proxy]:
+    """The epoch watch reaches Redis through a proxy that can be cut (the layer keeps its own way)."""
+    url = urlparse(redis_url)
+    proxy = Proxy(target_port=url.port or 6379, port=free_port())
+    proxy.up()
+    monkeypatch.setenv("REDIS_URL", url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+    yield proxy
+    proxy.down()
+
+
+def delete_unannounced(user: Any) -> None:  # what the replica does for a delete, its push lost
+    ReplicaState.objects.filter(key="17").update(version=4, deleted=True, local_pk=None)
+    user.delete()
+
+
+@pytest.mark.parametrize("change", ["renamed", "removed"])
+def test_a_change_missed_while_redis_was_out_of_reach_reaches_the_open_page_once_it_answers(
+    alice: Any,
+    change: str,
+    redis_url: str,
+    watch_through_proxy: Proxy,
+    refresh_fast: None,
+    losses_fast: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis out of reach, its data kept: the listener's push of a change made meanwhile went nowhere, and
+    a listener that stopped before Redis came back will not send it again. Once Redis answers, the page
+    gets the profile (for a removed account: removed, then the socket's end)."""
+    cookie = session_cookie(alice)
+
+    def change_unannounced() -> None:
+        if change == "renamed":
+            alice.first_name = "Alicia"
+            alice.save()
+            ReplicaState.objects.filter(key="17").update(version=4)
+        else:
+            delete_unannounced(alice)
+
+    async def scenario() -> tuple[bool, dict[str, Any], dict[str, Any]]:
+        ws = await in_room(cookie)
+        watch = epochs.redis_epochs()
+        await until(
+            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
+        )
+        watch_through_proxy.down()
+        await until(lambda: epoch_checks(caplog) > 0, what="the watch found Redis out of reach")
+        quiet_while_out = await ws.receive_nothing(timeout=0.3)
+        await database_sync_to_async(change_unannounced)()
+        watch_through_proxy.up()
+        resent = await ws.receive_json_from(timeout=5)
+        after = await ws.receive_output(timeout=5) if change == "removed" else {}
+        await ws.disconnect()
+        return quiet_while_out, resent, after
+
+    with caplog.at_level(logging.DEBUG, logger="reactive.web"):
+        quiet_while_out, resent, after = run(scenario)
+    assert quiet_while_out
+    assert resent["type"] == "profile"
+    if change == "renamed":
+        assert resent["profile"]["first_name"] == "Alicia" and resent["profile"]["version"] == 4
+    else:
+        assert resent["profile"] == {"key": "17", "version": 3, "deleted": True}
+        assert after == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
+    assert (
+        "INFO",
+        "Redis answers again: the sockets rejoin their groups and send what changed meanwhile",
+    ) in web_log(caplog)
+
+
+def epoch_checks(caplog: pytest.LogCaptureFixture) -> int:
+    """How many of the epoch watch's checks failed so far."""
+    return sum(1 for r in caplog.records if r.getMessage().startswith("redis epochs: "))
+
+
+def test_an_account_removed_while_redis_lost_its_data_ends_the_page_at_the_rejoin(
+    alice: Any, redis_url: str, refresh_fast: None, losses_fast: None
+) -> None:
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws = await in_room(cookie)
+        await database_sync_to_async(delete_unannounced)(alice)
+        watch = epochs.redis_epochs()
+        await until(
+            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
+        )
+        redis.Redis.from_url(redis_url).delete(watch.key)
+        resent = await ws.receive_json_from(timeout=5)
+        return resent, await ws.receive_output(timeout=5)
+
+    resent, closed = run(scenario)
+    assert resent == {"type": "profile", "profile": {"key": "17", "version": 3, "deleted": True}}
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
+
+
+@pytest.fixture
+def checks_fast(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The freshness check every 0.1 s; returns the users each of its queries asked about."""
+    asked: list[list[str]] = []
+    real = freshness.current_versions
+    monkeypatch.setattr(freshness, "CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(freshness, "current_versions", lambda pks: asked.append(sorted(pks)) or real(pks))
+    return asked
+
+
+@pytest.mark.parametrize("change", ["renamed", "removed"])
+def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
+    alice: Any, bob: Any, change: str, checks_fast: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis saw nothing wrong, yet the push never came (a listener killed between its commit and its
+    send, or cut off from Redis alone). The page gets the profile at the next check: one query for every
+    socket of the process; only the socket behind reads its profile."""
+    reads: list[Any] = []
+    real_read = consumers.profile_by_pk
+    monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: reads.append(str(pk)) or real_read(pk))
+
+    def change_unannounced() -> None:
+        if change == "renamed":
+            alice.first_name = "Alicia"
+            alice.save()
+            ReplicaState.objects.filter(key="17").update(version=4)
+        else:
+            delete_unannounced(alice)
+
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+    alice_pk, bob_pk = str(alice.pk), str(bob.pk)  # a delete clears alice.pk
+    asked: list[list[str]] = []  # by the checks once every socket was open
+
+    async def scenario() -> tuple[bool, dict[str, Any], dict[str, Any], bool]:
+        alices = [await in_room(alice_cookie) for _ in range(2)]
+        bobs = await in_room(bob_cookie)
+        asked_before = len(checks_fast)
+        await until(lambda: len(checks_fast) >= asked_before + 2, what="two checks")
+        asked.extend(checks_fast[asked_before:])
+        quiet = all([await ws.receive_nothing(timeout=0.3) for ws in (*alices, bobs)])
+        await database_sync_to_async(change_unannounced)()
+        resent = [await ws.receive_json_from(timeout=5) for ws in alices]
+        assert resent[0] == resent[1]
+        after = await alices[0].receive_output(timeout=5) if change == "removed" else {}
+        bob_quiet = await bobs.receive_nothing(timeout=0.3)
+        await bobs.disconnect()
+        if change == "renamed":
+            for ws in alices:
+                await ws.disconnect()
+        return quiet, resent[0], after, bob_quiet
+
+    quiet, resent, after, bob_quiet = run(scenario)
+    assert quiet and bob_quiet
+    assert asked and all(users == sorted([alice_pk, bob_pk]) for users in asked)
+    assert sorted(reads) == sorted([alice_pk] * 4 + [bob_pk])  # on connect, then alice's two rechecks
+    assert resent["type"] == "profile"
+    if change == "renamed":
+        assert resent["profile"]["first_name"] == "Alicia" and resent["profile"]["version"] == 4
+    else:
+        assert resent["profile"] == {"key": "17", "version": 3, "deleted": True}
+        assert after == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
+
+
+def test_the_check_stops_with_the_last_socket_and_a_database_outage_is_one_warning(
+    alice: Any,
+    checks_fast: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = {"now": True}
+    real = freshness.current_versions
+
+    def unless_down(pks: list[str]) -> dict[str, tuple[str, int]]:
+        if down["now"]:
+            raise OperationalError("connection refused")
+        return real(pks)
+
+    monkeypatch.setattr(freshness, "current_versions", unless_down)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> bool:
+        ws = await in_room(cookie)
+        watch = freshness.freshness()
+        await until(lambda: watch.failures.failing, what="a failed check")
+        down["now"] = False
+        await until(lambda: not watch.failures.failing, what="a check that worked")
+        lives = await ws.receive_nothing(timeout=0.3)
+        task = watch.task
+        await ws.disconnect()
+        await until(lambda: task is not None and task.done(), what="the check ended with the socket")
+        return lives
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        assert run(scenario)
+    assert web_log(caplog) == [
+        (
+            "WARNING",
+            "user sockets: checking their profiles against the replica failed: OperationalError: "
+            "connection refused; retrying, silently until it works",
+        ),
+        ("INFO", "user sockets: checking their profiles against the replica works again"),
+    ]
 
 
 def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives(

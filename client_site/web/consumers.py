@@ -27,6 +27,7 @@ from client_site.web.broadcast import (
     broadcast,
 )
 from client_site.web.epochs import RedisEpochs, redis_epochs
+from client_site.web.freshness import freshness
 from client_site.web.profiles import profile_by_pk
 from reactive import clock, groups
 from reactive.errors import FailureStreak, describe
@@ -46,12 +47,20 @@ RETRIED_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, Connec
 # An open user socket re-adds itself to its group this often (plus or minus the jitter, so that the
 # sockets of a reconnect wave spread out): Redis forgets members after group_expiry (a day), and some when
 # it evicts keys. Each round is one ZADD; at 5,000 sockets a process, some 80 a second. When Redis lost
-# its data (epochs.py) the sockets rejoin at once, spread over LOSS_SPREAD_SECONDS, and each reads its
-# profile once, to send it again if a change was pushed while no one was in the group.
+# its data or was out of reach (epochs.py) the sockets rejoin at once, spread over LOSS_SPREAD_SECONDS,
+# and each reads its profile once, to send it again if a change was pushed while no one received it.
 MEMBERSHIP_REFRESH_SECONDS = 60.0
 MEMBERSHIP_JITTER = 0.25
 LOSS_SPREAD_SECONDS = 2.0
 _membership_failures = FailureStreak("user sockets: keeping their group memberships", log)
+
+# On the default layer, a socket's receive fails when Redis goes away (the pub/sub layer reconnects by
+# itself and its sockets stay open). Such a socket closes with 1013 (try again later), logged once a
+# streak, not with a traceback per socket: the page shows it is offline and reconnects with its backoff,
+# and a handshake waits for Redis (JOIN_TIMEOUT_SECONDS), then sends the profile as it is by then.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+CLOSE_TRY_AGAIN_LATER = 1013
+_receive_failures = FailureStreak("user sockets: receiving from the channel layer", log)
 
 
 def _refresh_delay() -> float:
@@ -59,7 +68,7 @@ def _refresh_delay() -> float:
 
 
 async def _next_round(epochs: RedisEpochs, seen: int) -> int:
-    """Wait for the next re-add: the usual delay, or Redis losing its data (then spread a little).
+    """Wait for the next re-add: the usual delay, or a loss (then spread a little).
 
     ``seen`` is the count of losses already handled; the count now is returned, so a loss found between
     two waits is not missed either.
@@ -163,13 +172,19 @@ class UserConsumer(PushOnly):
     """
 
     group: str | None = None
+    local_pk: str | None = None  # the user's, once the socket is open
+    checked = False  # by freshness.py, while open
     sent: dict[str, Any] | None = None  # the last profile this socket was sent
     pushes = 0  # changes received from the group so far
     membership: asyncio.Task[None] | None = None
+    _resending: asyncio.Lock | None = None  # one profile read-and-send at a time
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except REDIS_FAILURES as exc:  # the layer's receive: Redis went away under the open socket
+            _receive_failures.failed(exc)
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
         finally:  # however the consumer ends (a layer error skips disconnect), its refresh ends with it
             self._stop_membership()
 
@@ -183,16 +198,19 @@ class UserConsumer(PushOnly):
         if not await self._join(group):
             await self.close()
             return
-        self.group = group
+        self.group, self.local_pk = group, str(user.pk)
         await self.accept()
+        _receive_failures.succeeded()  # it joined: Redis answers again
         profile = await database_sync_to_async(profile_by_pk)(user.pk)
         if profile is not None:
             await self._send_profile(profile)
             if await self._end_if_final(profile):
                 return
         self.membership = asyncio.get_running_loop().create_task(
-            self._keep_membership(user.pk), name=f"membership {group}"
+            self._keep_membership(), name=f"membership {group}"
         )
+        freshness().add(self.local_pk, self)
+        self.checked = True
 
     async def _add_to(self, group: str) -> None:
         """group_add within JOIN_TIMEOUT_SECONDS, tried twice on a connection error (a pooled connection
@@ -213,9 +231,9 @@ class UserConsumer(PushOnly):
             return False
         return True
 
-    async def _keep_membership(self, local_pk: Any) -> None:
-        """Re-add this socket to its group now and then, and at once when Redis lost its data; after a
-        loss, send the profile again if it changed while no one was in the group."""
+    async def _keep_membership(self) -> None:
+        """Re-add this socket to its group now and then, and at once after a loss (epochs.py: Redis lost
+        its data or was out of reach); then send the profile again if it changed meanwhile."""
         epochs = redis_epochs()
         seen, resend = epochs.losses, False
         while True:
@@ -227,7 +245,7 @@ class UserConsumer(PushOnly):
             try:
                 await self._add_to(group)
                 if resend:
-                    if await self._resend_if_changed(local_pk):
+                    if await self._resend_if_changed():
                         return
                     resend = False
             except Exception as exc:  # Redis or the database down: the socket stays; the next round retries
@@ -235,17 +253,47 @@ class UserConsumer(PushOnly):
             else:
                 _membership_failures.succeeded()
 
-    async def _resend_if_changed(self, local_pk: Any) -> bool:
+    def shown(self) -> tuple[str, int]:
+        """(key, version) of the last profile sent: what freshness.py compares with the replica."""
+        sent = self.sent or {}
+        return str(sent.get("key", "")), int(sent.get("version", 0))
+
+    async def recheck(self) -> None:
+        """The replica is at another version than the page shows (freshness.py): send the profile again."""
+        if self._resending is not None and self._resending.locked():
+            return  # one is under way
+        try:
+            await self._resend_if_changed()
+        except Exception as exc:  # the database or the socket gone: the next round looks again
+            log.debug("user socket: recheck of user %s failed: %s", self.local_pk, describe(exc))
+
+    async def _resend_if_changed(self) -> bool:
         """Send the stored profile if it is not the last one sent; True when that ended the socket."""
+        if self._resending is None:
+            self._resending = asyncio.Lock()
+        async with self._resending:
+            if self.group is None:  # ended meanwhile
+                return True
+            return await self._read_and_resend()
+
+    async def _read_and_resend(self) -> bool:
         pushes = self.pushes
-        profile = await database_sync_to_async(profile_by_pk)(local_pk)
+        profile = await database_sync_to_async(profile_by_pk)(self.local_pk)
         # A change pushed during the read is at least as new as what was read: it stands.
-        if profile is None or profile == self.sent or pushes != self.pushes:
+        if pushes != self.pushes:
+            return False
+        if profile is None:  # the replica deleted the user meanwhile: the page says so, the socket ends
+            last = self.sent or {}
+            profile = {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
+        if profile == self.sent:
             return False
         await self._send_profile(profile)
         return await self._end_if_final(profile)
 
     def _stop_membership(self) -> None:
+        if self.checked:
+            freshness().discard(self.local_pk, self)
+            self.checked = False
         if self.membership is not None:
             if self.membership is not asyncio.current_task():
                 self.membership.cancel()

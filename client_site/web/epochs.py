@@ -1,10 +1,14 @@
-"""Noticing that Redis lost its data under live connections: FLUSHALL, eviction, a failover, a restart.
+"""Noticing that Redis lost what was sent to it under live connections.
 
-Group memberships live in Redis. When they vanish, the sockets still look connected but nothing reaches
-them any more. Each web process keeps a key of its own in Redis and touches it every
-EPOCH_CHECK_SECONDS: once the key is gone, so are the memberships made before it. The process's sockets
-then rejoin at once and send again what they may have missed; between losses they only re-add
-themselves now and then (cheap), and read nothing.
+Two ways. Its data: FLUSHALL, eviction, a failover, a restart. Group memberships live in Redis; when they
+vanish, the sockets still look connected but nothing reaches them any more. Or a stretch out of reach,
+its data kept: the listener's pushes meanwhile went nowhere, and a listener that stopped before Redis came
+back sends them no more, while sockets on the pub/sub layer (which reconnects by itself) stay open.
+
+Each web process keeps a key of its own in Redis and touches it every EPOCH_CHECK_SECONDS: once the key
+is gone, so are the memberships made before it; once a touch fails and a later one works, Redis was out
+of reach in between. Either is a loss: the process's sockets then rejoin at once and send again what they
+may have missed; between losses they only re-add themselves now and then (cheap), and read nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ CHECK_TIMEOUT_SECONDS = 3.0
 
 
 class RedisEpochs:
-    """Per event loop: ``lost`` is set each time Redis is found to have lost its data, then replaced."""
+    """Per event loop: ``lost`` is set each time Redis is found to have lost its data or to have been out
+    of reach, then replaced."""
 
     def __init__(self) -> None:
         self.key = f"{settings.prefix()}:alive:{uuid.uuid4().hex}"
@@ -42,23 +47,26 @@ class RedisEpochs:
         client = redis.asyncio.Redis.from_url(
             settings.redis_url(), socket_connect_timeout=2, socket_timeout=2
         )
-        placed = False
+        placed = out_of_reach = False
         while True:
             try:
                 async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-                    if placed and not await client.expire(self.key, KEY_TTL_SECONDS):
-                        self._lost()
-                        placed = False
-                    if not placed:
+                    data_lost = placed and not await client.expire(self.key, KEY_TTL_SECONDS)
+                    if not placed or data_lost:
                         await client.set(self.key, "1", ex=KEY_TTL_SECONDS)
-                        placed = True
+                if data_lost:
+                    self._lost("Redis lost its data (this process's key is gone)", logging.WARNING)
+                elif out_of_reach:
+                    self._lost("Redis answers again", logging.INFO)
+                placed, out_of_reach = True, False
             except Exception as exc:  # Redis down or stalled: the next round looks again (joins log outages)
                 log.debug("redis epochs: %s: %s", type(exc).__name__, exc)
+                out_of_reach = placed  # before the key is placed, no socket can have joined through it
             _still_wanted()
             await asyncio.sleep(EPOCH_CHECK_SECONDS)
 
     async def next_loss(self, timeout: float) -> None:
-        """Return when Redis is next found to have lost its data, or after ``timeout`` seconds.
+        """Return at the next loss (of Redis's data, or of its reach), or after ``timeout`` seconds.
 
         asyncio.timeout, not wait_for, which on Python 3.11 can swallow the cancel that stops a waiting
         loop (CPython gh-86296; see reactive/layers.py)."""
@@ -66,9 +74,9 @@ class RedisEpochs:
             async with asyncio.timeout(timeout):
                 await self.lost.wait()
 
-    def _lost(self) -> None:
+    def _lost(self, what: str, level: int) -> None:
         self.losses += 1
-        log.warning("Redis lost its data (this process's key is gone): the sockets rejoin their groups")
+        log.log(level, "%s: the sockets rejoin their groups and send what changed meanwhile", what)
         lost, self.lost = self.lost, asyncio.Event()
         lost.set()
 

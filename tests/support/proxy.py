@@ -37,6 +37,8 @@ class Proxy:
         with self._lock:
             for conn in self._conns:
                 with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # close() alone leaves a recv in another thread waiting
+                with contextlib.suppress(OSError):
                     conn.close()
             self._conns.clear()
 
