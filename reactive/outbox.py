@@ -531,18 +531,34 @@ class Backlog:
     oldest: datetime | None
     failing: int = 0  # pending rows whose publishing failed at least once
     last_error: str = ""  # why the oldest of those failed last
+    oldest_failing: datetime | None = None  # when that row was written
 
     @property
     def oldest_age_seconds(self) -> float | None:
         return (timezone.now() - self.oldest).total_seconds() if self.oldest else None
 
 
-def backlog(using: str = "default") -> Backlog:
+def backlog(using: str | None = None) -> Backlog:
+    """The pending rows of one database, or (None) of every database the sweep goes through together."""
+    parts = [_backlog_of(alias) for alias in ([using] if using else databases())]
+    failing = [p for p in parts if p.oldest_failing is not None]
+    first_failing = min(failing, key=lambda p: p.oldest_failing or timezone.now(), default=None)
+    return Backlog(
+        pending=sum(p.pending for p in parts),
+        oldest=min((p.oldest for p in parts if p.oldest is not None), default=None),
+        failing=sum(p.failing for p in parts),
+        last_error=first_failing.last_error if first_failing else "",
+        oldest_failing=first_failing.oldest_failing if first_failing else None,
+    )
+
+
+def _backlog_of(using: str) -> Backlog:
     pending = OutboxEvent.objects.using(using).filter(sent_at__isnull=True)
     stats = pending.aggregate(oldest=Min("occurred_at"))
     failing = pending.filter(attempts__gt=0)
-    error = failing.order_by("id").values_list("last_error", flat=True).first()
-    return Backlog(pending.count(), stats["oldest"], failing.count(), error or "")
+    first = failing.order_by("id").values_list("last_error", "occurred_at").first()
+    error, written = first if first else ("", None)
+    return Backlog(pending.count(), stats["oldest"], failing.count(), error or "", written)
 
 
 def _first(errors: dict[str, str]) -> str:

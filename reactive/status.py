@@ -171,21 +171,23 @@ def _dead_letter_target(redrive_policy: str | None) -> str | None:
         return None
 
 
-def outbox_status(using: str = "default", *, configured: bool = False) -> OutboxStatus:
-    """The master's outbox backlog (Django configured with the master's settings), or why it is unknown.
+def outbox_status(using: str | None = None, *, configured: bool = False) -> OutboxStatus:
+    """The master's outbox backlog (Django configured with the master's settings), or why it is unknown:
+    of one database, or (None) of every database outbox rows are written to (outbox.databases()).
 
     ``configured``: the operator named the master's database for this process, so failing to read it
     is a problem (see OutboxStatus.problems), not just a host without access.
     """
     from django.db import DatabaseError, connections
 
-    from reactive.outbox import backlog
+    from reactive.outbox import backlog, databases
 
-    missing = missing_sqlite_file(connections[using].settings_dict)
-    if missing:  # never create an empty database file just to look at it
-        return OutboxStatus(
-            False, detail=f"no master database at {missing} (set DATABASE_URL)", configured=configured
-        )
+    for alias in [using] if using else databases():
+        missing = missing_sqlite_file(connections[alias].settings_dict)
+        if missing:  # never create an empty database file just to look at it
+            return OutboxStatus(
+                False, detail=f"no master database at {missing} (set DATABASE_URL)", configured=configured
+            )
     try:
         found = backlog(using)
     except DatabaseError as exc:

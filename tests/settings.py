@@ -58,7 +58,9 @@ _postgres = os.environ.get("TEST_POSTGRES_URL")
 DATABASES = {
     "default": dict(dj_database_url.parse(_postgres))
     if _postgres
-    else {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    else {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    # A second database for the tests of a master that writes users (and their outbox rows) to more than one.
+    "users": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reactive import status
+from reactive import outbox, status
 from reactive.outbox import OutboxEvent
 from reactive.transport.sqs import SqsTransport
 
@@ -87,6 +87,32 @@ def test_the_outbox_status_says_why_rows_are_failing() -> None:
 
     assert (found.pending, found.failing, found.last_error) == (3, 2, "MessageTooLong: 300000 bytes")
     assert found.problems(max_age=300)[0].endswith("; 2 failing, last error: MessageTooLong: 300000 bytes")
+
+
+@pytest.mark.django_db(databases=["default", "users"])
+def test_the_outbox_status_covers_every_database_outbox_rows_are_written_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master that keeps users in two databases (track(databases=[...])): a backlog stuck in either shows."""
+    monkeypatch.setattr(outbox, "databases", lambda: ["default", "users"])
+    outbox_row(occurred_at=timezone.now() - timedelta(minutes=5), attempts=1, last_error="Throttling")
+    OutboxEvent.objects.using("users").create(
+        model="auth.user",
+        action="update",
+        key="2",
+        event_id=uuid.uuid4(),
+        occurred_at=timezone.now() - timedelta(minutes=20),
+        attempts=4,
+        last_error="AuthorizationError: not allowed to publish",
+    )
+
+    found = status.outbox_status()
+
+    assert (found.pending, found.failing) == (2, 2)
+    assert found.last_error == "AuthorizationError: not allowed to publish"  # the older row's
+    assert found.oldest_age_seconds is not None and 1190 < found.oldest_age_seconds < 1300
+    assert "oldest pending outbox row is 12" in found.problems(max_age=900)[0]
+    assert status.outbox_status("default").pending == 1
 
 
 def test_a_subscription_without_its_dlq_is_a_problem(sqs: SqsTransport) -> None:
