@@ -16,10 +16,19 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import redis
 from channels_redis.core import RedisChannelLayer as _RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer as _RedisPubSubChannelLayer
 
+from reactive.errors import describe
+
 T = TypeVar("T")
+
+
+class ReceiveFailed(Exception):
+    """Redis failed a receive (down, restarting, out of reach): the consumer can tell this from its own
+    handlers' errors, and from a client that went away."""
+
 
 # A cancelled call first gets this long to end, then is cancelled again, waiting twice as long each time
 # (up to RECANCEL_MAX_SECONDS). Not sooner: a call may be busy tidying up after the first cancel (the
@@ -64,7 +73,10 @@ class _EndsOnCancel:
         raise NotImplementedError
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        return await ending_on_cancel(self._library().receive(channel))
+        try:
+            return await ending_on_cancel(self._library().receive(channel))
+        except (redis.RedisError, OSError) as exc:
+            raise ReceiveFailed(describe(exc)) from exc
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         await ending_on_cancel(self._library().send(channel, message))
@@ -97,4 +109,4 @@ class RedisPubSubChannelLayer(_EndsOnCancel, _RedisPubSubChannelLayer):
         layer = self._get_layer()
         if channel in layer.channels:  # subscribed (by new_channel): a wait on its queue, which a cancel ends
             return await layer.receive(channel)  # and its unsubscribe on a cancel is not cut short
-        return await ending_on_cancel(layer.receive(channel))  # it subscribes first: a wait on Redis
+        return await super().receive(channel)  # it subscribes first: a wait on Redis

@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.db import OperationalError
+from django.db import OperationalError, transaction
 
 from client_site.web import consumers, epochs, freshness
 from client_site.web.broadcast import broadcast
@@ -89,6 +89,13 @@ async def refused(path: str, cookie: str | None = None, origin: str = ORIGIN) ->
     # A refused consumer's layer receive can linger in a blocking Redis read: do not wait for it.
     await ws.disconnect(timeout=0.2)
     return not connected
+
+
+@pytest.fixture(autouse=True)
+def fresh_receive_streak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streak of receive failures another test left open would say "works again" in this one."""
+    streak = FailureStreak(consumers._receive_failures.what, logging.getLogger("reactive.web"))
+    monkeypatch.setattr(consumers, "_receive_failures", streak)
 
 
 @pytest.fixture
@@ -654,6 +661,7 @@ def test_an_open_socket_rejoins_its_room_after_redis_forgot_it(alice: Any, refre
 def losses_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(epochs, "EPOCH_CHECK_SECONDS", 0.05)
     monkeypatch.setattr(consumers, "LOSS_SPREAD_SECONDS", 0.05)
+    monkeypatch.setattr(freshness, "AFTER_LOSS_SECONDS", 0.1)
 
 
 def test_a_change_missed_while_redis_lost_its_data_is_sent_after_the_rejoin(
@@ -705,8 +713,9 @@ def watch_through_proxy(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def delete_unannounced(user: Any) -> None:  # what the replica does for a delete, its push lost
-    ReplicaState.objects.filter(key="17").update(version=4, deleted=True, local_pk=None)
-    user.delete()
+    with transaction.atomic():
+        ReplicaState.objects.filter(key="17").update(version=4, deleted=True, local_pk=None)
+        user.delete()
 
 
 @pytest.mark.parametrize("change", ["renamed", "removed"])
@@ -793,9 +802,9 @@ def test_an_account_removed_while_redis_lost_its_data_ends_the_page_at_the_rejoi
 def checks_fast(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The freshness check every 0.1 s; returns the users each of its queries asked about."""
     asked: list[list[str]] = []
-    real = freshness.current_versions
+    real = freshness.replica_versions
     monkeypatch.setattr(freshness, "CHECK_SECONDS", 0.1)
-    monkeypatch.setattr(freshness, "current_versions", lambda pks: asked.append(sorted(pks)) or real(pks))
+    monkeypatch.setattr(freshness, "replica_versions", lambda pks: asked.append(sorted(pks)) or real(pks))
     return asked
 
 
@@ -805,10 +814,11 @@ def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
 ) -> None:
     """Redis saw nothing wrong, yet the push never came (a listener killed between its commit and its
     send, or cut off from Redis alone). The page gets the profile at the next check: one query for every
-    socket of the process; only the socket behind reads its profile."""
+    socket of the process, then one for the profiles of the users behind."""
     reads: list[Any] = []
-    real_read = consumers.profile_by_pk
+    real_read, real_reads = consumers.profile_by_pk, freshness.profiles_by_pk
     monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: reads.append(str(pk)) or real_read(pk))
+    monkeypatch.setattr(freshness, "profiles_by_pk", lambda pks: reads.append(list(pks)) or real_reads(pks))
 
     def change_unannounced() -> None:
         if change == "renamed":
@@ -843,7 +853,7 @@ def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
     quiet, resent, after, bob_quiet = run(scenario)
     assert quiet and bob_quiet
     assert asked and all(users == sorted([alice_pk, bob_pk]) for users in asked)
-    assert sorted(reads) == sorted([alice_pk] * 4 + [bob_pk])  # on connect, then alice's two rechecks
+    assert reads == [alice_pk, alice_pk, bob_pk, [alice_pk]]  # on connect, then alice's (two sockets)
     assert resent["type"] == "profile"
     if change == "renamed":
         assert resent["profile"]["first_name"] == "Alicia" and resent["profile"]["version"] == 4
@@ -859,14 +869,14 @@ def test_the_check_stops_with_the_last_socket_and_a_database_outage_is_one_warni
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     down = {"now": True}
-    real = freshness.current_versions
+    real = freshness.replica_versions
 
     def unless_down(pks: list[str]) -> dict[str, tuple[str, int]]:
         if down["now"]:
             raise OperationalError("connection refused")
         return real(pks)
 
-    monkeypatch.setattr(freshness, "current_versions", unless_down)
+    monkeypatch.setattr(freshness, "replica_versions", unless_down)
     cookie = session_cookie(alice)
 
     async def scenario() -> bool:
@@ -891,6 +901,60 @@ def test_the_check_stops_with_the_last_socket_and_a_database_outage_is_one_warni
         ),
         ("INFO", "user sockets: checking their profiles against the replica works again"),
     ]
+
+
+@pytest.fixture
+def layer_through_proxy(
+    redis_layer: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> Iterator[Proxy]:
+    """The whole site (channel layer and epoch watch) reaches Redis through a proxy that can be cut."""
+    from channels.layers import channel_layers
+
+    from reactive import settings as reactive_settings
+
+    url = urlparse(redis_url)
+    proxy = Proxy(target_port=url.port or 6379, port=free_port())
+    proxy.up()
+    monkeypatch.setenv("REDIS_URL", url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+    settings.CHANNEL_LAYERS = reactive_settings.channel_layers("alpha")
+    channel_layers.backends.clear()
+    yield proxy
+    proxy.down()
+    channel_layers.backends.clear()
+
+
+def test_redis_going_away_under_open_sockets_is_one_warning_and_no_traceback(
+    alice: Any, bob: Any, redis_layer: str, layer_through_proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the default layer the sockets' receives fail: each socket closes with 1013 (try again later), which
+    the page answers by reconnecting. The pub/sub layer reconnects by itself: its sockets stay open (its own
+    connection's failures channels-redis logs itself)."""
+    cookies = [session_cookie(alice), session_cookie(bob)]
+
+    async def scenario() -> list[dict[str, Any] | None]:
+        sockets = [await in_room(cookie) for cookie in cookies]
+        layer_through_proxy.down()
+        outcomes: list[dict[str, Any] | None] = []
+        for ws in sockets:
+            if redis_layer == "redis":
+                outcomes.append(dict(await ws.receive_output(timeout=10)))
+            else:
+                outcomes.append(None if await ws.receive_nothing(timeout=1) else {"unexpected": True})
+                await ws.disconnect()
+        return outcomes
+
+    with caplog.at_level(logging.INFO, logger="reactive.web"):
+        outcomes = run(scenario)
+    if redis_layer == "redis":
+        assert outcomes == [{"type": "websocket.close", "code": consumers.CLOSE_TRY_AGAIN_LATER}] * 2
+        receives = [m for lvl, m in web_log(caplog) if "receiving from the channel layer" in m]
+        assert len(receives) == 1 and receives[0].startswith(
+            "user sockets: receiving from the channel layer failed: ConnectionError: "
+        ), web_log(caplog)
+    else:
+        assert outcomes == [None, None]
+    ours = [r for r in caplog.records if r.name.startswith("reactive")]
+    assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives(

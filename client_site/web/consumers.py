@@ -10,6 +10,7 @@ JOIN_TIMEOUT_SECONDS at most: the page's reconnect backoff takes it from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -28,9 +29,10 @@ from client_site.web.broadcast import (
 )
 from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.freshness import freshness
-from client_site.web.profiles import profile_by_pk
+from client_site.web.profiles import CHUNK, profile_by_pk
 from reactive import clock, groups
 from reactive.errors import FailureStreak, describe
+from reactive.layers import ReceiveFailed
 
 log = logging.getLogger("reactive.web")
 
@@ -47,8 +49,8 @@ RETRIED_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, Connec
 # An open user socket re-adds itself to its group this often (plus or minus the jitter, so that the
 # sockets of a reconnect wave spread out): Redis forgets members after group_expiry (a day), and some when
 # it evicts keys. Each round is one ZADD; at 5,000 sockets a process, some 80 a second. When Redis lost
-# its data or was out of reach (epochs.py) the sockets rejoin at once, spread over LOSS_SPREAD_SECONDS,
-# and each reads its profile once, to send it again if a change was pushed while no one received it.
+# its data or was out of reach (epochs.py) the sockets rejoin at once, spread over LOSS_SPREAD_SECONDS;
+# then the process checks them against the replica (freshness.py) for a change pushed to no one.
 MEMBERSHIP_REFRESH_SECONDS = 60.0
 MEMBERSHIP_JITTER = 0.25
 LOSS_SPREAD_SECONDS = 2.0
@@ -58,7 +60,6 @@ _membership_failures = FailureStreak("user sockets: keeping their group membersh
 # itself and its sockets stay open). Such a socket closes with 1013 (try again later), logged once a
 # streak, not with a traceback per socket: the page shows it is offline and reconnects with its backoff,
 # and a handshake waits for Redis (JOIN_TIMEOUT_SECONDS), then sends the profile as it is by then.
-REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 CLOSE_TRY_AGAIN_LATER = 1013
 _receive_failures = FailureStreak("user sockets: receiving from the channel layer", log)
 
@@ -129,17 +130,14 @@ def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
     return None if user is None or code is None else (str(user), code)
 
 
-AUDIT_CHUNK = 500  # users a query asks about: well under every database's limit on parameters
-
-
 def ended_in_database(users: list[str]) -> dict[str, int]:
     """Of these local users (primary keys as text), those whose account ended, with the close code their
     user socket would get: gone (the replica deleted it) or disabled."""
     model = get_user_model()
     fields = ["pk", "is_active"] if any(f.name == "is_active" for f in model._meta.fields) else ["pk"]
     active: dict[str, bool] = {}
-    for start in range(0, len(users), AUDIT_CHUNK):
-        rows = model._default_manager.filter(pk__in=users[start : start + AUDIT_CHUNK]).values_list(*fields)
+    for start in range(0, len(users), CHUNK):
+        rows = model._default_manager.filter(pk__in=users[start : start + CHUNK]).values_list(*fields)
         active.update((str(row[0]), bool(row[-1]) if len(row) > 1 else True) for row in rows)
     return {
         user: CLOSE_ACCOUNT_DISABLED if user in active else CLOSE_ACCOUNT_REMOVED
@@ -174,19 +172,25 @@ class UserConsumer(PushOnly):
     group: str | None = None
     local_pk: str | None = None  # the user's, once the socket is open
     checked = False  # by freshness.py, while open
+    accepted = closing = False
     sent: dict[str, Any] | None = None  # the last profile this socket was sent
     pushes = 0  # changes received from the group so far
     membership: asyncio.Task[None] | None = None
-    _resending: asyncio.Lock | None = None  # one profile read-and-send at a time
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except REDIS_FAILURES as exc:  # the layer's receive: Redis went away under the open socket
-            _receive_failures.failed(exc)
-            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+        except ReceiveFailed as exc:  # Redis went away under the open socket
+            _receive_failures.failed(exc.__cause__ or exc)
+            if self.accepted and not self.closing:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await self.close(code=CLOSE_TRY_AGAIN_LATER)
         finally:  # however the consumer ends (a layer error skips disconnect), its refresh ends with it
             self._stop_membership()
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.closing = True
+        await super().close(code=code, reason=reason)
 
     async def connect(self) -> None:
         user = _authenticated_user(self.scope)
@@ -200,6 +204,7 @@ class UserConsumer(PushOnly):
             return
         self.group, self.local_pk = group, str(user.pk)
         await self.accept()
+        self.accepted = True
         _receive_failures.succeeded()  # it joined: Redis answers again
         profile = await database_sync_to_async(profile_by_pk)(user.pk)
         if profile is not None:
@@ -233,65 +238,46 @@ class UserConsumer(PushOnly):
 
     async def _keep_membership(self) -> None:
         """Re-add this socket to its group now and then, and at once after a loss (epochs.py: Redis lost
-        its data or was out of reach); then send the profile again if it changed meanwhile."""
+        its data or was out of reach)."""
         epochs = redis_epochs()
-        seen, resend = epochs.losses, False
+        seen = epochs.losses
         while True:
-            losses = await _next_round(epochs, seen)
-            resend, seen = resend or losses != seen, losses  # a resend that failed is tried next round
+            seen = await _next_round(epochs, seen)
             group = self.group
             if group is None:
                 return
             try:
                 await self._add_to(group)
-                if resend:
-                    if await self._resend_if_changed():
-                        return
-                    resend = False
-            except Exception as exc:  # Redis or the database down: the socket stays; the next round retries
+            except Exception as exc:  # Redis down: the socket stays; the next round retries
                 _membership_failures.failed(exc)
             else:
                 _membership_failures.succeeded()
+                _receive_failures.succeeded()
 
     def shown(self) -> tuple[str, int]:
         """(key, version) of the last profile sent: what freshness.py compares with the replica."""
         sent = self.sent or {}
-        return str(sent.get("key", "")), int(sent.get("version", 0))
+        version = sent.get("version", 0)
+        return str(sent.get("key", "")), version if isinstance(version, int) else -1
 
-    async def recheck(self) -> None:
-        """The replica is at another version than the page shows (freshness.py): send the profile again."""
-        if self._resending is not None and self._resending.locked():
-            return  # one is under way
-        try:
-            await self._resend_if_changed()
-        except Exception as exc:  # the database or the socket gone: the next round looks again
-            log.debug("user socket: recheck of user %s failed: %s", self.local_pk, describe(exc))
-
-    async def _resend_if_changed(self) -> bool:
-        """Send the stored profile if it is not the last one sent; True when that ended the socket."""
-        if self._resending is None:
-            self._resending = asyncio.Lock()
-        async with self._resending:
-            if self.group is None:  # ended meanwhile
-                return True
-            return await self._read_and_resend()
-
-    async def _read_and_resend(self) -> bool:
-        pushes = self.pushes
-        profile = await database_sync_to_async(profile_by_pk)(self.local_pk)
-        # A change pushed during the read is at least as new as what was read: it stands.
-        if pushes != self.pushes:
-            return False
-        if profile is None:  # the replica deleted the user meanwhile: the page says so, the socket ends
+    async def catch_up(self, profile: dict[str, Any] | None, pushes_then: int) -> None:
+        """Send the profile read after ``pushes_then`` pushes (freshness.py found the page behind), unless a
+        push came since (it is at least as new) or it is what was sent last; None: the user is gone."""
+        if self.closing or self.pushes != pushes_then:
+            return
+        if profile is None:  # the replica deleted the user: the page says so, the socket ends
             last = self.sent or {}
             profile = {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
         if profile == self.sent:
-            return False
-        await self._send_profile(profile)
-        return await self._end_if_final(profile)
+            return
+        try:
+            await self._send_profile(profile)
+            await self._end_if_final(profile)
+        except Exception as exc:  # the client went away meanwhile
+            log.debug("user socket of user %s: catching up failed: %s", self.local_pk, describe(exc))
 
     def _stop_membership(self) -> None:
-        if self.checked:
+        if self.checked and self.local_pk is not None:
             freshness().discard(self.local_pk, self)
             self.checked = False
         if self.membership is not None:
@@ -312,6 +298,8 @@ class UserConsumer(PushOnly):
         await self.send_json({"type": "profile", "profile": profile})
 
     async def user_changed(self, event: dict[str, Any]) -> None:
+        if self.closing:
+            return
         profile = event.get("profile") or {}
         self.pushes += 1
         self.sent = profile
@@ -322,6 +310,9 @@ class UserConsumer(PushOnly):
         code = _final_code(profile)
         if code is None:
             return False
+        if self.closing:
+            return True
+        self.closing = True
         self._stop_membership()
         if self.group is not None:  # nothing more reaches this socket, even before the client's close frame
             await self._leave(self.group)

@@ -2,11 +2,11 @@
 
 A push can be lost after the replica committed: a listener killed between its commit and its send, a
 Redis unreachable from the listener alone (a partition: the web process saw nothing wrong), a channel
-over capacity. Each web process therefore asks the database, every CHECK_SECONDS, which (key, version)
-each of its sockets' users is at now: one query for up to CHUNK users, whatever the number of sockets.
-A socket whose last profile sent says otherwise reads its profile and sends it (or ends, for an account
-gone meanwhile); the others read nothing. Losses Redis itself reports (epochs.py) are sent at once; this
-bounds the rest to CHECK_SECONDS.
+over capacity, Redis losing its data or going out of reach. Each web process therefore asks the database,
+every CHECK_SECONDS and soon after each loss that Redis reports (epochs.py), which (key, version) each of
+its sockets' users is at now: one query for up to 500 users (profiles.CHUNK), whatever the number of
+sockets. Only for the sockets whose last profile says otherwise are the profiles read, two queries a
+chunk, and each such socket sends its own (or ends, for an account removed meanwhile).
 """
 
 from __future__ import annotations
@@ -19,37 +19,30 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
+from client_site.web.epochs import redis_epochs
+from client_site.web.profiles import profiles_by_pk, replica_versions
 from reactive.errors import FailureStreak
-from reactive.events import USER_MODEL
-from reactive.replica import LEGACY_PREFIX, ReplicaState
 
 log = logging.getLogger("reactive.web")
 CHECK_SECONDS = 15.0
 CHECK_JITTER = 0.2  # processes started together do not query together
-CHUNK = 500  # users a query asks about: well under every database's limit on parameters
+# After a loss the sockets rejoin their groups, spread over consumers.LOSS_SPREAD_SECONDS; the check comes
+# after, so that a change it misses is pushed to a socket that is in its group again.
+AFTER_LOSS_SECONDS = 2.5
 NOT_A_REPLICA = ("", 0)  # what a local account's profile carries
 
 
 class Shown(Protocol):
     """What the check needs of a socket."""
 
+    pushes: int  # changes the socket received from its group so far
+
     def shown(self) -> tuple[str, int]:
         """(key, version) of the last profile the socket was sent."""
 
-    async def recheck(self) -> None:
-        """Read the profile and send it if it changed; never raises."""
-
-
-def current_versions(local_pks: list[str]) -> dict[str, tuple[str, int]]:
-    """(key, version) of each of these local users that replicates a master user (keys as profiles carry
-    them: a legacy replica's without its prefix)."""
-    versions: dict[str, tuple[str, int]] = {}
-    for start in range(0, len(local_pks), CHUNK):
-        rows = ReplicaState.objects.filter(
-            model=USER_MODEL, deleted=False, local_pk__in=local_pks[start : start + CHUNK]
-        ).values_list("local_pk", "key", "version")
-        versions.update((pk, (key.removeprefix(LEGACY_PREFIX), int(version))) for pk, key, version in rows)
-    return versions
+    async def catch_up(self, profile: dict[str, Any] | None, pushes_then: int) -> None:
+        """Send ``profile`` (None: the user is gone), read after the socket had ``pushes_then`` pushes,
+        unless a push came since or it is what the socket last sent. Never raises."""
 
 
 class Freshness:
@@ -58,48 +51,64 @@ class Freshness:
     def __init__(self) -> None:
         self.sockets: dict[str, set[Shown]] = {}
         self.task: asyncio.Task[None] | None = None
-        self.rechecks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self.catching_up: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.failures = FailureStreak("user sockets: checking their profiles against the replica", log)
 
-    def add(self, local_pk: Any, socket: Shown) -> None:
-        self.sockets.setdefault(str(local_pk), set()).add(socket)
+    def add(self, local_pk: str, socket: Shown) -> None:
+        self.sockets.setdefault(local_pk, set()).add(socket)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run(), name="user sockets freshness")
 
-    def discard(self, local_pk: Any, socket: Shown) -> None:
-        sockets = self.sockets.get(str(local_pk))
+    def discard(self, local_pk: str, socket: Shown) -> None:
+        sockets = self.sockets.get(local_pk)
         if sockets is not None:
             sockets.discard(socket)
             if not sockets:
-                del self.sockets[str(local_pk)]
+                del self.sockets[local_pk]
         if not self.sockets and self.task is not None:  # nothing left to check: no task outlives the sockets
             self.task.cancel()
             self.task = None
 
     async def _run(self) -> None:
+        epochs = redis_epochs()
         while self.sockets:
-            await asyncio.sleep(CHECK_SECONDS * random.uniform(1 - CHECK_JITTER, 1 + CHECK_JITTER))
+            seen = epochs.losses
+            await epochs.next_loss(CHECK_SECONDS * random.uniform(1 - CHECK_JITTER, 1 + CHECK_JITTER))
+            if epochs.losses != seen:
+                await asyncio.sleep(AFTER_LOSS_SECONDS)
             await self.check()
 
     async def check(self) -> int:
-        """One round: returns how many sockets were found behind the replica (each then rechecks)."""
-        if not self.sockets:
+        """One round: returns how many sockets were found behind the replica (each then catches up)."""
+        asked = list(self.sockets)  # sockets opened during the queries wait for the next round
+        if not asked:
             return 0
         try:
-            current = await database_sync_to_async(current_versions)(list(self.sockets))
+            current = await database_sync_to_async(replica_versions)(asked)
+            behind = self._behind(asked, current)
+            users = sorted({local_pk for local_pk, _, _ in behind})
+            profiles = await database_sync_to_async(profiles_by_pk)(users) if users else {}
         except Exception as exc:  # the database down: the next round asks again
             self.failures.failed(exc)
             return 0
         self.failures.succeeded()
-        behind = 0
-        for local_pk, sockets in list(self.sockets.items()):
-            for socket in list(sockets):
+        for local_pk, socket, pushes_then in behind:
+            task = asyncio.get_running_loop().create_task(
+                socket.catch_up(profiles.get(local_pk), pushes_then)
+            )
+            self.catching_up.add(task)
+            task.add_done_callback(self.catching_up.discard)
+        return len(behind)
+
+    def _behind(self, asked: list[str], current: dict[str, tuple[str, int]]) -> list[tuple[str, Shown, int]]:
+        """(user, socket, its pushes so far) for each socket whose last profile is not the replica's now.
+        The pushes are counted before the profiles are read: one that comes during the read is newer."""
+        found = []
+        for local_pk in asked:
+            for socket in list(self.sockets.get(local_pk, ())):
                 if socket.shown() != current.get(local_pk, NOT_A_REPLICA):
-                    behind += 1
-                    task = asyncio.get_running_loop().create_task(socket.recheck())
-                    self.rechecks.add(task)
-                    task.add_done_callback(self.rechecks.discard)
-        return behind
+                    found.append((local_pk, socket, socket.pushes))
+        return found
 
 
 _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Freshness] = weakref.WeakKeyDictionary()

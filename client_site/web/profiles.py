@@ -22,6 +22,33 @@ def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:
     return None if user is None else current_profile(user)
 
 
+CHUNK = 500  # users a query asks about: well under every database's limit on parameters
+
+
+def replica_versions(local_pks: list[str]) -> dict[str, tuple[str, int]]:
+    """(key, version) of each of these local users that replicates a master user, keyed as profiles carry
+    it (a legacy replica's without its prefix): one query per CHUNK users."""
+    versions: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(local_pks), CHUNK):
+        states = ReplicaState.objects.filter(
+            model=USER_MODEL, deleted=False, local_pk__in=local_pks[start : start + CHUNK]
+        ).values_list("local_pk", "key", "version")
+        versions.update((pk, (key.removeprefix(LEGACY_PREFIX), int(version))) for pk, key, version in states)
+    return versions
+
+
+def profiles_by_pk(local_pks: list[str]) -> dict[str, dict[str, Any]]:
+    """The profiles of those of these local users that still exist: two queries per CHUNK users."""
+    profiles: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(local_pks), CHUNK):
+        chunk = local_pks[start : start + CHUNK]
+        versions = replica_versions(chunk)
+        for user in get_user_model()._default_manager.filter(pk__in=chunk):
+            key, version = versions.get(str(user.pk), ("", 0))
+            profiles[str(user.pk)] = profile_of(user, key, version)
+    return profiles
+
+
 def replica_user(master_key: str, username: str) -> Any | None:
     """The local user replicating master user ``master_key`` (legacy replicas are keyed by username).
 

@@ -126,3 +126,5 @@ def test_a_change_applied_while_redis_was_out_reaches_the_open_page_after_its_li
     assert "1 changes never reached browsers" in deployment.log("listen-alpha"), deployment.log(
         "listen-alpha"
     )
+    site_log = deployment.log("uvicorn-alpha")
+    assert "Exception in ASGI application" not in site_log, site_log  # a socket Redis left closes cleanly

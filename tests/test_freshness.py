@@ -1,0 +1,95 @@
+"""The check of open pages against the replica (client_site/web/freshness.py), with stand-in sockets: which
+sockets it finds behind, what each is handed, and what it asks the database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from client_site.web import freshness
+from client_site.web.freshness import Freshness
+
+
+class Socket:
+    def __init__(self, key: str, version: int) -> None:
+        self.pushes = 0
+        self.showing = (key, version)
+        self.handed: list[tuple[dict[str, Any] | None, int]] = []
+
+    def shown(self) -> tuple[str, int]:
+        return self.showing
+
+    async def catch_up(self, profile: dict[str, Any] | None, pushes_then: int) -> None:
+        self.handed.append((profile, pushes_then))
+
+
+def check(watch: Freshness) -> int:
+    async def once() -> int:
+        behind = await watch.check()
+        await asyncio.gather(*watch.catching_up)
+        return behind
+
+    return asyncio.run(once())
+
+
+@pytest.fixture
+def replica(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What the database says: versions by local user, profiles by local user, and the queries asked."""
+    world: dict[str, Any] = {"versions": {}, "profiles": {}, "asked": [], "during": None}
+
+    def versions(pks: list[str]) -> dict[str, tuple[str, int]]:
+        world["asked"].append(("versions", list(pks)))
+        if world["during"]:
+            world["during"]()
+        return {pk: v for pk, v in world["versions"].items() if pk in pks}
+
+    def profiles(pks: list[str]) -> dict[str, dict[str, Any]]:
+        world["asked"].append(("profiles", list(pks)))
+        return {pk: p for pk, p in world["profiles"].items() if pk in pks}
+
+    monkeypatch.setattr(freshness, "replica_versions", versions)
+    monkeypatch.setattr(freshness, "profiles_by_pk", profiles)
+    return world
+
+
+def test_only_the_sockets_behind_get_a_profile_read_in_one_query(replica: dict[str, Any]) -> None:
+    watch = Freshness()
+    current, behind, other_tab, local, gone = (
+        Socket("17", 3),
+        Socket("18", 1),
+        Socket("18", 1),
+        Socket("", 0),
+        Socket("19", 5),
+    )
+    for pk, socket in (("1", current), ("2", behind), ("2", other_tab), ("3", local), ("4", gone)):
+        watch.sockets.setdefault(pk, set()).add(socket)
+    replica["versions"] = {"1": ("17", 3), "2": ("18", 2)}  # 3 is a local account, 4's user was removed
+    replica["profiles"] = {"2": {"key": "18", "version": 2}, "3": {"key": "", "version": 0}}
+    behind.pushes = 4
+
+    assert check(watch) == 3
+    assert behind.handed == [({"key": "18", "version": 2}, 4)]
+    assert other_tab.handed == [({"key": "18", "version": 2}, 0)]
+    assert gone.handed == [(None, 0)]  # the socket ends the page itself
+    assert current.handed == local.handed == []
+    assert replica["asked"] == [("versions", ["1", "2", "3", "4"]), ("profiles", ["2", "4"])]
+
+
+def test_a_socket_opened_during_the_query_waits_for_the_next_round(replica: dict[str, Any]) -> None:
+    """The answer says nothing about a user it was not asked about: such a socket is not 'behind'."""
+    watch = Freshness()
+    watch.sockets["1"] = {Socket("17", 3)}
+    late = Socket("18", 1)
+    replica["versions"] = {"1": ("17", 3), "2": ("18", 1)}
+    replica["during"] = lambda: watch.sockets.setdefault("2", set()).add(late)
+
+    assert check(watch) == 0
+    assert late.handed == []
+    assert replica["asked"] == [("versions", ["1"])]  # no profile read at all
+
+
+def test_nothing_open_asks_nothing(replica: dict[str, Any]) -> None:
+    assert check(Freshness()) == 0
+    assert replica["asked"] == []
