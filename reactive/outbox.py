@@ -537,19 +537,24 @@ class Backlog:
     def oldest_age_seconds(self) -> float | None:
         return (timezone.now() - self.oldest).total_seconds() if self.oldest else None
 
+    @classmethod
+    def combined(cls, parts: Sequence[Backlog]) -> Backlog:
+        """Several databases' backlogs as one: counts summed, the oldest row's age, the oldest failing
+        row's error."""
+        failing = [p for p in parts if p.oldest_failing is not None]
+        first_failing = min(failing, key=lambda p: p.oldest_failing or timezone.now(), default=None)
+        return cls(
+            pending=sum(p.pending for p in parts),
+            oldest=min((p.oldest for p in parts if p.oldest is not None), default=None),
+            failing=sum(p.failing for p in parts),
+            last_error=first_failing.last_error if first_failing else "",
+            oldest_failing=first_failing.oldest_failing if first_failing else None,
+        )
+
 
 def backlog(using: str | None = None) -> Backlog:
     """The pending rows of one database, or (None) of every database the sweep goes through together."""
-    parts = [_backlog_of(alias) for alias in ([using] if using else databases())]
-    failing = [p for p in parts if p.oldest_failing is not None]
-    first_failing = min(failing, key=lambda p: p.oldest_failing or timezone.now(), default=None)
-    return Backlog(
-        pending=sum(p.pending for p in parts),
-        oldest=min((p.oldest for p in parts if p.oldest is not None), default=None),
-        failing=sum(p.failing for p in parts),
-        last_error=first_failing.last_error if first_failing else "",
-        oldest_failing=first_failing.oldest_failing if first_failing else None,
-    )
+    return Backlog.combined([_backlog_of(alias) for alias in ([using] if using else databases())])
 
 
 def _backlog_of(using: str) -> Backlog:

@@ -180,19 +180,25 @@ def outbox_status(using: str | None = None, *, configured: bool = False) -> Outb
     """
     from django.db import DatabaseError, connections
 
-    from reactive.outbox import backlog, databases
+    from reactive.outbox import Backlog, backlog, databases
 
-    for alias in [using] if using else databases():
+    aliases = [using] if using else databases()
+    parts = []
+    for alias in aliases:
+        where = f" (database {alias!r})" if len(aliases) > 1 else ""
         missing = missing_sqlite_file(connections[alias].settings_dict)
         if missing:  # never create an empty database file just to look at it
+            fix = " (set DATABASE_URL)" if alias == "default" else ""
             return OutboxStatus(
-                False, detail=f"no master database at {missing} (set DATABASE_URL)", configured=configured
+                False, detail=f"no master database at {missing}{where}{fix}", configured=configured
             )
-    try:
-        found = backlog(using)
-    except DatabaseError as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        return OutboxStatus(False, detail=f"cannot read the master's outbox: {reason}", configured=configured)
+        try:
+            parts.append(backlog(alias))
+        except DatabaseError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            detail = f"cannot read the master's outbox{where}: {reason}"
+            return OutboxStatus(False, detail=detail, configured=configured)
+    found = Backlog.combined(parts)
     return OutboxStatus(
         True,
         pending=found.pending,

@@ -768,13 +768,31 @@ def test_a_change_missed_while_redis_was_out_of_reach_reaches_the_open_page_once
         assert after == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
     assert (
         "INFO",
-        "Redis answers again: the sockets rejoin their groups and send what changed meanwhile",
+        "Redis answers again: the sockets rejoin their groups and catch up with the replica",
     ) in web_log(caplog)
 
 
 def epoch_checks(caplog: pytest.LogCaptureFixture) -> int:
     """How many of the epoch watch's checks failed so far."""
     return sum(1 for r in caplog.records if r.getMessage().startswith("redis epochs: "))
+
+
+def test_an_account_the_replica_removed_during_the_handshake_ends_the_page(
+    alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session was read, then the listener removed the user (its push came before the join): the
+    socket says so and ends, rather than staying open with nothing to show."""
+    cookie = session_cookie(alice)
+    monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: None)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        return await ws.receive_json_from(timeout=5), dict(await ws.receive_output(timeout=5))
+
+    said, closed = run(scenario)
+    assert said == {"type": "profile", "profile": {"key": "", "version": 0, "deleted": True}}
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
 
 
 def test_an_account_removed_while_redis_lost_its_data_ends_the_page_at_the_rejoin(
@@ -941,6 +959,11 @@ def test_redis_going_away_under_open_sockets_is_one_warning_and_no_traceback(
             else:
                 outcomes.append(None if await ws.receive_nothing(timeout=1) else {"unexpected": True})
                 await ws.disconnect()
+        layer_through_proxy.up()
+        layer = get_channel_layer()
+        await until(lambda: not discard_tasks(), timeout=10, what="the discards ended")
+        for user in (alice, bob):  # the closed sockets' channels left their groups once Redis answered
+            assert await group_members(layer, groups.user_group(user.pk)) == set()
         return outcomes
 
     with caplog.at_level(logging.INFO, logger="reactive.web"):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from client_site.web import freshness
+from client_site.web.consumers import UserConsumer
 from client_site.web.freshness import Freshness
 
 
@@ -93,3 +94,32 @@ def test_a_socket_opened_during_the_query_waits_for_the_next_round(replica: dict
 def test_nothing_open_asks_nothing(replica: dict[str, Any]) -> None:
     assert check(Freshness()) == 0
     assert replica["asked"] == []
+
+
+def test_a_socket_catches_up_unless_a_push_came_since_or_it_is_ending() -> None:
+    """The profile handed over was read after ``pushes_then`` pushes: a push that came since is at least as
+    new, and stands. A socket that is ending sends nothing more, pushes included."""
+    socket = UserConsumer()
+    frames: list[dict[str, Any]] = []
+
+    async def send_json(content: dict[str, Any], close: bool = False) -> None:
+        frames.append(content)
+
+    socket.send_json = send_json  # type: ignore[method-assign]
+    socket.sent = {"key": "17", "version": 3}
+    read_before_push = {"key": "17", "version": 4, "first_name": "Alicia"}
+    pushed = {"key": "17", "version": 5, "first_name": "Ali"}
+    read_later = {"key": "17", "version": 6, "first_name": "Alison"}
+
+    async def scenario() -> None:
+        pushes_then = socket.pushes
+        await socket.user_changed({"type": "user.changed", "profile": pushed})  # during the read
+        await socket.catch_up(read_before_push, pushes_then)
+        await socket.catch_up(read_later, socket.pushes)  # the next round: version 6's push was lost
+        await socket.catch_up(read_later, socket.pushes)  # what it sent last: nothing again
+        socket.closing = True
+        await socket.user_changed({"type": "user.changed", "profile": {"key": "17", "version": 7}})
+        await socket.catch_up({"key": "17", "version": 7}, socket.pushes)
+
+    asyncio.run(scenario())
+    assert frames == [{"type": "user.changed", "profile": pushed}, {"type": "profile", "profile": read_later}]

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from reactive import outbox, status
@@ -113,6 +114,20 @@ def test_the_outbox_status_covers_every_database_outbox_rows_are_written_to(
     assert found.oldest_age_seconds is not None and 1190 < found.oldest_age_seconds < 1300
     assert "oldest pending outbox row is 12" in found.problems(max_age=900)[0]
     assert status.outbox_status("default").pending == 1
+
+    real_backlog = outbox.backlog
+
+    def users_down(using: str | None = None) -> outbox.Backlog:
+        if using == "users":
+            raise OperationalError("could not connect to server")
+        return real_backlog(using)
+
+    monkeypatch.setattr(outbox, "backlog", users_down)
+    down = status.outbox_status(configured=True)
+    assert not down.available
+    assert down.problems(max_age=900) == [
+        "master: cannot read the master's outbox (database 'users'): could not connect to server"
+    ]
 
 
 def test_a_subscription_without_its_dlq_is_a_problem(sqs: SqsTransport) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from typing import Any
@@ -85,28 +86,44 @@ async def _next_round(epochs: RedisEpochs, seen: int) -> int:
 _discards: set[asyncio.Task[None]] = set()
 
 
-def _discard_in_background(layer: Any, group: str, channel: str) -> None:
-    """Take a refused socket's channel out of the group its join failed on, without holding the refusal.
+# A channel whose socket closed because Redis went away is taken out of its group once Redis answers:
+# tried again after each of these pauses (then every last one), for DISCARD_RETRY_SECONDS at most.
+DISCARD_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)
+DISCARD_RETRY_SECONDS = 600.0
 
-    Redis may have applied the join after all: it answered too late, or it took the ZADD and the connection
-    broke before its answer came (or between channels-redis's ZADD and EXPIRE). The dead channel would then
-    stay a member until group_expiry (a day), sent every change. When Redis is simply down, the discard
-    fails too, with one debug line.
+
+def _discard_in_background(layer: Any, group: str, channel: str, retry: bool = False) -> None:
+    """Take a closed socket's channel out of its group, without holding the close.
+
+    A refused join: Redis may have applied it after all (it answered too late, or it took the ZADD and the
+    connection broke before its answer came, or between channels-redis's ZADD and EXPIRE); tried once.
+    A socket closed because Redis went away (``retry``): tried until Redis answers. Either way the dead
+    channel would otherwise stay a member until group_expiry (a day), sent every change of the user.
     """
-    task = asyncio.get_running_loop().create_task(_discard(layer, group, channel), name=f"discard {group}")
+    task = asyncio.get_running_loop().create_task(
+        _discard(layer, group, channel, retry), name=f"discard {group}"
+    )
     _discards.add(task)
     task.add_done_callback(_discards.discard)
 
 
-async def _discard(layer: Any, group: str, channel: str) -> None:
-    # Best effort, bounded like a join. At a stalled Redis the discard, sent after the join, is most likely
-    # read after it too, even if its answer comes too late for us (Redis does not promise that order across
-    # connections); when it fails outright, group_expiry still ends the membership.
-    try:
-        async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-            await layer.group_discard(group, channel)
-    except Exception as exc:
-        log.debug("could not discard %s from %s after a failed join: %s", channel, group, describe(exc))
+async def _discard(layer: Any, group: str, channel: str, retry: bool) -> None:
+    # Bounded like a join. At a stalled Redis the discard, sent after the join, is most likely read after
+    # it too, even if its answer comes too late for us (Redis does not promise that order across
+    # connections); when it fails for good, group_expiry still ends the membership.
+    deadline = asyncio.get_running_loop().time() + (DISCARD_RETRY_SECONDS if retry else 0)
+    for attempt in itertools.count():
+        try:
+            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+                await layer.group_discard(group, channel)
+            return
+        except Exception as exc:
+            pause = DISCARD_PAUSES[min(attempt, len(DISCARD_PAUSES) - 1)]
+            if asyncio.get_running_loop().time() + pause > deadline:
+                why = "its socket lost Redis" if retry else "a failed join"
+                log.debug("could not discard %s from %s after %s: %s", channel, group, why, describe(exc))
+                return
+            await asyncio.sleep(pause)
 
 
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
@@ -122,6 +139,12 @@ def _final_code(profile: dict[str, Any]) -> int | None:
     """The close code a pushed profile ends the socket with, if any."""
     end = groups.account_end(profile)
     return None if end is None else END_CODES[end]
+
+
+def removed_profile(last_sent: dict[str, Any] | None) -> dict[str, Any]:
+    """What a socket sends for a user the replica removed without its push reaching the socket."""
+    last = last_sent or {}
+    return {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
 
 
 def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
@@ -182,6 +205,9 @@ class UserConsumer(PushOnly):
             await super().__call__(scope, receive, send)
         except ReceiveFailed as exc:  # Redis went away under the open socket
             _receive_failures.failed(exc.__cause__ or exc)
+            if self.group is not None:  # no disconnect() will run: the channel leaves once Redis answers
+                _discard_in_background(self.channel_layer, self.group, self.channel_name, retry=True)
+                self.group = None
             if self.accepted and not self.closing:
                 with contextlib.suppress(Exception):  # the client may be gone already
                     await self.close(code=CLOSE_TRY_AGAIN_LATER)
@@ -206,11 +232,11 @@ class UserConsumer(PushOnly):
         await self.accept()
         self.accepted = True
         _receive_failures.succeeded()  # it joined: Redis answers again
-        profile = await database_sync_to_async(profile_by_pk)(user.pk)
-        if profile is not None:
-            await self._send_profile(profile)
-            if await self._end_if_final(profile):
-                return
+        # None: the replica removed the user since the session was read (and its push came before the join)
+        profile = await database_sync_to_async(profile_by_pk)(user.pk) or removed_profile(None)
+        await self._send_profile(profile)
+        if await self._end_if_final(profile):
+            return
         self.membership = asyncio.get_running_loop().create_task(
             self._keep_membership(), name=f"membership {group}"
         )
@@ -266,8 +292,7 @@ class UserConsumer(PushOnly):
         if self.closing or self.pushes != pushes_then:
             return
         if profile is None:  # the replica deleted the user: the page says so, the socket ends
-            last = self.sent or {}
-            profile = {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
+            profile = removed_profile(self.sent)
         if profile == self.sent:
             return
         try:
@@ -367,6 +392,8 @@ class ClockConsumer(PushOnly):
 
 class RefuseConsumer(AsyncJsonWebsocketConsumer):
     """Any other websocket path: refused (a 403 handshake, not a server error)."""
+
+    channel_layer_alias = "reactive.no-layer"  # nothing to receive: no Redis call, no failure of one
 
     async def connect(self) -> None:
         await self.close()

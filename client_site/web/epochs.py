@@ -7,8 +7,9 @@ back sends them no more, while sockets on the pub/sub layer (which reconnects by
 
 Each web process keeps a key of its own in Redis and touches it every EPOCH_CHECK_SECONDS: once the key
 is gone, so are the memberships made before it; once a touch fails and a later one works, Redis was out
-of reach in between. Either is a loss: the process's sockets then rejoin at once and send again what they
-may have missed; between losses they only re-add themselves now and then (cheap), and read nothing.
+of reach in between. Either is a loss: the process's sockets then rejoin at once, and the process checks
+them against the replica (freshness.py) for what they missed; between losses they only re-add themselves
+now and then (cheap), and the process checks them every 15 s or so.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class RedisEpochs:
 
     def _lost(self, what: str, level: int) -> None:
         self.losses += 1
-        log.log(level, "%s: the sockets rejoin their groups and send what changed meanwhile", what)
+        log.log(level, "%s: the sockets rejoin their groups and catch up with the replica", what)
         lost, self.lost = self.lost, asyncio.Event()
         lost.set()
 

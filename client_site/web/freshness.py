@@ -56,8 +56,21 @@ class Freshness:
 
     def add(self, local_pk: str, socket: Shown) -> None:
         self.sockets.setdefault(local_pk, set()).add(socket)
+        self._start()
+
+    def _start(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run(), name="user sockets freshness")
+            self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A check loop that raised (a bug: its queries' failures are caught) says so and starts again."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("user sockets: the freshness check stopped", exc_info=task.exception())
+        if self.sockets and task is self.task:
+            self.task = None
+            self._start()
 
     def discard(self, local_pk: str, socket: Shown) -> None:
         sockets = self.sockets.get(local_pk)
@@ -71,10 +84,12 @@ class Freshness:
 
     async def _run(self) -> None:
         epochs = redis_epochs()
+        seen = epochs.losses
         while self.sockets:
-            seen = epochs.losses
-            await epochs.next_loss(CHECK_SECONDS * random.uniform(1 - CHECK_JITTER, 1 + CHECK_JITTER))
+            if epochs.losses == seen:  # a loss during the last check is not waited past
+                await epochs.next_loss(CHECK_SECONDS * random.uniform(1 - CHECK_JITTER, 1 + CHECK_JITTER))
             if epochs.losses != seen:
+                seen = epochs.losses
                 await asyncio.sleep(AFTER_LOSS_SECONDS)
             await self.check()
 

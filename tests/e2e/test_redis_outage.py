@@ -118,7 +118,9 @@ def test_a_change_applied_while_redis_was_out_reaches_the_open_page_after_its_li
     finally:
         proxy.down()
     shown = page.shown
-    assert opened and stopped and unseen_while_out, deployment.log("listen-alpha")
+    assert opened and stopped, deployment.log("listen-alpha")
+    if (layer, cut_off) == ("redis", "site and listener"):  # elsewhere the site's own check may come first
+        assert unseen_while_out
     assert shown.get("first_name") == "Alicia", (
         f"after {time.monotonic() - started:.0f} s and {page.connections} connection(s) the page shows "
         f"{shown}\n{deployment.log('uvicorn-alpha')[-3000:]}"
