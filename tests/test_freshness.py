@@ -123,3 +123,42 @@ def test_a_socket_catches_up_unless_a_push_came_since_or_it_is_ending() -> None:
 
     asyncio.run(scenario())
     assert frames == [{"type": "user.changed", "profile": pushed}, {"type": "profile", "profile": read_later}]
+
+
+def test_a_check_loop_that_raised_says_so_and_starts_again(
+    replica: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(freshness, "CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(freshness, "redis_epochs", lambda: Losses())
+    rounds: list[int] = []
+    real_check = Freshness.check
+
+    async def check_failing_once(self: Freshness) -> int:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise RuntimeError("a bug")
+        return await real_check(self)
+
+    monkeypatch.setattr(Freshness, "check", check_failing_once)
+
+    async def scenario() -> None:
+        watch = Freshness()
+        watch.add("1", Socket("17", 3))
+        while len(rounds) < 3:
+            await asyncio.sleep(0.01)
+        watch.discard("1", next(iter(watch.sockets["1"])))
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    stopped = [
+        r for r in caplog.records if r.getMessage().startswith("user sockets: the freshness check stopped")
+    ]
+    assert len(stopped) == 1 and stopped[0].exc_info is not None
+
+
+class Losses:
+    """An epoch watch that never reports a loss."""
+
+    losses = 0
+
+    async def next_loss(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)

@@ -64,12 +64,15 @@ class Freshness:
             self.task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        """A check loop that raised (a bug: its queries' failures are caught) says so and starts again."""
+        """A check loop that raised (a bug: its queries' failures are caught) says so and starts again a
+        round later (not at once: a loop that fails at its start would spin)."""
         if task.cancelled() or task.exception() is None:
             return
-        log.error("user sockets: the freshness check stopped", exc_info=task.exception())
-        if self.sockets and task is self.task:
-            self.task = None
+        log.error("user sockets: the freshness check stopped; starting again", exc_info=task.exception())
+        asyncio.get_running_loop().call_later(CHECK_SECONDS, self._restart_if_wanted)
+
+    def _restart_if_wanted(self) -> None:
+        if self.sockets:
             self._start()
 
     def discard(self, local_pk: str, socket: Shown) -> None:
