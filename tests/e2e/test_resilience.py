@@ -20,6 +20,7 @@ from tests.support.sites import ROOT, VENV_BIN, Deployment
 
 pytestmark = pytest.mark.e2e
 
+
 def count_users(system: Deployment, site: str) -> int:
     """Read straight from the site's SQLite file: polling through a Django process a second would cost a
     core that the listener under test needs."""
