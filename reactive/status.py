@@ -71,17 +71,21 @@ class OutboxStatus:
     # A master database was named for this process (DATABASE_URL): one it cannot read is an outage to
     # report, not a host that only sees the AWS side.
     configured: bool = False
+    # With several databases, those that could not be read while others could (their backlog is unknown,
+    # the figures above are the others'): a problem whatever ``configured`` says.
+    unreadable: tuple[str, ...] = ()
 
     def problems(self, max_age: float) -> list[str]:
         if not self.available:
             return [f"master: {self.detail}"] if self.configured else []
+        found = [f"master: {why}" for why in self.unreadable]
         age = self.oldest_age_seconds
-        if self.available and age is not None and age > max_age:
+        if age is not None and age > max_age:
             why = f"; {self.failing} failing, last error: {self.last_error}" if self.failing else ""
-            return [
+            found.append(
                 f"master: the oldest pending outbox row is {age:.0f} s old (more than {max_age:.0f} s){why}"
-            ]
-        return []
+            )
+        return found
 
 
 @dataclass
@@ -183,21 +187,20 @@ def outbox_status(using: str | None = None, *, configured: bool = False) -> Outb
     from reactive.outbox import Backlog, backlog, databases
 
     aliases = [using] if using else databases()
-    parts = []
+    parts, unreadable = [], []
     for alias in aliases:
         where = f" (database {alias!r})" if len(aliases) > 1 else ""
         missing = missing_sqlite_file(connections[alias].settings_dict)
-        if missing:  # never create an empty database file just to look at it
-            fix = " (set DATABASE_URL)" if alias == "default" else ""
-            return OutboxStatus(
-                False, detail=f"no master database at {missing}{where}{fix}", configured=configured
-            )
         try:
+            if missing:  # never create an empty database file just to look at it
+                fix = " (set DATABASE_URL)" if alias == "default" else ""
+                raise LookupError(f"no master database at {missing}{where}{fix}")
             parts.append(backlog(alias))
-        except DatabaseError as exc:
+        except (LookupError, DatabaseError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            detail = f"cannot read the master's outbox{where}: {reason}"
-            return OutboxStatus(False, detail=detail, configured=configured)
+            unreadable.append(reason if missing else f"cannot read the master's outbox{where}: {reason}")
+    if not parts:
+        return OutboxStatus(False, detail="; ".join(unreadable), configured=configured)
     found = Backlog.combined(parts)
     return OutboxStatus(
         True,
@@ -206,6 +209,7 @@ def outbox_status(using: str | None = None, *, configured: bool = False) -> Outb
         failing=found.failing,
         last_error=found.last_error,
         configured=configured,
+        unreadable=tuple(unreadable),
     )
 
 

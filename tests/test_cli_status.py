@@ -39,6 +39,7 @@ def test_json_lists_each_client_and_the_outbox(sqs: SqsTransport) -> None:
         "failing": 0,
         "last_error": "",
         "configured": False,
+        "unreadable": [],  # with several databases: those that could not be read
     }
     assert report["ok"] is True
 

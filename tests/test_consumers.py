@@ -18,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, transaction
 
-from client_site.web import consumers, epochs, freshness
+from client_site.web import consumers, epochs, freshness, leavers
 from client_site.web.broadcast import broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
@@ -959,10 +959,15 @@ def test_redis_going_away_under_open_sockets_is_one_warning_and_no_traceback(
             else:
                 outcomes.append(None if await ws.receive_nothing(timeout=1) else {"unexpected": True})
                 await ws.disconnect()
+        waiting = leavers.leavers().waiting
+        draining = [
+            t for t in asyncio.all_tasks() if t.get_name() in ("leaving groups",) or t in discard_tasks()
+        ]
+        assert len(waiting) == (2 if redis_layer == "redis" else 0) and len(draining) <= 1  # one worker
         layer_through_proxy.up()
         layer = get_channel_layer()
-        await until(lambda: not discard_tasks(), timeout=10, what="the discards ended")
-        for user in (alice, bob):  # the closed sockets' channels left their groups once Redis answered
+        await until(lambda: not waiting, timeout=10, what="the closed sockets' channels left")
+        for user in (alice, bob):
             assert await group_members(layer, groups.user_group(user.pk)) == set()
         return outcomes
 
@@ -978,6 +983,32 @@ def test_redis_going_away_under_open_sockets_is_one_warning_and_no_traceback(
         assert outcomes == [None, None]
     ours = [r for r in caplog.records if r.name.startswith("reactive")]
     assert not [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_a_socket_closed_while_redis_is_away_leaves_its_group_once_redis_answers(alice: Any) -> None:
+    cookie = session_cookie(alice)
+    group = groups.user_group(alice.pk)
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        layer = get_channel_layer()
+        real_discard, down = layer.group_discard, {"now": True}
+
+        async def discard_unless_down(group: str, channel: str) -> None:
+            if down["now"]:
+                raise redis.ConnectionError("Error 111 connecting to redis. Connection refused.")
+            await real_discard(group, channel)
+
+        layer.group_discard = discard_unless_down
+        ws = await in_room(cookie)
+        await ws.disconnect()
+        waiting = set(leavers.leavers().waiting)
+        down["now"] = False
+        await until(lambda: not leavers.leavers().waiting, timeout=10, what="the channel left")
+        return waiting, await group_members(layer, group)
+
+    waiting, members = run(scenario)
+    assert len(waiting) == 1 and next(iter(waiting))[0] == group
+    assert members == set()
 
 
 def test_a_redis_outage_under_an_open_socket_is_one_warning_and_the_socket_lives(

@@ -156,9 +156,72 @@ def test_a_check_loop_that_raised_says_so_and_starts_again(
 
 
 class Losses:
-    """An epoch watch that never reports a loss."""
+    """An epoch watch whose losses the test makes."""
 
-    losses = 0
+    def __init__(self) -> None:
+        self.losses = 0
+        self.lost = asyncio.Event()
+
+    def lose(self) -> None:
+        self.losses += 1
+        self.lost.set()
+        self.lost = asyncio.Event()
 
     async def next_loss(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.lost.wait()
+        except TimeoutError:
+            pass
+
+
+def test_a_loss_during_a_check_gets_a_check_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis lost something while the process was checking: that check may have read too early, so another
+    follows at once (after the rejoin), not a whole round later."""
+    monkeypatch.setattr(freshness, "CHECK_SECONDS", 60.0)
+    monkeypatch.setattr(freshness, "AFTER_LOSS_SECONDS", 0.01)
+    epochs = Losses()
+    monkeypatch.setattr(freshness, "redis_epochs", lambda: epochs)
+    rounds: list[int] = []
+
+    async def check(self: Freshness) -> int:
+        rounds.append(epochs.losses)
+        if len(rounds) == 1:
+            epochs.lose()  # during the check
+        return 0
+
+    monkeypatch.setattr(Freshness, "check", check)
+
+    async def scenario() -> None:
+        watch = Freshness()
+        watch.add("1", Socket("17", 3))
+        await asyncio.sleep(0)
+        epochs.lose()
+        while len(rounds) < 2:
+            await asyncio.sleep(0.01)
+        watch.discard("1", next(iter(watch.sockets["1"])))
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert rounds == [1, 2]
+
+
+def test_a_loop_failing_at_its_start_is_restarted_once_a_round_not_in_a_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(freshness, "CHECK_SECONDS", 0.1)
+    starts: list[int] = []
+
+    def broken_epochs() -> Losses:
+        starts.append(1)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(freshness, "redis_epochs", broken_epochs)
+
+    async def scenario() -> None:
+        watch = Freshness()
+        watch.add("1", Socket("17", 3))
+        await asyncio.sleep(0.55)
+        watch.discard("1", next(iter(watch.sockets["1"])))
+
+    asyncio.run(scenario())
+    assert 2 <= len(starts) <= 8  # about one start per round (0, 0.1, 0.2, ...), not thousands

@@ -123,10 +123,16 @@ def test_the_outbox_status_covers_every_database_outbox_rows_are_written_to(
         return real_backlog(using)
 
     monkeypatch.setattr(outbox, "backlog", users_down)
-    down = status.outbox_status(configured=True)
-    assert not down.available
-    assert down.problems(max_age=900) == [
+    half = status.outbox_status()  # the readable database is still shown, the other named as a problem
+    assert half.available and (half.pending, half.failing, half.last_error) == (1, 1, "Throttling")
+    assert half.problems(max_age=900) == [
         "master: cannot read the master's outbox (database 'users'): could not connect to server"
+    ]
+    assert len(half.problems(max_age=60)) == 2  # and default's own age
+
+    monkeypatch.setattr(outbox, "databases", lambda: ["users"])
+    assert status.outbox_status(configured=True).problems(max_age=900) == [
+        "master: cannot read the master's outbox: could not connect to server"
     ]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 from typing import Any
@@ -30,6 +29,7 @@ from client_site.web.broadcast import (
 )
 from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.freshness import freshness
+from client_site.web.leavers import leavers
 from client_site.web.profiles import CHUNK, profile_by_pk
 from reactive import clock, groups
 from reactive.errors import FailureStreak, describe
@@ -60,7 +60,8 @@ _membership_failures = FailureStreak("user sockets: keeping their group membersh
 # On the default layer, a socket's receive fails when Redis goes away (the pub/sub layer reconnects by
 # itself and its sockets stay open). Such a socket closes with 1013 (try again later), logged once a
 # streak, not with a traceback per socket: the page shows it is offline and reconnects with its backoff,
-# and a handshake waits for Redis (JOIN_TIMEOUT_SECONDS), then sends the profile as it is by then.
+# and a handshake waits for Redis (JOIN_TIMEOUT_SECONDS), then sends the profile as it is by then. Its
+# channel leaves the user's group once Redis answers (leavers.py).
 CLOSE_TRY_AGAIN_LATER = 1013
 _receive_failures = FailureStreak("user sockets: receiving from the channel layer", log)
 
@@ -86,44 +87,28 @@ async def _next_round(epochs: RedisEpochs, seen: int) -> int:
 _discards: set[asyncio.Task[None]] = set()
 
 
-# A channel whose socket closed because Redis went away is taken out of its group once Redis answers:
-# tried again after each of these pauses (then every last one), for DISCARD_RETRY_SECONDS at most.
-DISCARD_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)
-DISCARD_RETRY_SECONDS = 600.0
+def _discard_in_background(layer: Any, group: str, channel: str) -> None:
+    """Take a refused socket's channel out of the group its join failed on, without holding the refusal.
 
-
-def _discard_in_background(layer: Any, group: str, channel: str, retry: bool = False) -> None:
-    """Take a closed socket's channel out of its group, without holding the close.
-
-    A refused join: Redis may have applied it after all (it answered too late, or it took the ZADD and the
-    connection broke before its answer came, or between channels-redis's ZADD and EXPIRE); tried once.
-    A socket closed because Redis went away (``retry``): tried until Redis answers. Either way the dead
-    channel would otherwise stay a member until group_expiry (a day), sent every change of the user.
+    Redis may have applied the join after all: it answered too late, or it took the ZADD and the connection
+    broke before its answer came (or between channels-redis's ZADD and EXPIRE). The dead channel would then
+    stay a member until group_expiry (a day), sent every change. When Redis is simply down, the discard
+    fails too, with one debug line.
     """
-    task = asyncio.get_running_loop().create_task(
-        _discard(layer, group, channel, retry), name=f"discard {group}"
-    )
+    task = asyncio.get_running_loop().create_task(_discard(layer, group, channel), name=f"discard {group}")
     _discards.add(task)
     task.add_done_callback(_discards.discard)
 
 
-async def _discard(layer: Any, group: str, channel: str, retry: bool) -> None:
-    # Bounded like a join. At a stalled Redis the discard, sent after the join, is most likely read after
-    # it too, even if its answer comes too late for us (Redis does not promise that order across
-    # connections); when it fails for good, group_expiry still ends the membership.
-    deadline = asyncio.get_running_loop().time() + (DISCARD_RETRY_SECONDS if retry else 0)
-    for attempt in itertools.count():
-        try:
-            async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                await layer.group_discard(group, channel)
-            return
-        except Exception as exc:
-            pause = DISCARD_PAUSES[min(attempt, len(DISCARD_PAUSES) - 1)]
-            if asyncio.get_running_loop().time() + pause > deadline:
-                why = "its socket lost Redis" if retry else "a failed join"
-                log.debug("could not discard %s from %s after %s: %s", channel, group, why, describe(exc))
-                return
-            await asyncio.sleep(pause)
+async def _discard(layer: Any, group: str, channel: str) -> None:
+    # Best effort, bounded like a join. At a stalled Redis the discard, sent after the join, is most likely
+    # read after it too, even if its answer comes too late for us (Redis does not promise that order across
+    # connections); when it fails outright, group_expiry still ends the membership.
+    try:
+        async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
+            await layer.group_discard(group, channel)
+    except Exception as exc:
+        log.debug("could not discard %s from %s after a failed join: %s", channel, group, describe(exc))
 
 
 def _authenticated_user(scope: dict[str, Any]) -> Any | None:
@@ -142,7 +127,8 @@ def _final_code(profile: dict[str, Any]) -> int | None:
 
 
 def removed_profile(last_sent: dict[str, Any] | None) -> dict[str, Any]:
-    """What a socket sends for a user the replica removed without its push reaching the socket."""
+    """What a socket sends for a user whose row is gone (the replica removed it, or the site's own admin
+    deleted a local account) without a push telling the socket."""
     last = last_sent or {}
     return {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
 
@@ -205,8 +191,9 @@ class UserConsumer(PushOnly):
             await super().__call__(scope, receive, send)
         except ReceiveFailed as exc:  # Redis went away under the open socket
             _receive_failures.failed(exc.__cause__ or exc)
+            self._stop_membership()  # no re-add may land after the leave
             if self.group is not None:  # no disconnect() will run: the channel leaves once Redis answers
-                _discard_in_background(self.channel_layer, self.group, self.channel_name, retry=True)
+                leavers().add(self.channel_layer, self.group, self.channel_name)
                 self.group = None
             if self.accepted and not self.closing:
                 with contextlib.suppress(Exception):  # the client may be gone already
@@ -232,7 +219,7 @@ class UserConsumer(PushOnly):
         await self.accept()
         self.accepted = True
         _receive_failures.succeeded()  # it joined: Redis answers again
-        # None: the replica removed the user since the session was read (and its push came before the join)
+        # None: the row went since the session was read (a replica's removal pushed before the join)
         profile = await database_sync_to_async(profile_by_pk)(user.pk) or removed_profile(None)
         await self._send_profile(profile)
         if await self._end_if_final(profile):
@@ -315,8 +302,8 @@ class UserConsumer(PushOnly):
         try:
             async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
                 await self.channel_layer.group_discard(group, self.channel_name)
-        except Exception as exc:  # Redis down: the member goes at group_expiry, its messages at their expiry
-            _membership_failures.failed(exc)
+        except Exception:  # Redis down or stalled: the channel leaves once Redis answers (leavers.py)
+            leavers().add(self.channel_layer, group, self.channel_name)
 
     async def _send_profile(self, profile: dict[str, Any]) -> None:
         self.sent = profile

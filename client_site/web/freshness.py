@@ -53,6 +53,7 @@ class Freshness:
         self.task: asyncio.Task[None] | None = None
         self.catching_up: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.failures = FailureStreak("user sockets: checking their profiles against the replica", log)
+        self.restart: asyncio.TimerHandle | None = None
 
     def add(self, local_pk: str, socket: Shown) -> None:
         self.sockets.setdefault(local_pk, set()).add(socket)
@@ -69,9 +70,10 @@ class Freshness:
         if task.cancelled() or task.exception() is None:
             return
         log.error("user sockets: the freshness check stopped; starting again", exc_info=task.exception())
-        asyncio.get_running_loop().call_later(CHECK_SECONDS, self._restart_if_wanted)
+        self.restart = asyncio.get_running_loop().call_later(CHECK_SECONDS, self._restart_if_wanted)
 
     def _restart_if_wanted(self) -> None:
+        self.restart = None
         if self.sockets:
             self._start()
 
@@ -81,9 +83,13 @@ class Freshness:
             sockets.discard(socket)
             if not sockets:
                 del self.sockets[local_pk]
-        if not self.sockets and self.task is not None:  # nothing left to check: no task outlives the sockets
-            self.task.cancel()
-            self.task = None
+        if not self.sockets:  # nothing left to check: no task outlives the sockets
+            if self.task is not None:
+                self.task.cancel()
+                self.task = None
+            if self.restart is not None:
+                self.restart.cancel()
+                self.restart = None
 
     async def _run(self) -> None:
         epochs = redis_epochs()

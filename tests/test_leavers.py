@@ -1,0 +1,73 @@
+"""Channels waiting to leave their groups until Redis answers (client_site/web/leavers.py): one worker
+for all of them, however many sockets closed, and nothing left behind once Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from client_site.web import leavers
+from client_site.web.leavers import Leavers
+
+
+class Layer:
+    """A layer whose discards fail while ``down``; records the calls."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls: list[tuple[str, str]] = []
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.calls.append((group, channel))
+        if self.down:
+            raise ConnectionError("Connection refused")
+
+
+@pytest.fixture(autouse=True)
+def short_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leavers, "PAUSES", (0.01, 0.02))
+
+
+def test_many_closed_sockets_wait_for_one_worker_that_empties_the_queue_once_redis_answers() -> None:
+    layer, waiting = Layer(), Leavers()
+
+    async def scenario() -> tuple[int, int, int]:
+        for n in range(1000):
+            waiting.add(layer, f"user.{n}", f"specific.{n}")
+        workers = sum(1 for t in asyncio.all_tasks() if t.get_name() == "leaving groups")
+        while len(layer.calls) < 5:
+            await asyncio.sleep(0.01)
+        tried_while_down = len(layer.calls)
+        layer.down = False
+        while waiting.waiting:
+            await asyncio.sleep(0.01)
+        return workers, tried_while_down, len(layer.calls)
+
+    workers, tried_while_down, calls = asyncio.run(scenario())
+    assert workers == 1
+    assert calls == tried_while_down + 1000  # each channel once, once Redis answers; not a retry per channel
+    assert set(layer.calls[-1000:]) == {(f"user.{n}", f"specific.{n}") for n in range(1000)}
+
+
+def test_beyond_the_limit_the_oldest_are_left_to_group_expiry_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(leavers, "MAX_WAITING", 3)
+    layer, waiting = Layer(), Leavers()
+
+    async def scenario() -> list[tuple[str, str]]:
+        for n in range(5):
+            waiting.add(layer, "user.1", f"specific.{n}")
+        kept = list(waiting.waiting)
+        if waiting.task is not None:
+            waiting.task.cancel()
+        return kept
+
+    with caplog.at_level(logging.WARNING, logger="reactive.web"):
+        kept = asyncio.run(scenario())
+    assert kept == [("user.1", "specific.2"), ("user.1", "specific.3"), ("user.1", "specific.4")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "more than 3 channels wait to leave their groups: the oldest are left to group_expiry"
+    ]
