@@ -71,3 +71,31 @@ def test_beyond_the_limit_the_oldest_are_left_to_group_expiry_said_once(
     assert [r.getMessage() for r in caplog.records] == [
         "more than 3 channels wait to leave their groups: the oldest are left to group_expiry"
     ]
+
+
+def test_a_leave_that_fails_for_another_reason_is_dropped_not_retried_ahead_of_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer, waiting = Layer(), Leavers()
+    layer.down = False
+    real = layer.group_discard
+
+    async def discard(group: str, channel: str) -> None:
+        if channel == "bad":
+            raise ValueError("Group name must be a valid unicode string")
+        await real(group, channel)
+
+    layer.group_discard = discard  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        waiting.add(layer, "user.1", "bad")
+        waiting.add(layer, "user.1", "good")
+        while waiting.waiting:
+            await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.WARNING, logger="reactive.web"):
+        asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert layer.calls == [("user.1", "good")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad could not leave user.1: ValueError: Group name must be a valid unicode string"
+    ]

@@ -15,12 +15,15 @@ import random
 import weakref
 from typing import Any
 
+import redis
+
 from client_site.web.broadcast import JOIN_TIMEOUT_SECONDS
 from reactive.errors import describe
 
 log = logging.getLogger("reactive.web")
 PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)  # while Redis does not answer; then every last one
 MAX_WAITING = 100_000  # beyond, the oldest are left to group_expiry
+REDIS_AWAY: tuple[type[BaseException], ...] = (redis.RedisError, OSError)  # OSError: TimeoutError too
 
 
 class Leavers:
@@ -49,11 +52,13 @@ class Leavers:
             try:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
                     await layer.group_discard(group, channel)
-            except Exception as exc:  # Redis still away: the outage is reported where it is felt
+            except REDIS_AWAY as exc:  # the outage is reported where it is felt (sockets, memberships)
                 log.debug("leaving groups: %s; %d channels wait", describe(exc), len(self.waiting))
                 await asyncio.sleep(PAUSES[min(failures, len(PAUSES) - 1)] * random.uniform(0.8, 1.2))
                 failures += 1
                 continue
+            except Exception as exc:  # not Redis being away: trying again would block every other leaver
+                log.warning("%s could not leave %s: %s", channel, group, describe(exc))
             failures = 0
             self.waiting.pop((group, channel), None)
 
