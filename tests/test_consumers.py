@@ -475,10 +475,7 @@ def test_an_end_lost_with_redis_data_closes_the_clock_sockets_at_the_rejoin(
         await database_sync_to_async(disable)(alice)  # announced to nobody
         quiet = await alices.receive_nothing(timeout=0.3)
         assert quiet, "closed before any rejoin: the test no longer shows the rejoin's check"
-        watch = epochs.redis_epochs()
-        await until(
-            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
-        )
+        watch = await epoch_key_placed(redis_url)
         redis.Redis.from_url(redis_url).delete(watch.key)  # what FLUSHALL does to it, and to every group
         closed = await until_closed(alices)
         tick = await clock.atick()
@@ -674,20 +671,12 @@ def test_a_change_missed_while_redis_lost_its_data_is_sent_after_the_rejoin(
     real_read = consumers.profile_by_pk
     monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: reads.append(pk) or real_read(pk))
 
-    def change_unannounced() -> None:  # committed while the socket was no member: its push was lost
-        alice.first_name = "Alicia"
-        alice.save()
-        ReplicaState.objects.filter(key="17").update(version=4)
-
     async def scenario() -> tuple[bool, int, dict[str, Any], bool]:
         ws = await in_room(cookie)
         unchanged_quiet = await ws.receive_nothing(timeout=0.4)  # several rounds
         reads_between_losses = len(reads) - 1  # the one on connect
-        await database_sync_to_async(change_unannounced)()
-        watch = epochs.redis_epochs()
-        await until(
-            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
-        )
+        await database_sync_to_async(change_unannounced)(alice, "renamed")
+        watch = await epoch_key_placed(redis_url)
         redis.Redis.from_url(redis_url).delete(watch.key)  # what FLUSHALL does to it, and to every group
         resent = await ws.receive_json_from(timeout=5)
         then_quiet = await ws.receive_nothing(timeout=0.4)
@@ -712,10 +701,27 @@ def watch_through_proxy(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     proxy.down()
 
 
+def change_unannounced(user: Any, change: str) -> None:
+    """What the replica commits for alice (key 17) while her push is lost: "renamed" or "removed"."""
+    if change == "renamed":
+        user.first_name = "Alicia"
+        user.save()
+        ReplicaState.objects.filter(key="17").update(version=4)
+    else:
+        delete_unannounced(user)
+
+
 def delete_unannounced(user: Any) -> None:  # what the replica does for a delete, its push lost
     with transaction.atomic():
         ReplicaState.objects.filter(key="17").update(version=4, deleted=True, local_pk=None)
         user.delete()
+
+
+async def epoch_key_placed(redis_url: str) -> epochs.RedisEpochs:
+    """This loop's epoch watch, once its key is in Redis (so that its loss, or its reach, can be taken)."""
+    watch = epochs.redis_epochs()
+    await until(lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key)))
+    return watch
 
 
 @pytest.mark.parametrize("change", ["renamed", "removed"])
@@ -733,24 +739,13 @@ def test_a_change_missed_while_redis_was_out_of_reach_reaches_the_open_page_once
     gets the profile (for a removed account: removed, then the socket's end)."""
     cookie = session_cookie(alice)
 
-    def change_unannounced() -> None:
-        if change == "renamed":
-            alice.first_name = "Alicia"
-            alice.save()
-            ReplicaState.objects.filter(key="17").update(version=4)
-        else:
-            delete_unannounced(alice)
-
     async def scenario() -> tuple[bool, dict[str, Any], dict[str, Any]]:
         ws = await in_room(cookie)
-        watch = epochs.redis_epochs()
-        await until(
-            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
-        )
+        await epoch_key_placed(redis_url)
         watch_through_proxy.down()
         await until(lambda: epoch_checks(caplog) > 0, what="the watch found Redis out of reach")
         quiet_while_out = await ws.receive_nothing(timeout=0.3)
-        await database_sync_to_async(change_unannounced)()
+        await database_sync_to_async(change_unannounced)(alice, change)
         watch_through_proxy.up()
         resent = await ws.receive_json_from(timeout=5)
         after = await ws.receive_output(timeout=5) if change == "removed" else {}
@@ -803,10 +798,7 @@ def test_an_account_removed_while_redis_lost_its_data_ends_the_page_at_the_rejoi
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         ws = await in_room(cookie)
         await database_sync_to_async(delete_unannounced)(alice)
-        watch = epochs.redis_epochs()
-        await until(
-            lambda: watch.task is not None and bool(redis.Redis.from_url(redis_url).exists(watch.key))
-        )
+        watch = await epoch_key_placed(redis_url)
         redis.Redis.from_url(redis_url).delete(watch.key)
         resent = await ws.receive_json_from(timeout=5)
         return resent, await ws.receive_output(timeout=5)
@@ -838,14 +830,6 @@ def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
     monkeypatch.setattr(consumers, "profile_by_pk", lambda pk: reads.append(str(pk)) or real_read(pk))
     monkeypatch.setattr(freshness, "profiles_by_pk", lambda pks: reads.append(list(pks)) or real_reads(pks))
 
-    def change_unannounced() -> None:
-        if change == "renamed":
-            alice.first_name = "Alicia"
-            alice.save()
-            ReplicaState.objects.filter(key="17").update(version=4)
-        else:
-            delete_unannounced(alice)
-
     alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
     alice_pk, bob_pk = str(alice.pk), str(bob.pk)  # a delete clears alice.pk
     asked: list[list[str]] = []  # by the checks once every socket was open
@@ -857,7 +841,7 @@ def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
         await until(lambda: len(checks_fast) >= asked_before + 2, what="two checks")
         asked.extend(checks_fast[asked_before:])
         quiet = all([await ws.receive_nothing(timeout=0.3) for ws in (*alices, bobs)])
-        await database_sync_to_async(change_unannounced)()
+        await database_sync_to_async(change_unannounced)(alice, change)
         resent = [await ws.receive_json_from(timeout=5) for ws in alices]
         assert resent[0] == resent[1]
         after = await alices[0].receive_output(timeout=5) if change == "removed" else {}

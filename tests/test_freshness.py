@@ -11,6 +11,7 @@ import pytest
 from client_site.web import freshness
 from client_site.web.consumers import UserConsumer
 from client_site.web.freshness import Freshness
+from tests.support.realtime import until
 
 
 class Socket:
@@ -105,7 +106,7 @@ def test_a_socket_catches_up_unless_a_push_came_since_or_it_is_ending() -> None:
     async def send_json(content: dict[str, Any], close: bool = False) -> None:
         frames.append(content)
 
-    socket.send_json = send_json  # type: ignore[method-assign]
+    socket.send_json = send_json
     socket.sent = {"key": "17", "version": 3}
     read_before_push = {"key": "17", "version": 4, "first_name": "Alicia"}
     pushed = {"key": "17", "version": 5, "first_name": "Ali"}
@@ -144,11 +145,10 @@ def test_a_check_loop_that_raised_says_so_and_starts_again(
     async def scenario() -> None:
         watch = Freshness()
         watch.add("1", Socket("17", 3))
-        while len(rounds) < 3:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(rounds) >= 3, what="two rounds after the one that raised")
         watch.discard("1", next(iter(watch.sockets["1"])))
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    asyncio.run(scenario())
     stopped = [
         r for r in caplog.records if r.getMessage().startswith("user sockets: the freshness check stopped")
     ]
@@ -161,6 +161,7 @@ class Losses:
     def __init__(self) -> None:
         self.losses = 0
         self.lost = asyncio.Event()
+        self.waited = 0  # calls of next_loss so far
 
     def lose(self) -> None:
         self.losses += 1
@@ -168,6 +169,7 @@ class Losses:
         self.lost = asyncio.Event()
 
     async def next_loss(self, timeout: float) -> None:
+        self.waited += 1
         try:
             async with asyncio.timeout(timeout):
                 await self.lost.wait()
@@ -195,13 +197,12 @@ def test_a_loss_during_a_check_gets_a_check_of_its_own(monkeypatch: pytest.Monke
     async def scenario() -> None:
         watch = Freshness()
         watch.add("1", Socket("17", 3))
-        await asyncio.sleep(0)
+        await until(lambda: epochs.waited == 1, what="the loop waiting for its first round")
         epochs.lose()
-        while len(rounds) < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(rounds) >= 2, what="a second check")
         watch.discard("1", next(iter(watch.sockets["1"])))
 
-    asyncio.run(asyncio.wait_for(scenario(), 5))
+    asyncio.run(scenario())
     assert rounds == [1, 2]
 
 
@@ -209,19 +210,23 @@ def test_a_loop_failing_at_its_start_is_restarted_once_a_round_not_in_a_spin(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(freshness, "CHECK_SECONDS", 0.1)
-    starts: list[int] = []
+    starts: list[float] = []
 
     def broken_epochs() -> Losses:
-        starts.append(1)
+        starts.append(asyncio.get_running_loop().time())
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(freshness, "redis_epochs", broken_epochs)
 
-    async def scenario() -> None:
+    async def scenario() -> tuple[int, float, float]:
         watch = Freshness()
         watch.add("1", Socket("17", 3))
-        await asyncio.sleep(0.55)
+        await until(lambda: watch.restart is not None, what="a restart scheduled")
+        assert watch.restart is not None
+        started_before, restart_at = len(starts), watch.restart.when()  # a round on, not at once
+        await until(lambda: len(starts) >= 2, what="the restart")
         watch.discard("1", next(iter(watch.sockets["1"])))
+        return started_before, restart_at - starts[0], watch.restart is None
 
-    asyncio.run(scenario())
-    assert 2 <= len(starts) <= 8  # about one start per round (0, 0.1, 0.2, ...), not thousands
+    started_before, restart_delay, timer_gone = asyncio.run(scenario())
+    assert started_before == 1 and restart_delay >= 0.1 and timer_gone

@@ -10,6 +10,7 @@ import pytest
 
 from client_site.web import leavers
 from client_site.web.leavers import Leavers
+from tests.support.realtime import until
 
 
 class Layer:
@@ -37,12 +38,10 @@ def test_many_closed_sockets_wait_for_one_worker_that_empties_the_queue_once_red
         for n in range(1000):
             waiting.add(layer, f"user.{n}", f"specific.{n}")
         workers = sum(1 for t in asyncio.all_tasks() if t.get_name() == "leaving groups")
-        while len(layer.calls) < 5:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(layer.calls) >= 5, what="a few tries while Redis is away")
         tried_while_down = len(layer.calls)
         layer.down = False
-        while waiting.waiting:
-            await asyncio.sleep(0.01)
+        await until(lambda: not waiting.waiting, what="every channel left")
         return workers, tried_while_down, len(layer.calls)
 
     workers, tried_while_down, calls = asyncio.run(scenario())
@@ -90,11 +89,10 @@ def test_a_leave_that_fails_for_another_reason_is_dropped_not_retried_ahead_of_t
     async def scenario() -> None:
         waiting.add(layer, "user.1", "bad")
         waiting.add(layer, "user.1", "good")
-        while waiting.waiting:
-            await asyncio.sleep(0.01)
+        await until(lambda: not waiting.waiting, what="both handled")
 
     with caplog.at_level(logging.WARNING, logger="reactive.web"):
-        asyncio.run(asyncio.wait_for(scenario(), 5))
+        asyncio.run(scenario())
     assert layer.calls == [("user.1", "good")]
     assert [r.getMessage() for r in caplog.records] == [
         "bad could not leave user.1: ValueError: Group name must be a valid unicode string"

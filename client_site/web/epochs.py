@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-import weakref
 
 import redis.asyncio
 
+from client_site.web.loops import PerLoop
 from reactive import settings
 
 log = logging.getLogger("reactive.web")
@@ -90,14 +90,11 @@ def _still_wanted() -> None:
         raise asyncio.CancelledError
 
 
-_epochs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisEpochs] = weakref.WeakKeyDictionary()
+_epochs = PerLoop(RedisEpochs)
 
 
 def redis_epochs() -> RedisEpochs:
     """The running loop's watch, started on first use."""
-    loop = asyncio.get_running_loop()
-    if loop not in _epochs:
-        _epochs[loop] = RedisEpochs()
-    watch = _epochs[loop]
+    watch = _epochs()
     watch.start()
     return watch

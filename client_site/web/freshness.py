@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
 from client_site.web.epochs import redis_epochs
+from client_site.web.loops import PerLoop
 from client_site.web.profiles import profiles_by_pk, replica_versions
 from reactive.errors import FailureStreak
 
@@ -135,12 +135,5 @@ class Freshness:
         return found
 
 
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Freshness] = weakref.WeakKeyDictionary()
-
-
-def freshness() -> Freshness:
-    """The running loop's open user sockets."""
-    loop = asyncio.get_running_loop()
-    if loop not in _per_loop:
-        _per_loop[loop] = Freshness()
-    return _per_loop[loop]
+# The running loop's open user sockets.
+freshness = PerLoop(Freshness)

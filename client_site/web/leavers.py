@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from typing import Any
 
 import redis
 
 from client_site.web.broadcast import JOIN_TIMEOUT_SECONDS
+from client_site.web.loops import PerLoop
 from reactive.errors import describe
 
 log = logging.getLogger("reactive.web")
@@ -63,12 +63,5 @@ class Leavers:
             self.waiting.pop((group, channel), None)
 
 
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leavers] = weakref.WeakKeyDictionary()
-
-
-def leavers() -> Leavers:
-    """The running loop's channels waiting to leave their groups."""
-    loop = asyncio.get_running_loop()
-    if loop not in _per_loop:
-        _per_loop[loop] = Leavers()
-    return _per_loop[loop]
+# The running loop's channels waiting to leave their groups.
+leavers = PerLoop(Leavers)

@@ -7,14 +7,13 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from reactive.events import USER_MODEL
-from reactive.replica import LEGACY_PREFIX, ReplicaState, master_key_of, privileged, profile_of
+from reactive.replica import LEGACY_PREFIX, ReplicaState, privileged, profile_of
 
 
 def current_profile(user: Any) -> dict[str, Any]:
     """The profile the listener would send for this user now; version 0 for a user that is no replica."""
-    key, version = master_key_of(user.pk) or ("", 0)
-    # The listener's profiles carry the event's key: a legacy replica's is the bare username.
-    return profile_of(user, key.removeprefix(LEGACY_PREFIX), version)
+    key, version = replica_versions([str(user.pk)]).get(str(user.pk), ("", 0))
+    return profile_of(user, key, version)
 
 
 def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:
@@ -27,7 +26,8 @@ CHUNK = 500  # users a query asks about: well under every database's limit on pa
 
 def replica_versions(local_pks: list[str]) -> dict[str, tuple[str, int]]:
     """(key, version) of each of these local users that replicates a master user, keyed as profiles carry
-    it (a legacy replica's without its prefix): one query per CHUNK users."""
+    it (the listener's carry the event's key: a legacy replica's is the bare username, without the state's
+    prefix): one query per CHUNK users."""
     versions: dict[str, tuple[str, int]] = {}
     for start in range(0, len(local_pks), CHUNK):
         states = ReplicaState.objects.filter(

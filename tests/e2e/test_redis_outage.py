@@ -7,6 +7,7 @@ site's next check of its open pages against the replica (client_site/web/freshne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -20,6 +21,7 @@ from reactive.events import Event, encode
 from reactive.transport.base import OutgoingMessage
 from reactive.transport.sqs import SqsTransport
 from tests.support.proxy import Proxy
+from tests.support.realtime import until
 from tests.support.services import eventually, free_port
 from tests.support.sites import VENV_BIN, Deployment
 from tests.support.web import replica_names, serve, session_cookie
@@ -65,9 +67,8 @@ class Page:
             self.shown = profile
 
     async def shows(self, first_name: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.shown.get("first_name") != first_name and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(AssertionError):  # not within the deadline: the caller says what it expected
+            await until(lambda: self.shown.get("first_name") == first_name, timeout=timeout)
         return self.shown.get("first_name") == first_name
 
 
