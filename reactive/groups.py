@@ -7,6 +7,7 @@ A user's personal group is named after the local primary key, not the username: 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -23,6 +24,8 @@ CLOCK_TICK = "clock.tick"
 # clock sockets share one channel (client_site/web/broadcast.py), so the user's group cannot reach them.
 ENDED_ACCOUNTS = "accounts.ended"
 ACCOUNT_ENDED = "account.ended"
+# A browser session signed out (or its account taken over): that session's sockets close, the others stay.
+SESSION_ENDED = "session.ended"
 DISABLED = "disabled"
 REMOVED = "removed"
 _VALID = re.compile(r"[a-zA-Z0-9_.-]{1,99}")  # whole name: fullmatch (a "$" would let "clock\n" through)
@@ -120,3 +123,12 @@ def notify_profiles(changes: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
 def ended_message(local_pk: Any, end: str) -> dict[str, Any]:
     """What ENDED_ACCOUNTS carries: whose account ended, and how (DISABLED or REMOVED); no profile data."""
     return {"type": ACCOUNT_ENDED, "user": str(local_pk), "end": end}
+
+
+def session_tag(session_key: str) -> str:
+    """How a session is named in a layer message: a digest, since the key itself signs its browser in."""
+    return hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def session_ended_message(session_key: str) -> dict[str, Any]:
+    return {"type": SESSION_ENDED, "session": session_tag(session_key)}

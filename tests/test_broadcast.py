@@ -301,7 +301,8 @@ def test_an_audit_the_database_could_not_answer_is_asked_again_at_the_next_round
     with caplog.at_level(logging.INFO, logger="reactive.web"):
         run(scenario)
     assert gone.frames == [{"type": "websocket.close", "code": 4004}] and other.frames == []
-    assert asked[:2] == [["7"], ["7"]]  # the first join's question, then the same again
+    # The first join's question, then the round's, about every user with sockets (the failed one included)
+    assert asked[:2] == [["7"], ["7", "8"]]
     lines = web_log(caplog)
     assert lines == [
         (

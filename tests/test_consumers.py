@@ -316,6 +316,175 @@ def test_disconnect_leaves_the_group(alice: Any) -> None:
     assert [group for group, _ in left] == [groups.user_group(alice.pk)]
 
 
+@pytest.mark.parametrize("gone_at", ["connect", "push"])
+def test_a_page_gone_while_its_socket_sends_leaves_the_group(
+    alice: Any, monkeypatch: pytest.MonkeyPatch, gone_at: str
+) -> None:
+    """A page closed while its socket connects or takes a push: the server's send raises (uvicorn's
+    ClientDisconnected) out of the consumer, and no disconnect() runs. Its channel leaves the room all
+    the same, instead of staying a member for a day, sent every change of the user."""
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    cookie = session_cookie(alice)
+    group = groups.user_group(alice.pk)
+    real_send = consumers.UserConsumer.send_json
+
+    async def send_to_a_gone_page(self: Any, content: Any, close: bool = False) -> None:
+        if gone_at == "connect" or content.get("type") == groups.USER_CHANGED:
+            raise ClientDisconnected
+        await real_send(self, content, close)
+
+    monkeypatch.setattr(consumers.UserConsumer, "send_json", send_to_a_gone_page)
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        layer = get_channel_layer()
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        if gone_at == "push":
+            await ws.receive_json_from(timeout=5)
+            change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+            await groups.send(group, {"type": groups.USER_CHANGED, "profile": change})
+        joined = await group_members(layer, group)
+        with pytest.raises(ClientDisconnected):
+            await ws.receive_output(timeout=5)
+        await until(lambda: not leavers.leavers().waiting, what="the channel left")
+        return joined, await group_members(layer, group)
+
+    joined, members = run(scenario)
+    assert len(joined) == 1 and members == set()
+
+
+def test_a_clock_page_gone_while_its_socket_connects_leaves_the_fan_out(
+    alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    async def send_to_a_gone_page(self: Any, content: Any, close: bool = False) -> None:
+        raise ClientDisconnected
+
+    monkeypatch.setattr(consumers.ClockConsumer, "send_json", send_to_a_gone_page)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> int:
+        ws = communicator("/time/tic/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        with pytest.raises(ClientDisconnected):
+            await ws.receive_output(timeout=5)
+        return len(broadcast(groups.CLOCK, clock_frame).sockets)
+
+    assert run(scenario) == 0
+
+
+def test_an_older_push_is_dropped_and_an_outdated_disable_ends_nothing(alice: Any) -> None:
+    """Pushes can cross (two listeners of one client): alice is active at v7 when a late v6 that said
+    "disabled" arrives. The socket drops it, as the page would, and stays open; a newer one still ends it."""
+    cookie = session_cookie(alice)
+    group = groups.user_group(alice.pk)
+
+    async def scenario() -> tuple[bool, dict[str, Any]]:
+        ws = await in_room(cookie)  # v3
+        current = {"key": "17", "version": 7, "username": "alice", "is_active": True}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": current})
+        await ws.receive_json_from(timeout=5)
+        outdated = {"key": "17", "version": 6, "username": "alice", "is_active": False}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": outdated})
+        quiet = await ws.receive_nothing(timeout=0.3)
+        disabled = {"key": "17", "version": 8, "username": "alice", "is_active": False}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": disabled})
+        await ws.receive_json_from(timeout=5)
+        return quiet, await ws.receive_output(timeout=5)
+
+    quiet, closed = run(scenario)
+    assert quiet, "the outdated push was sent to the page"
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_DISABLED}
+
+
+def test_a_disable_undone_while_the_socket_connects_leaves_it_open(
+    alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the join and the profile read, alice is disabled (v6, pushed to her room, which the socket
+    is in) and enabled again (v7): the socket sends v7 and drops the queued v6; it does not close."""
+    from asgiref.sync import async_to_sync
+
+    real = consumers.profile_by_pk
+
+    def read_while_changes_land(pk: Any) -> Any:
+        off = {"key": "17", "version": 6, "username": "alice", "is_active": False}
+        async_to_sync(groups.send)(groups.user_group(pk), {"type": groups.USER_CHANGED, "profile": off})
+        ReplicaState.objects.filter(key="17").update(version=7)  # enabled again, committed
+        return real(pk)
+
+    monkeypatch.setattr(consumers, "profile_by_pk", read_while_changes_land)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        ws = communicator("/ws/", cookie)
+        assert (await ws.connect(timeout=5))[0]
+        profile = await ws.receive_json_from(timeout=5)
+        return profile, await ws.receive_nothing(timeout=0.5)
+
+    profile, quiet = run(scenario)
+    assert profile["profile"]["version"] == 7 and profile["profile"]["is_active"] is True
+    assert quiet, "the outdated disable reached the page (or closed the socket)"
+
+
+def test_signing_out_ends_that_sessions_sockets_and_no_other(alice: Any) -> None:
+    """A page left open in another tab of a session that signed out gets nothing more: its socket closes
+    with 4001 (not final: the page reconnects and, refused, shows it is signed out). The same user's
+    socket in another browser goes on."""
+    from django.test import Client
+
+    signed_out, elsewhere = session_cookie(alice), session_cookie(alice)
+
+    def sign_out() -> int:
+        browser = Client()
+        browser.cookies["sessionid"] = signed_out
+        browser.post("/logout/")
+        return browser.get("/api/initial_state").status_code
+
+    async def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        mine, other = await in_room(signed_out), await in_room(elsewhere)
+        status = await database_sync_to_async(sign_out)()
+        closed = await mine.receive_output(timeout=5)
+        change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+        await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
+        pushed = await other.receive_json_from(timeout=5)
+        await other.disconnect()
+        return status, closed, pushed
+
+    status, closed, pushed = run(scenario)
+    assert status == 401
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_SESSION_CHANGED}
+    assert pushed["profile"]["first_name"] == "Alicia"
+
+
+def test_a_local_account_taken_over_by_a_replica_ends_its_socket_unsent(
+    redis_layer: str, memory: Any
+) -> None:
+    """carol is a local account of alpha with a page open. The master's carol (key 30) is synced: the
+    listener adopts the row and makes its password unusable, which signs that session out. Its socket
+    closes instead of being sent the master user's profile."""
+    from django.test import Client
+
+    local = get_user_model().objects.create_user("carol", password="local-secret", email="local@alpha")
+    cookie = session_cookie(local)
+    data = {"username": "carol", "first_name": "Carol", "email": "master-carol@corp", "is_active": True}
+    event = Event(model="auth.user", action="insert", key="30", version=9, data=data, changed=tuple(data))
+    memory.publish([OutgoingMessage(id="1", body=encode(event))])
+
+    async def scenario() -> dict[str, Any]:
+        ws = await in_room(cookie)
+        listener = Listener("alpha", memory, wait=0)
+        assert (await database_sync_to_async(listener.run)(once=True)).applied == 1
+        return dict(await ws.receive_output(timeout=5))
+
+    sent = run(scenario)
+    browser = Client()
+    browser.cookies["sessionid"] = cookie
+    assert browser.get("/api/initial_state").status_code == 401  # HTTP: that session is over
+    assert sent == {"type": "websocket.close", "code": consumers.CLOSE_SESSION_CHANGED}
+
+
 def test_clock_sockets_of_a_process_share_one_group_membership(alice: Any) -> None:
     """One layer channel and one membership for the process; a clock socket has no channel of its own."""
     cookie = session_cookie(alice)
@@ -488,6 +657,31 @@ def test_an_end_lost_with_redis_data_closes_the_clock_sockets_at_the_rejoin(
     closed, bob_ticks, open_sockets = run(scenario)
     assert closed == {"type": "websocket.close", "code": 4003}
     assert bob_ticks and open_sockets == 1
+
+
+def test_an_end_whose_push_was_lost_closes_the_clock_sockets_at_a_re_add_round(
+    alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener committed alice's disable and was killed before its push (or was cut off from Redis
+    alone): the web process saw no loss. The fan-out's next re-add round asks the database about its
+    sockets' users all the same: alice's clock closes with her user socket's code, bob's ticks on."""
+    from client_site.web import broadcast as fanout
+
+    monkeypatch.setattr(fanout, "REJOIN_SECONDS", 0.1)
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        alices, bobs = await on_clock(alice_cookie), await on_clock(bob_cookie)
+        await database_sync_to_async(disable)(alice)  # announced to nobody
+        closed = await until_closed(alices)
+        tick = await clock.atick()
+        bob_ticks = await bobs.receive_json_from(timeout=5) == clock.message(tick)
+        await bobs.disconnect()
+        return closed, bob_ticks
+
+    closed, bob_ticks = run(scenario)
+    assert closed == {"type": "websocket.close", "code": 4003}
+    assert bob_ticks
 
 
 @pytest.mark.parametrize("still_ended", [True, False])

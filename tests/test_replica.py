@@ -290,7 +290,10 @@ def test_a_keyed_event_takes_over_the_prototypes_replica_of_its_username() -> No
     assert apply(legacy("insert", "fay", 1_700_000_000_000, first_name="Fay")).status == "applied"
     row = User.objects.get(username="fay")
     assert apply(ev("insert", "12", 40, username="fay", first_name="Faye")).status == "applied"
-    assert User.objects.get(pk=row.pk).first_name == "Faye" and usernames() == ["fay"]
+    taken = User.objects.get(pk=row.pk)
+    assert taken.first_name == "Faye" and usernames() == ["fay"]
+    # Unusable already, the password is kept: a new one would sign fay's open sessions out.
+    assert taken.password == row.password and not taken.has_usable_password()
     assert ReplicaState.objects.get(key="username:fay").deleted
     assert replica_user("12", "fay") == row
     assert apply(legacy("update", "fay", 1_700_000_000_001, first_name="Old")).status == "failed"

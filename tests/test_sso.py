@@ -421,6 +421,7 @@ def ours(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     [
         ("https://evil.example", None),  # anyone's page can post here: no warning
         ("https://testserver", "DJANGO_CSRF_TRUSTED_ORIGINS"),  # our own host, through a TLS proxy
+        ("https://testserver:8443", "DJANGO_CSRF_TRUSTED_ORIGINS"),  # a proxy on a port of its own
     ],
 )
 def test_a_form_from_another_origin_is_refused_and_a_proxy_set_up_is_told(

@@ -12,11 +12,12 @@ whose messages (an account disabled or removed: a few a day, not a few a second)
 sockets here with the close code the message calls for: the sockets have no channel of their own that
 the user's group could reach. A tick pays nothing for it but one type comparison per process.
 
-An end sent while this process was not in the ends group never reaches it: Redis was down, or lost the
-membership with its data, or the process had not joined yet; or the end came during a socket's handshake,
-after its account was read and before the socket was here. So the database is asked (``Ends.audit``, one
-query for many users) whenever that may have happened: after every (re)join, for every named socket; and
-when a socket joins within RECENT_END_SECONDS of an end of its own user, for that user.
+An end can miss this process: Redis was down, or lost the membership with its data, or the process had
+not joined yet; the listener that committed it was killed before its push, or cut off from Redis alone; or
+the end came during a socket's handshake, after its account was read and before the socket was here. So
+the database is asked (``Ends.audit``, one query per 500 users) about every named socket's user after
+every (re)join and at every re-add round (REJOIN_SECONDS), and about a socket's user when it joins within
+RECENT_END_SECONDS of an end of that user.
 """
 
 from __future__ import annotations
@@ -210,9 +211,12 @@ class LocalBroadcast:
         while True:
             if epochs.losses == seen:  # a loss found during the last re-add is not waited past
                 await epochs.next_loss(REJOIN_SECONDS)  # the usual round; Redis losing its data cuts it short
-            if epochs.losses != seen:  # the membership went with the data: ends meanwhile went nowhere
-                self.unaudited.update(self.sockets_of)
             seen = epochs.losses
+            # Every round asks about every user with sockets here (one query per 500 users): an end can be
+            # lost without Redis losing anything, its listener killed between commit and push, or cut off
+            # from Redis alone; the user's own socket finds out from the replica (freshness.py), and a
+            # clock-only page has nothing else to close it.
+            self.unaudited.update(self.sockets_of)
             try:
                 async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
                     await self._add(layer, channel)

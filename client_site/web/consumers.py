@@ -41,6 +41,9 @@ log = logging.getLogger("reactive.web")
 CLOSE_ACCOUNT_DISABLED = 4003
 CLOSE_ACCOUNT_REMOVED = 4004
 END_CODES = {groups.DISABLED: CLOSE_ACCOUNT_DISABLED, groups.REMOVED: CLOSE_ACCOUNT_REMOVED}
+# The socket's session may be over (signed out, or its local account taken over by a replica, which makes
+# its password unusable): not final, the page reconnects, and a refused handshake shows it signed out.
+CLOSE_SESSION_CHANGED = 4001
 
 # What a handshake waits for Redis at most, JOIN_TIMEOUT_SECONDS (the layer's socket_timeout is 30 s: a
 # stalled Redis held a handshake that long, then answered 500).
@@ -126,6 +129,14 @@ def _final_code(profile: dict[str, Any]) -> int | None:
     return None if end is None else END_CODES[end]
 
 
+def _older_than(profile: dict[str, Any], sent: dict[str, Any] | None) -> bool:
+    """Whether ``profile`` is an older version of the same master user than the one the socket sent."""
+    if sent is None or profile.get("key") != sent.get("key"):
+        return False
+    version, shown = profile.get("version"), sent.get("version")
+    return isinstance(version, int) and isinstance(shown, int) and version < shown
+
+
 def removed_profile(last_sent: dict[str, Any] | None) -> dict[str, Any]:
     """What a socket sends for a user whose row is gone (the replica removed it, or the site's own admin
     deleted a local account) without a push telling the socket."""
@@ -198,8 +209,14 @@ class UserConsumer(PushOnly):
             if self.accepted and not self.closing:
                 with contextlib.suppress(Exception):  # the client may be gone already
                     await self.close(code=CLOSE_TRY_AGAIN_LATER)
-        finally:  # however the consumer ends (a layer error skips disconnect), its refresh ends with it
+        finally:  # however the consumer ends, its refresh ends with it and its channel leaves the group
             self._stop_membership()
+            # A send to a client already gone (a page closed while its socket connects or takes a push)
+            # raises out of the consumer, skipping disconnect(): the channel would stay in the user's
+            # group until group_expiry (a day), sent every change.
+            if self.group is not None:
+                leavers().add(self.channel_layer, self.group, self.channel_name)
+                self.group = None
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         self.closing = True
@@ -283,6 +300,8 @@ class UserConsumer(PushOnly):
         if profile == self.sent:
             return
         try:
+            if await self._end_if_taken_over(profile):
+                return
             await self._send_profile(profile)
             await self._end_if_final(profile)
         except Exception as exc:  # the client went away meanwhile
@@ -313,23 +332,48 @@ class UserConsumer(PushOnly):
         if self.closing:
             return
         profile = event.get("profile") or {}
+        if _older_than(profile, self.sent):
+            # Pushes can cross: a disable and its undo both pushed between the join and the profile read,
+            # or two listeners of the client. The page ignores an older one; so does the socket, which
+            # must not end over an outdated "disabled" either.
+            return
         self.pushes += 1
+        if await self._end_if_taken_over(profile):
+            return
         self.sent = profile
         await self.send_json({"type": groups.USER_CHANGED, "profile": profile})
         await self._end_if_final(profile)
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """A sign-out of some session of this user (signouts.py): this socket ends if it was that one."""
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        if session_key and event.get("session") == groups.session_tag(session_key):
+            await self._end(CLOSE_SESSION_CHANGED)
+
+    async def _end_if_taken_over(self, profile: dict[str, Any]) -> bool:
+        """A local account's socket (no key) sent a replica's profile: the listener adopted the row for a
+        master user and made its password unusable, which ends the session this socket was opened with.
+        The other data is the master user's, not for that session: the socket ends instead."""
+        if self.sent is None or self.sent.get("key") or not profile.get("key"):
+            return False
+        await self._end(CLOSE_SESSION_CHANGED)
+        return True
 
     async def _end_if_final(self, profile: dict[str, Any]) -> bool:
         code = _final_code(profile)
         if code is None:
             return False
+        await self._end(code)
+        return True
+
+    async def _end(self, code: int) -> None:
         if self.closing:
-            return True
+            return
         self.closing = True
         self._stop_membership()
         if self.group is not None:  # nothing more reaches this socket, even before the client's close frame
             await self._leave(self.group)
         await self.close(code=code)
-        return True
 
     async def disconnect(self, code: int) -> None:
         self._stop_membership()
@@ -354,6 +398,13 @@ class ClockConsumer(PushOnly):
     # channel, receive task or pub/sub subscription.
     channel_layer_alias = "reactive.no-layer"
     fanout: LocalBroadcast | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # a send to a client gone mid-connect skips disconnect(): the socket leaves the fan-out here
+            if self.fanout is not None:
+                self.fanout.leave(self)
 
     async def connect(self) -> None:
         user = _authenticated_user(self.scope)

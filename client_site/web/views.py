@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.http.request import validate_host
+from django.http.request import split_domain_port, validate_host
 from django.middleware.csrf import REASON_NO_CSRF_COOKIE
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -182,7 +182,7 @@ def _csrf_failure_kind(request: HttpRequest, reason: str) -> str:
         return "cookie"
     if reason.startswith(("Origin checking failed", "Referer checking failed")):
         origin = request.headers.get("Origin") or request.headers.get("Referer") or ""
-        host = urlsplit(origin).netloc
+        host, _port = split_domain_port(urlsplit(origin).netloc)  # a TLS proxy may listen on its own port
         return "proxy" if host and validate_host(host, django_settings.ALLOWED_HOSTS) else "foreign"
     return "stale"
 
