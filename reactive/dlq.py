@@ -235,6 +235,8 @@ def diagnose(letters: Sequence[DeadLetter], using: str = "default") -> list[Dead
             verdict = verdicts.get(outcome.status) or f"the replica refuses it: {outcome.error}"
         except DatabaseError as exc:
             verdict = f"could not check it against the replica: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a letter is whatever reached the DLQ: diagnose, not die
+            verdict = f"applying it fails: {type(exc).__name__}: {exc}"
         checked.append(DeadLetter(letter.message, letter.event, None, verdict))
     return checked
 

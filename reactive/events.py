@@ -197,6 +197,9 @@ def _envelope_timestamp(envelope: Mapping[str, Any]) -> int | None:
         return None  # the SQS SentTimestamp orders it then
 
 
+ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _load_object(text: Any, what: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise MessageError(f"{what} is not a string")
@@ -208,4 +211,15 @@ def _load_object(text: Any, what: str) -> dict[str, Any]:
         raise MessageError(f"{what} is JSON nested too deep to read") from exc
     if not isinstance(value, dict):
         raise MessageError(f"{what} is JSON but not an object")
+    if ESCAPED_SURROGATE.search(text):  # rare: a pair (an emoji) is fine, a lone half is not
+        _require_encodable(value, what)
     return value
+
+
+def _require_encodable(value: dict[str, Any], what: str) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"), which decodes to a string no database, log or
+    terminal can encode: refused here, with the message, instead of failing its whole batch later."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MessageError(f"{what} holds a lone surrogate escape, which is no text: {exc.reason}") from exc

@@ -8,7 +8,8 @@ Acks of committed messages may wait a little (REACTIVE_ACK_LINGER seconds, at mo
 queue's visibility timeout) so that one DeleteMessageBatch carries ten of them: a quiet client then
 pays one delete per ten changes instead of one per change, and the delete is off the path from one
 change to the next. They are sent when ten are pending, when the linger is up, and when the listener
-stops. A listener killed before that loses nothing: the messages come back and apply as stale.
+stops. A listener killed before that loses nothing: the messages come back and apply as stale. On a
+FIFO queue acks never wait: a message in flight holds back the next change of the same user.
 
 Browsers hear of a change from the channel layer, after the commit. When it is down (Redis out, for this
 process at least), the profiles it did not take are kept, the latest per user, and sent again before every
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 
 from reactive import groups, settings
 from reactive.errors import (
@@ -186,7 +187,10 @@ class Listener:
         # Fails fast, with a clear error, when the queue is missing or the database was never migrated.
         visibility = self.transport.visibility_timeout(self.queue)
         self._require_schema()
-        self._linger = min(self.ack_linger, visibility / 4)
+        # No linger on a FIFO queue: a message in flight holds back the next of its group (the same user),
+        # so an ack that waits would make a user's every next change wait with it.
+        fifo = self.queue.endswith(".fifo")
+        self._linger = 0.0 if fifo else min(self.ack_linger, visibility / 4)
         totals = Totals()
         failures = 0
         try:
@@ -201,9 +205,13 @@ class Listener:
                 except ResourceNotFound:
                     raise
                 except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
+                    if isinstance(exc, DatabaseError):
+                        # Outside a transaction Django never drops a broken connection by itself (a
+                        # request's end does that): every later query would fail on it for good.
+                        connections[self.using].close()
                     if once:  # a one-shot drain that cannot apply what it holds fails; it does not wait
                         raise
-                    failures += 1
+                    failures = min(failures + 1, 6)  # the delay stops growing at 30 s
                     delay = min(30.0, 0.5 * 2**failures)
                     log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
                     self.heartbeat.pause(self._stop, delay)  # an outage is no reason to be restarted
@@ -264,8 +272,7 @@ class Listener:
                 report.failed += 1
                 _log_bad(message, str(exc))
         decoded.sort(key=lambda pair: pair[1].version)  # older first, so that fewer events are stale
-        with transaction.atomic(using=self.using):
-            applied = apply_batch([event for _, event in decoded], self.using)
+        applied = self._apply([event for _, event in decoded])
         outcomes = [(message, outcome) for (message, _), outcome in zip(decoded, applied, strict=True)]
         done: list[str] = []
         for message, outcome in outcomes:
@@ -289,6 +296,26 @@ class Listener:
         self._notify(o for _, o in outcomes)
         report.acked = self._ack(done)
         return report
+
+    def _apply(self, events: list[Event]) -> list[Outcome]:
+        """The batch in one transaction. Should one of its events break it in a way no savepoint contains
+        (a bug, not the database: that error is raised for the loop to retry), the events are applied one
+        transaction each, so that only the culprit fails and the rest still commit and are acked."""
+        try:
+            return self._apply_in_one_transaction(events)
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            if len(events) == 1:
+                return [Outcome(events[0], "failed", f"{type(exc).__name__}: {exc}")]
+            log.exception(
+                "listener %s: a batch failed as a whole; applying its events one by one", self.client
+            )
+            return [outcome for event in events for outcome in self._apply([event])]
+
+    def _apply_in_one_transaction(self, events: list[Event]) -> list[Outcome]:
+        with transaction.atomic(using=self.using):
+            return apply_batch(events, self.using)
 
     # -- acks -----------------------------------------------------------------------------------
     def _ack(self, receipts: Sequence[str]) -> int:

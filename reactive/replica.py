@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.core.exceptions import FieldDoesNotExist
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 from django.utils import timezone
 
@@ -65,12 +64,12 @@ def state_key(event: Event) -> str:
 
 
 def resolve_model(label: str) -> type[models.Model]:
+    """The local model an event's ``model`` names: the user model only. Applying is written for users
+    (usernames, tombstones, adoption); an event for any other model, however well formed, would write
+    rows nobody asked a client to keep."""
     if label == USER_MODEL:
         return get_user_model()
-    try:
-        return apps.get_model(label)
-    except (LookupError, ValueError) as exc:
-        raise ApplyError(f"unknown model {label!r} on this client") from exc
+    raise ApplyError(f"model {label!r} is not replicated on this client (only {USER_MODEL} is)")
 
 
 def replicated_fields() -> tuple[str, ...]:
@@ -102,20 +101,18 @@ def _apply_one(event: Event, known: _Known) -> Outcome:
     try:
         with transaction.atomic(using=known.using):
             return _apply(event, known)
-    except (  # this event's values
-        ReactiveError,
-        IntegrityError,
-        DataError,
-        ValidationError,
-        ValueError,
-        TypeError,
-        ArithmeticError,  # a date the database cannot hold (OverflowError)
-    ) as exc:
-        known.forget(event)  # its savepoint is gone: what this event did to the cache is not true
-        reason = str(exc) if isinstance(exc, ReactiveError) else f"{type(exc).__name__}: {exc}"
-        return Outcome(event, "failed", reason)
+    except (IntegrityError, DataError) as exc:  # the database refused this event's values
+        return _failed(event, known, exc)
     except DatabaseError:
         raise  # the whole database is in trouble, not this event: the batch fails and is retried
+    except Exception as exc:  # this event's values, whatever Django or the model raised for them
+        return _failed(event, known, exc)
+
+
+def _failed(event: Event, known: _Known, exc: Exception) -> Outcome:
+    known.forget(event)  # its savepoint is gone: what this event did to the cache is not true
+    reason = str(exc) if isinstance(exc, ReactiveError) else f"{type(exc).__name__}: {exc}"
+    return Outcome(event, "failed", reason)
 
 
 class _Known:

@@ -108,6 +108,13 @@ def v1(**fields: str) -> str:
         (v1(model='"auth.user\\u0000"'), "bad model"),
         (v1(occurred_at='"9999-12-31T23:59:59-14:00"'), "bad timestamp"),
         (v1(version="1" * 5000), r"body cannot be read \(ValueError"),  # past Python's digit limit
+        (v1(key='"\\ud800"'), "lone surrogate"),  # half of a UTF-16 pair: no database stores it
+        (v1(data='{"username": "a\\udc80"}'), "lone surrogate"),
+        ('{"user": {"username": "\\udc80x"}, "action": 0}', "lone surrogate"),
+        (
+            '{"Type": "Notification", "Message": "{\\"user\\": {\\"username\\": \\"\\\\udc80\\"}}"}',
+            "lone surrogate",
+        ),
     ],
 )
 def test_bad_bodies_say_why(body: str, reason: str) -> None:

@@ -406,3 +406,154 @@ def test_a_waiting_change_is_dropped_once_a_newer_one_of_its_user_exists(memory)
     listener.run(once=True)
     assert [p["username"] for _, p in layer.sent] == ["bob"]  # alice's outdated end stayed unsent
     assert listener.unnotified.profiles == {}
+
+
+# -- bad input that no savepoint contains, and outages that last ---------------------------------------------
+def test_a_lone_surrogate_or_another_model_fails_alone_and_the_listener_goes_on(memory) -> None:  # type: ignore[no-untyped-def]
+    """JSON can escape half of a UTF-16 pair, which no database can store, in a key outside any event's
+    savepoint; an event can name another model, for which applying is not written. Either failed the
+    whole batch (its good messages then went to the DLQ with it) and ended the listener with a traceback."""
+    listener = make_listener(memory)
+    bodies = [
+        event_body("insert", "1", 1, username="alice"),
+        '{"schema":1,"model":"auth.user","action":"insert","key":"\\ud800","version":2,"data":{"username":"b"}}',
+        '{"user": {"username": "\\udc80x"}, "action": 0}',  # legacy, keyed by its username
+        encode(Event(model="auth.group", action="insert", key="7", version=3, data={"username": "bob"})),
+        event_body("insert", "2", 4, username="d\U0001f600"),  # a whole pair: an emoji, which is fine
+    ]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    totals = listener.run(once=True)
+    assert (totals.applied, totals.failed, totals.acked) == (2, 3, 2)
+    assert sorted(User.objects.values_list("username", flat=True)) == ["alice", "d\U0001f600"]
+
+
+def test_a_batch_broken_as_a_whole_is_applied_one_event_a_transaction(memory, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Whatever else breaks a batch outside the events' savepoints (a bug): its events are applied one
+    transaction each, so only the culprit fails; the rest commit and are acked."""
+    import reactive.replica
+
+    read = reactive.replica._Known._read
+
+    def read_or_break(self, label, keys):  # type: ignore[no-untyped-def]
+        if "3" in keys:
+            raise RuntimeError("a bug that event 3 trips")
+        return read(self, label, keys)
+
+    monkeypatch.setattr(reactive.replica._Known, "_read", read_or_break)
+    listener = make_listener(memory)
+    bodies = [event_body("insert", str(k), k, username=f"u{k}") for k in (1, 2, 3, 4)]
+    memory.publish([message(b, i) for i, b in enumerate(bodies)])
+    with caplog.at_level(logging.ERROR, logger="reactive.listener"):
+        totals = listener.run(once=True)
+    assert (totals.applied, totals.failed, totals.acked) == (3, 1, 3)
+    assert sorted(User.objects.values_list("username", flat=True)) == ["u1", "u2", "u4"]
+    assert [r.message for r in caplog.records if r.levelno == logging.ERROR] == [
+        "listener alpha: a batch failed as a whole; applying its events one by one"
+    ]
+
+
+def test_an_outage_of_a_weekend_is_retried_every_30_s_and_never_ends_the_listener(
+    memory, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The backoff doubles up to 30 s and stays there: its exponent once grew without end, and after
+    1,024 failures in a row (some 8.5 hours) 2**1024 ended the listener with an OverflowError."""
+    from reactive.errors import ServiceUnavailable
+
+    listener = make_listener(memory)
+    delays: list[float] = []
+
+    def down(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(delays) >= 1100:
+            listener.stop()
+        raise ServiceUnavailable("cannot reach the AWS endpoint")
+
+    monkeypatch.setattr(memory, "receive", down)
+    monkeypatch.setattr(listener.heartbeat, "pause", lambda stop, seconds: delays.append(seconds))
+    listener.run()
+    assert len(delays) >= 1100
+    assert delays[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0] and set(delays[5:]) == {30.0}
+
+
+def test_acks_never_linger_on_a_fifo_queue(monkeypatch, prefix) -> None:  # type: ignore[no-untyped-def]
+    """On a FIFO queue a message in flight holds back the next of its group (the same user): an ack that
+    waited would make every next change of that user wait as long. On a standard queue it may wait."""
+    from reactive.settings import names
+    from reactive.transport.memory import MemoryTransport
+
+    monkeypatch.setenv("REACTIVE_PREFIX", prefix)
+    kept: dict[bool, int] = {}
+    for fifo in (False, True):
+        monkeypatch.setenv("REACTIVE_FIFO", "1" if fifo else "0")
+        transport = MemoryTransport()
+        transport.create_queue(names().queue("alpha"), visibility_timeout=30)
+        transport.subscribe(names().queue("alpha"))
+        listener = Listener("alpha", transport, wait=0, notify=Recorder(), ack_linger=5)
+        listener.run(once=True)  # learns the queue's visibility timeout
+        transport.publish([message(event_body("insert", str(int(fifo)), 1, username=f"f{int(fifo)}"), 0)])
+        report = listener.process(transport.receive(listener.queue, wait_seconds=0))
+        kept[fifo] = report.received - report.acked
+    assert kept == {False: 1, True: 0}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("on_postgres")
+def test_a_connection_postgresql_dropped_outside_a_batch_is_replaced(memory) -> None:  # type: ignore[no-untyped-def]
+    """With the channel layer down, each round's first query (is a waiting change still current?) runs
+    outside any transaction. When PostgreSQL has dropped the session (a restart, a failover), Django
+    marks the connection broken but never closes it outside a request: every later query failed on it,
+    for good, while the heartbeat said all was well. The listener now drops it, and the next round
+    connects again."""
+    import threading
+
+    import psycopg
+    from django.db import connection, connections
+
+    from tests.support.services import eventually
+
+    listener = Listener("alpha", memory, wait=0.2, notify=lambda changes: 0)  # the layer takes nothing
+    memory.publish([message(event_body("insert", "1", 1, username="alice"), 0)])
+    backend: list[int] = []
+    process = listener.process
+
+    def process_and_note_the_session(messages):  # type: ignore[no-untyped-def]
+        report = process(messages)
+        backend.append(connection.connection.info.backend_pid)
+        return report
+
+    listener.process = process_and_note_the_session  # type: ignore[method-assign]
+    failed: list[Exception] = []
+    still_current = listener.unnotified.current
+
+    def still_current_or_failed(profiles):  # type: ignore[no-untyped-def]
+        try:
+            return still_current(profiles)
+        except Exception as exc:
+            failed.append(exc)
+            raise
+
+    listener.unnotified.current = still_current_or_failed
+    totals: list[int] = []
+
+    def drop_the_session_then_send_another() -> None:
+        try:
+            eventually(lambda: backend, timeout=10, what="the first batch")
+            dsn = connection.settings_dict
+            admin_url = f"postgresql://{dsn['USER']}@{dsn['HOST']}:{dsn['PORT']}/postgres"
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [backend[0]])
+            # The round's query outside a transaction finds the session gone first; only then does a
+            # batch come (a batch's transaction would have dropped the broken connection by itself).
+            eventually(lambda: failed, timeout=10, what="the query outside a batch failing")
+            memory.publish([message(event_body("insert", "2", 2, username="bob"), 1)])
+            eventually(lambda: User.objects.filter(username="bob").exists(), timeout=15, what="bob applied")
+        finally:
+            listener.stop()
+            connections.close_all()  # this thread's own
+
+    watcher = threading.Thread(target=drop_the_session_then_send_another)
+    watcher.start()
+    totals.append(listener.run().applied)
+    watcher.join()
+    connection.close()
+    assert totals == [2]

@@ -308,3 +308,14 @@ def test_a_local_admin_an_older_version_adopted_is_never_taken_over_or_signed_in
     assert outcome.status == "failed" and "held by a local staff user" in outcome.error
     ReplicaState.objects.create(model="auth.user", key="14", version=60, local_pk=str(admin.pk))
     assert replica_user("14", "gus") is None and User.objects.get(pk=admin.pk).has_usable_password()
+
+
+def test_an_event_for_another_model_is_refused_with_why() -> None:
+    """Applying is written for users: an event naming any other installed model (a group, the sessions)
+    fails on its own, saying so, and writes nothing."""
+    from django.contrib.auth.models import Group
+
+    event = Event(model="auth.group", action="insert", key="7", version=3, data={"name": "ops"})
+    outcome = apply(event)
+    assert outcome.status == "failed" and "'auth.group' is not replicated on this client" in outcome.error
+    assert not Group.objects.exists()

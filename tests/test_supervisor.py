@@ -66,6 +66,31 @@ def test_a_dying_child_is_restarted_with_backoff_and_a_stop_leaves_nothing(tmp_p
     assert not alive, f"the stop left the child's own children running: {alive}"
 
 
+def test_restarts_keep_no_log_file_open_in_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child writes its own copy of the log's descriptor: the supervisor's is closed once it started.
+    It was kept until the stop, one more per restart: a child crashing every 30 s ran the supervisor
+    (and everything under `reactive up`) out of file descriptors within a day."""
+    import reactive.supervisor
+
+    monkeypatch.setattr(reactive.supervisor, "MAX_BACKOFF", 0.0)  # restarts as fast as they die
+    log = tmp_path / "dies.log"
+    supervisor = Supervisor([ProcessSpec("dies", DIES, log_path=log)])
+    me = psutil.Process()
+    open_logs: list[int] = []
+
+    def tick() -> None:
+        open_logs.append(sum(1 for f in me.open_files() if f.path == str(log)))
+        if supervisor.children[0].restarts >= 5:
+            supervisor.stop()
+
+    supervisor.run(tick=tick)
+    assert supervisor.children[0].restarts >= 5
+    assert max(open_logs) == 0, f"the supervisor held the log open {max(open_logs)} times over"
+    assert log.read_text().count("dying") >= 5
+
+
 def test_each_listener_gets_its_own_database_and_a_shared_one_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
