@@ -48,6 +48,8 @@ def setup_django(site: str, client: str | None = None) -> None:
         django.setup()
     if site == "client" and client:
         _require_client_settings(client)
+    if site == "master":
+        _require_master_settings()
 
 
 def _default_settings(module: str) -> bool:
@@ -68,6 +70,25 @@ def require_database(site: str) -> None:
         raise ConfigError(
             f"no {site} database at {missing} (never migrated?): run `DJANGO_SETTINGS_MODULE={module} "
             "python -m django migrate`, or point DATABASE_URL at it (`source var/up.env` for `reactive up`'s)"
+        )
+
+
+def _require_master_settings() -> None:
+    """The settings in use must be the master's: a client's (exported in every client container; they name
+    REACTIVE_CLIENT) would read the client's outbox, and `login-link` would take a replica's local pk for
+    the master key, which signs the link's holder in as whichever master user has that key. Settings
+    that play both sides (REACTIVE_SITE = "both", as the tests' do) may."""
+    from django.conf import settings
+
+    from reactive.errors import ConfigError
+
+    configured = getattr(settings, "REACTIVE_CLIENT", None)
+    if configured and getattr(settings, "REACTIVE_SITE", None) not in ("master", "both"):
+        module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        raise ConfigError(
+            f"DJANGO_SETTINGS_MODULE={module} is the settings of client {configured!r}, and this command "
+            "works on the master's database: run it where the master runs, or with "
+            "DJANGO_SETTINGS_MODULE=master_site.settings and the master's DATABASE_URL"
         )
 
 

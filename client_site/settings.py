@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from reactive import settings as reactive_settings
@@ -52,7 +51,7 @@ ASGI_APPLICATION = "client_site.asgi.application"
 DATABASES = {"default": reactive_settings.django_database("client", REACTIVE_CLIENT)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
-TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+TIME_ZONE = reactive_settings.time_zone()
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = reactive_settings.var_dir() / f"static-{REACTIVE_CLIENT}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from reactive import settings as reactive_settings
@@ -51,7 +50,7 @@ ASGI_APPLICATION = "master_site.asgi.application"
 DATABASES = {"default": reactive_settings.django_database("master")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
-TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+TIME_ZONE = reactive_settings.time_zone()
 STATIC_URL = "/static/"
 STATIC_ROOT = reactive_settings.var_dir() / "static-master"
 LOGIN_URL = "/admin/login/"

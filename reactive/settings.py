@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ DEFAULT_CLIENTS = ("alpha", "beta")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGION = "us-east-1"
 DEV_SSO_KEY = "reactive-development-sso-key-do-not-use-in-production"
-CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+CLIENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # whole name: fullmatch ("$" lets "alpha\n" through)
 MIN_CLOCK_INTERVAL = 0.05  # seconds; a faster clock is a busy loop, not a clock
 
 
@@ -41,7 +42,7 @@ def env_or_setting(name: str, default: Any = None) -> Any:
 
 
 def validate_client(name: str) -> str:
-    if not CLIENT_NAME.match(name):
+    if not isinstance(name, str) or not CLIENT_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid client name {name!r}: use lowercase letters, digits, '-' or '_' (at most 40 characters)"
         )
@@ -120,13 +121,27 @@ def aws_region() -> str:
     return os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or DEFAULT_REGION
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url reads
+
+
 def redis_url() -> str:
-    return str(env_or_setting("REDIS_URL", DEFAULT_REDIS_URL))
+    """REDIS_URL, checked: a typo is a configuration error (exit 1), not a Redis that does not answer."""
+    url = str(env_or_setting("REDIS_URL", DEFAULT_REDIS_URL)).strip()
+    if urlsplit(url).scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"REDIS_URL must be a redis://HOST:PORT/DB address (or rediss://, unix://), got {url!r}"
+        )
+    return url
 
 
 def time_zone() -> str:
     """The zone the clock shows its HH:MM:SS in (Django's TIME_ZONE), UTC by default."""
-    return str(env_or_setting("TIME_ZONE", "UTC"))
+    zone = str(env_or_setting("TIME_ZONE", "UTC"))
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"TIME_ZONE must be a zone name such as Europe/Paris or UTC, got {zone!r}") from exc
+    return zone
 
 
 CHANNEL_LAYER_BACKENDS = {  # channels-redis's layers, whose calls a cancel always ends (reactive/layers.py)
@@ -157,7 +172,7 @@ def channel_layers(client: str) -> dict[str, Any]:
         raise ConfigError(f"REACTIVE_CHANNEL_LAYER must be one of {choices}, got {kind!r}")
     # redis-py's asyncio pool refuses a 101st concurrent connection (MaxConnectionsError) instead of waiting:
     # a reconnect storm of pages (each connect is a group_add) would fail handshakes with the default.
-    pool_size = int(env_or_setting("REACTIVE_REDIS_MAX_CONNECTIONS", 1000))
+    pool_size = positive_int_setting("REACTIVE_REDIS_MAX_CONNECTIONS", 1000)
     host = {"address": redis_url(), "max_connections": pool_size, "socket_timeout": LAYER_SOCKET_TIMEOUT}
     return {
         "default": {
@@ -326,6 +341,17 @@ def float_setting(name: str, default: float) -> float:
     return number
 
 
+def positive_int_setting(name: str, default: int) -> int:
+    value = env_or_setting(name, default)
+    try:
+        number = int(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from exc
+    if number < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value!r}")
+    return number
+
+
 def django_database(site: str, client: str | None = None) -> dict[str, Any]:
     """DATABASES["default"] for a site, from DATABASE_URL (dj-database-url) or SQLite under var/."""
     import dj_database_url
@@ -340,7 +366,13 @@ def django_database(site: str, client: str | None = None) -> dict[str, Any]:
             f"{variable} cannot be read ({exc}): use postgres://USER@HOST:PORT/NAME or sqlite:////ABS/PATH"
         ) from exc
     if config["ENGINE"].endswith("sqlite3"):
-        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(config["NAME"]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # REACTIVE_VAR_DIR (or the URL's path) names a file, or a place not ours
+            raise ConfigError(
+                f"{variable}: cannot make the folder {folder} for its SQLite file: {exc}"
+            ) from exc
         config["CONN_MAX_AGE"] = 0
         # WAL lets the listener, the web process and workers read while one writes; IMMEDIATE avoids
         # lock-upgrade deadlocks between writers.
@@ -416,13 +448,23 @@ def client_urls() -> dict[str, str]:
     """REACTIVE_CLIENT_URLS="alpha=http://127.0.0.1:8000,beta=http://127.0.0.1:8002" (up's ports by default)."""
     raw = os.environ.get("REACTIVE_CLIENT_URLS", "")
     if raw:
-        pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
-        return {name.strip(): url.strip().rstrip("/") for name, url in pairs}
+        return dict(_client_url(item) for item in raw.split(",") if item.strip())
     names = clients()
     return {
         name: f"http://127.0.0.1:{port}"
         for name, port in zip(names, default_client_ports(len(names)), strict=True)
     }
+
+
+def _client_url(item: str) -> tuple[str, str]:
+    name, equals, url = (part.strip() for part in item.partition("="))
+    parts = urlsplit(url)
+    if not equals or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            "REACTIVE_CLIENT_URLS must list NAME=http(s)://HOST[:PORT] pairs separated by commas, "
+            f"got {item.strip()!r}"
+        )
+    return validate_client(name), url.rstrip("/")
 
 
 DEFAULT_MASTER_URL = "http://127.0.0.1:8001"  # `reactive up`'s master on this machine

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import functools
 import importlib.util
@@ -38,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-from reactive import settings
+from reactive import orphans, settings
 from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
 from reactive.supervisor import Child, ProcessSpec, Supervisor, listener_spec
 
@@ -257,7 +258,7 @@ class OwnRedis:
         ]
         with open(var_dir / "log" / "redis.log", "ab") as output:
             process = subprocess.Popen(
-                argv,
+                orphans.guarded(argv),  # stops with `up` even when `up` is killed outright (Linux)
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -471,12 +472,15 @@ def choose_port(wanted: int, host: str, reserved: Collection[int] = ()) -> int:
 
 
 def port_free(port: int, host: str) -> bool:
+    """Whether ``port`` can be bound on ``host``; ConfigError when nothing can be (not this machine's)."""
     with socket.socket(_family(host)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
         try:
             s.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise ConfigError(f"--host {host}: cannot listen there ({exc.strerror or exc})") from exc
         return True
 
 
@@ -532,7 +536,10 @@ def lock_var_dir(var_dir: Path) -> int:
     """An exclusive lock on ``var_dir`` for as long as the returned descriptor is open (ConfigError when
     another run holds it). Two runs on one directory would share its databases, queues and Redis, and the
     second would overwrite the first's up.env, then delete it on stopping."""
-    var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        var_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --var names a file, or a place this user cannot write
+        raise ConfigError(f"--var {var_dir}: cannot use it as the run's folder: {exc}") from exc
     descriptor = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,6 +14,7 @@ DEBUG = False
 SECRET_KEY = "tests-secret-key"
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 REACTIVE_CLIENT = "alpha"
+REACTIVE_SITE = "both"  # one process plays the master and client alpha: master commands may run here
 REACTIVE_SSO_KEY = "tests-sso-key-0123456789abcdef"
 REACTIVE_CAPTURE = False
 REACTIVE_SYNC_PREDICATE = "reactive.capture.non_staff"

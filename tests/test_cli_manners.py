@@ -205,6 +205,29 @@ def test_a_client_command_refuses_the_masters_settings(provisioned: dict[str, st
     assert not (tmp_path / "var" / "master.sqlite3").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["login-link", "erin", "--client", "alpha"],
+        ["sync", "--client", "alpha"],
+        ["verify", "--client", "alpha"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_master_command_refuses_a_clients_settings(command: list[str], tmp_path: Path) -> None:
+    """Every client container exports its settings: run there, `login-link` put the replica's local pk in
+    the link as the master key (signing its holder in as another user), `sync` relayed the client's rows."""
+    env = {
+        "DJANGO_SETTINGS_MODULE": "client_site.settings",
+        "REACTIVE_CLIENT": "alpha",
+        "REACTIVE_SSO_KEY": "k",
+    }
+    full = {**os.environ, **env, "REACTIVE_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    done = subprocess.run([REACTIVE, *command], env=full, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "is the settings of client 'alpha'" in one_error_line(done)
+
+
 def test_manage_py_listener_errors_are_one_line_with_the_exit_code_of_reactive_listen(
     aws_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -273,6 +296,44 @@ def test_a_malformed_variable_is_one_line_exit_1(
 ) -> None:
     env = {**aws_env, "DATABASE_URL": "sqlite://:memory:", variable: value}  # a master database exists
     done = reactive("sync", "--client", "alpha", env=env, tmp_path=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert says in one_error_line(done)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command", "says"),
+    [
+        ("AWS_ENDPOINT_URL", "notaurl", ["status"], "AWS_ENDPOINT_URL must be an http(s) address"),
+        (
+            "AWS_DEFAULT_REGION",
+            "bad region!",
+            ["dlq", "list", "--client", "alpha"],
+            "AWS_DEFAULT_REGION must be",
+        ),
+        ("REDIS_URL", "notaurl", ["beat", "--once", "--client", "alpha"], "REDIS_URL must be a redis://"),
+        ("REACTIVE_REDIS_MAX_CONNECTIONS", "abc", ["beat", "--once", "--client", "alpha"], "a whole number"),
+        ("TIME_ZONE", "Mars/Base", ["beat", "--once", "--client", "alpha"], "TIME_ZONE must be a zone name"),
+        ("REACTIVE_VAR_DIR", "{file}", ["login-link", "a", "--client", "alpha"], "cannot make the folder"),
+        (
+            "REACTIVE_CLIENT_URLS",
+            "alpha=notaurl",
+            ["login-link", "a", "--client", "alpha"],
+            "NAME=http(s)://",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) and value.isupper() else None,
+)
+def test_a_malformed_setting_is_a_configuration_error_not_a_traceback_nor_an_outage(
+    variable: str, value: str, command: list[str], says: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Exit 1 and one line naming the variable: a traceback, or exit 3 (which says a service is down),
+    sent the operator looking in the wrong place."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    env = {**aws_env, "REACTIVE_SSO_KEY": "k", variable: value.format(file=a_file)}
+    full = {**os.environ, "REACTIVE_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200", **env}
+    full.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run([REACTIVE, *command], env=full, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert says in one_error_line(done)
 

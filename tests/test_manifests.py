@@ -393,3 +393,32 @@ def test_the_resolver_catches_what_does_not_exist(tmp_path: Path) -> None:
     ]
     key = ("k8s", "DJANGO_SETTINGS_MODULE=master_site.settings")
     assert len(list(_unresolved(key, bad, tmp_path))) == len(bad)
+
+
+def test_every_template_and_static_file_goes_into_the_wheel() -> None:
+    """A `pip install .` deployment serves the sites from site-packages: a template or stylesheet that
+    package-data does not list is missing there (the master's stylesheet was), while a checkout works."""
+    import fnmatch
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    site_files = [
+        path
+        for path in tracked.stdout.splitlines()
+        if path.split("/")[0] in ("client_site", "master_site")
+        and ("/templates/" in path or "/static/" in path)
+    ]
+    assert site_files, "no site files found: the test no longer looks where they are"
+
+    def packaged(path: str) -> bool:
+        for package, patterns in listed.items():
+            folder = package.replace(".", "/") + "/"
+            inside = path.removeprefix(folder)
+            if path.startswith(folder) and any(
+                fnmatch.fnmatch(inside, p.replace("**/", "*")) for p in patterns
+            ):
+                return True
+        return False
+
+    assert [path for path in site_files if not packaged(path)] == []

@@ -82,11 +82,13 @@ def test_fifo_publish_reaches_the_queue_in_key_order(aws_env: dict[str, str]) ->
     assert [json.loads(m.body)["version"] for m in got] == [1, 2, 3]
 
 
-def test_bad_client_names_are_refused(aws_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("name", ["Not Valid", "alpha\n", "-alpha", "a" * 41])
+def test_bad_client_names_are_refused(aws_env: dict[str, str], name: str) -> None:
+    """A trailing newline too (a ConfigMap's block scalar): it named queues no one else would find."""
     from reactive.errors import ConfigError
 
     with pytest.raises(ConfigError, match="invalid client name"):
-        Provisioner(Options(clients=["Not Valid"])).run()
+        Provisioner(Options(clients=[name])).run()
 
 
 def test_the_max_receives_variable_is_the_commands_default(

@@ -105,6 +105,35 @@ def test_a_port_someone_listens_on_is_not_free() -> None:
     assert port_free(port, "127.0.0.1")
 
 
+@pytest.mark.parametrize("host", ["10.254.254.254", "nosuchhost.invalid"])
+def test_a_host_this_machine_cannot_listen_on_is_said_so_not_called_a_busy_port(host: str) -> None:
+    with pytest.raises(ConfigError, match=f"--host {host}: cannot listen there"):
+        port_free(19001, host)
+
+
+def test_our_own_redis_stops_when_up_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives `up` no chance to stop what it started: its redis-server used to live on, owned by
+    init, one more for every run killed so. It now dies with `up`, as the supervised processes do."""
+    import psutil
+
+    (tmp_path / "log").mkdir()
+    script = (
+        "import sys, time; from pathlib import Path; from reactive.up import OwnRedis; "
+        "print(OwnRedis.start(Path(sys.argv[1]), '127.0.0.1').process.pid, flush=True); time.sleep(120)"
+    )
+    up = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        redis_server = psutil.Process(int(up.stdout.readline()))  # type: ignore[union-attr]
+        assert "redis-server" in " ".join(redis_server.cmdline())
+    finally:
+        up.kill()
+        up.wait()
+    _, alive = psutil.wait_procs([redis_server], timeout=10)
+    for survivor in alive:  # not left behind by the test either
+        survivor.kill()
+    assert not alive, "the redis-server outlived the `up` that started it"
+
+
 @pytest.mark.django_db
 @pytest.mark.usefixtures("captured")
 def test_the_live_view_offers_login_links_only_while_the_demo_user_can_use_them(tmp_path: Path) -> None:

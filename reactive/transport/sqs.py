@@ -13,7 +13,13 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
 from reactive import settings
-from reactive.errors import CredentialsError, ResourceNotFound, ServiceUnavailable, TransportError
+from reactive.errors import (
+    ConfigError,
+    CredentialsError,
+    ResourceNotFound,
+    ServiceUnavailable,
+    TransportError,
+)
 from reactive.transport.base import (
     BatchResult,
     OutgoingMessage,
@@ -95,12 +101,19 @@ def partition() -> str:
 
 
 def make_client(service: str) -> Any:
-    return boto3.session.Session().client(
-        service,
-        region_name=settings.aws_region(),
-        endpoint_url=settings.aws_endpoint_url(),
-        config=BOTO_CONFIG,
-    )
+    region, endpoint = settings.aws_region(), settings.aws_endpoint_url()
+    try:
+        return boto3.session.Session().client(
+            service, region_name=region, endpoint_url=endpoint, config=BOTO_CONFIG
+        )
+    except bexc.InvalidRegionError as exc:
+        raise ConfigError(
+            f"AWS_DEFAULT_REGION must be a region name such as us-east-1, got {region!r}"
+        ) from exc
+    except ValueError as exc:  # botocore's "Invalid endpoint"
+        raise ConfigError(
+            f"AWS_ENDPOINT_URL must be an http(s) address such as http://127.0.0.1:5000, got {endpoint!r}"
+        ) from exc
 
 
 class SqsTransport:
