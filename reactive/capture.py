@@ -8,10 +8,12 @@ are captured by reactive.bulk.
 
 from __future__ import annotations
 
+import base64
+import copy
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -19,7 +21,8 @@ from uuid import UUID
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import models
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
+from django.utils.duration import duration_iso_string
 
 from reactive import commits
 from reactive.events import USER_MODEL, format_time
@@ -31,6 +34,7 @@ DEFAULT_PREDICATE = "reactive.capture.non_staff"
 SNAPSHOT_ATTR = "_reactive_snapshot"
 SNAPSHOT_DB_ATTR = "_reactive_snapshot_db"  # the database alias the snapshot's values were read from
 SNAPSHOT_TOKEN_ATTR = "_reactive_snapshot_token"  # the transaction the snapshot holds only if it commits
+DELETE_VERDICT_ATTR = "_reactive_delete_synced"  # set by pre_delete when the snapshot's verdict was doubted
 SYNCED = "__synced__"
 UNKNOWN: Mapping[str, Any] = {SYNCED: None}  # a snapshot of nothing: every field counts as changed
 
@@ -120,6 +124,9 @@ def track(
         for sender in _model_and_descendants(model):  # their signals name them, not the tracked model
             uid = sender._meta.label_lower
             post_save.connect(_on_save, sender=sender, weak=False, dispatch_uid=f"reactive-save-{uid}")
+            pre_delete.connect(
+                _before_delete, sender=sender, weak=False, dispatch_uid=f"reactive-pre-delete-{uid}"
+            )
             post_delete.connect(_on_delete, sender=sender, weak=False, dispatch_uid=f"reactive-delete-{uid}")
         model_hooks.install(model)  # proxies inherit the wrapped methods
     _registry[model] = tracking
@@ -138,7 +145,7 @@ def untrack(model: type[models.Model]) -> None:
 
     for sender in _model_and_descendants(model):
         uid = sender._meta.label_lower
-        for signal, name in ((post_save, "save"), (post_delete, "delete")):
+        for signal, name in ((post_save, "save"), (pre_delete, "pre-delete"), (post_delete, "delete")):
             signal.disconnect(sender=sender, dispatch_uid=f"reactive-{name}-{uid}")
     model_hooks.uninstall(model)
     if not _registry:
@@ -188,9 +195,20 @@ def snapshot(instance: models.Model, tracking: Tracking) -> dict[str, Any]:
     The verdict (SYNCED) is None when the predicate could only be asked by loading a deferred field.
     """
     loaded = instance.__dict__
-    values = {name: loaded[att] for name, att in tracking.attnames.items() if att in loaded}
+    values = {name: _kept(loaded[att]) for name, att in tracking.attnames.items() if att in loaded}
     values[SYNCED] = tracking.predicate(instance) if tracking.can_judge(loaded) else None
     return values
+
+
+def _kept(value: Any) -> Any:
+    """A value as the snapshot keeps it: a copy of a mutable one (a JSONField's dict, an ArrayField's list),
+    which code may change in place before the save that the snapshot is diffed against."""
+    return copy.deepcopy(value) if isinstance(value, dict | list | set | bytearray) else value
+
+
+def _holds_expression(values: Mapping[str, Any]) -> bool:
+    """A field set to F(), Lower(), ...: the instance holds the expression, only the row holds the value."""
+    return any(hasattr(value, "resolve_expression") for value in values.values())
 
 
 def serialize(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,10 +218,14 @@ def serialize(values: Mapping[str, Any]) -> dict[str, Any]:
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return format_time(value) if value.tzinfo else value.isoformat()
-    if isinstance(value, date):
+    if isinstance(value, date | time):
         return value.isoformat()
+    if isinstance(value, timedelta):
+        return duration_iso_string(value)  # what Django's JSON encoder writes: P1DT02H00M00S
     if isinstance(value, Decimal | UUID):
         return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
     return value
 
 
@@ -216,8 +238,10 @@ def _record(*args: Any, **kwargs: Any) -> Any:
 def _on_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
 ) -> None:
+    # A raw save (loaddata) is captured too: the instance holds every field the fixture wrote, and
+    # having no snapshot, an update counts every field as changed.
     tracking = tracking_for(sender)
-    if tracking is None or raw or not tracking.captures(using):
+    if tracking is None or not tracking.captures(using):
         return
     before = None if created else known_before(instance, using)
     update_fields = kwargs.get("update_fields")
@@ -230,7 +254,8 @@ def _on_save(
         after = partial
     else:
         after = snapshot(instance, tracking)
-        if after[SYNCED] is None:  # a deferred tracked field (saved to another database): read it back
+        # A deferred tracked field (saved to another database), or a field set to an expression: read back.
+        if after[SYNCED] is None or _holds_expression(after):
             after = _stored(instance, tracking, using)
     action, changed = decide(before, after)
     if action == "update" and written is not None:  # what changed elsewhere went out with its own event
@@ -330,6 +355,23 @@ def _on_delete(sender: type[models.Model], instance: models.Model, using: str, *
         return
     if sender._meta.concrete_model is not tracking.model:
         return  # a multi-table child: the delete of its parent row, which Django signals too, is the event
-    if known_before(instance, using).get(SYNCED) is False:
+    if instance.__dict__.pop(DELETE_VERDICT_ATTR, None) is False:
         return  # never on the clients
     _record(tracking.label, "delete", str(instance.pk), {}, (), using=using)
+
+
+def _before_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    """Whether the row about to be deleted was ever on the clients, for _on_delete.
+
+    Only a snapshot that says "not synced" is doubted: the instance may have been loaded before another
+    writer made the row qualify (and the clients got an insert); QuerySet.delete() loads its rows before
+    its transaction, unlocked. So the row itself is read, locked until the delete commits (pre_delete
+    runs in the delete's transaction): one query per delete of a row that was not synced when loaded.
+    """
+    tracking = tracking_for(sender)
+    if tracking is None or not tracking.captures(using) or sender._meta.concrete_model is not tracking.model:
+        return
+    if known_before(instance, using).get(SYNCED) is not False:
+        return
+    stored = type(instance)._base_manager.using(using).select_for_update().filter(pk=instance.pk).first()
+    instance.__dict__[DELETE_VERDICT_ATTR] = stored is not None and bool(tracking.predicate(stored))

@@ -644,3 +644,125 @@ def test_a_long_transaction_keeps_one_commit_marker_per_savepoint_level() -> Non
             loaded.save()
         added = len(connection.run_on_commit) - hooks_before
     assert added <= 2  # one marker and one relay request, not one per load or save
+
+
+# -- what the review found: values the diff could not see, and deletes it misjudged -------------------------
+def test_a_tracked_field_set_to_an_expression_is_published_as_stored() -> None:
+    """`user.email = Lower("email")` is plain Django: the instance holds the expression, only the row the
+    value. The save crashed (an expression is no JSON) and rolled back; now the row is read back."""
+    from django.db.models.functions import Lower, Upper
+
+    user = User.objects.create_user("Alice", "Alice@Example.com", first_name="Alice")
+    user.email = Lower("email")
+    user.save()
+    user.first_name = Upper("first_name")
+    user.save(update_fields=["first_name"])
+    updates = list(OutboxEvent.objects.filter(action="update").order_by("id"))
+    assert [(e.data["email"], e.data["first_name"], e.changed) for e in updates] == [
+        ("alice@example.com", "Alice", ["email"]),
+        ("alice@example.com", "ALICE", ["first_name"]),
+    ]
+
+
+def test_loaddata_is_captured(tmp_path: Any) -> None:
+    """Fixtures save raw: `manage.py loaddata` on the master changed and created users that no client heard
+    of. A row it rewrites has no snapshot: every field counts as changed; a staff row is deleted."""
+    import json
+
+    from django.core.management import call_command
+
+    bob = User.objects.create_user("bob", first_name="Bob")
+    ann = User.objects.create_user("ann", first_name="Ann")
+    base = {"password": "", "last_name": "", "email": "", "is_active": True, "is_superuser": False}
+    base |= {"is_staff": False, "date_joined": "2024-01-01T00:00:00Z"}
+    fixture = tmp_path / "users.json"
+    rows = [
+        (bob.pk, {"username": "bob", "first_name": "Robert"}),
+        (ann.pk, {"username": "ann", "is_staff": True}),  # now staff: off the clients
+        (bob.pk + ann.pk + 100, {"username": "newbie", "first_name": "New"}),
+    ]
+    fixture.write_text(json.dumps([{"model": "auth.user", "pk": pk, "fields": base | f} for pk, f in rows]))
+    before = OutboxEvent.objects.count()
+    call_command("loaddata", str(fixture), verbosity=0)
+    loaded = list(OutboxEvent.objects.order_by("id")[before:].values_list("action", "key", "data"))
+    assert [(action, key) for action, key, _ in loaded] == [
+        ("update", str(bob.pk)),
+        ("delete", str(ann.pk)),
+        ("insert", str(bob.pk + ann.pk + 100)),
+    ]
+    assert loaded[0][2]["first_name"] == "Robert" and "password" not in loaded[0][2]
+
+
+@pytest.mark.parametrize("how", ["instance", "queryset"])
+def test_a_delete_through_an_instance_loaded_while_staff_reaches_the_clients(how: str) -> None:
+    """Loaded while staff, the instance says "never on the clients"; meanwhile another writer made the
+    user non-staff (the clients got an insert). Its delete must reach them, or they keep the user for
+    good. The row is asked, locked, when the instance's verdict is "not synced"."""
+    bob = User.objects.create_user("bob", first_name="Bob", is_staff=True)
+    stale = User.objects.get(pk=bob.pk)
+    change_elsewhere(bob.pk, is_staff=False)  # an insert to the clients
+    if how == "instance":
+        stale.delete()
+    else:
+        User.objects.filter(username="bob").delete()
+    assert [action for action, key, _ in events() if key == str(bob.pk)] == ["insert", "delete"]
+
+
+def test_deleting_a_staff_user_still_publishes_nothing_and_asks_once() -> None:
+    admin = User.objects.create_user("root", is_staff=True)
+    with CaptureQueriesContext(connection) as queries:
+        admin.delete()
+    assert events() == []
+    reads = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert len([sql for sql in reads if "auth_user" in sql and "outbox" not in sql]) == 1
+
+
+@pytest.fixture
+def gadget() -> Iterator[type[models.Model]]:
+    """A tracked model of its own with a JSON column, a time, a duration and bytes, for one test."""
+    from django.db import connection as db
+
+    class Gadget(models.Model):
+        name = models.CharField(max_length=20)
+        prefs = models.JSONField(default=dict)
+        opens = models.TimeField(null=True)
+        lasts = models.DurationField(null=True)
+        blob = models.BinaryField(null=True)
+
+        class Meta:
+            app_label = "accounts"
+
+    with db.schema_editor() as editor:
+        editor.create_model(Gadget)
+    capture.track(Gadget, fields=["name", "prefs", "opens", "lasts", "blob"])
+    yield Gadget
+    capture.untrack(Gadget)
+    with db.schema_editor() as editor:
+        editor.delete_model(Gadget)
+    del apps.all_models["accounts"]["gadget"]
+    apps.clear_cache()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mutable_value_changed_in_place_and_columns_json_has_no_type_for(gadget: Any) -> None:
+    """A JSONField's dict changed in place changed the snapshot's too (the same object): the diff saw
+    nothing. A time, a duration or bytes made every save raise (no JSON for them) and roll back."""
+    import datetime
+
+    made = gadget.objects.create(
+        name="g", prefs={"theme": "light"}, opens=datetime.time(9, 30), lasts=datetime.timedelta(hours=8)
+    )
+    made.blob = b"\x00\xff"
+    made.save()
+    loaded = gadget.objects.get(pk=made.pk)
+    loaded.prefs["theme"] = "dark"
+    loaded.save()
+    rows = list(OutboxEvent.objects.order_by("id").values_list("action", "changed", "data"))
+    assert [(action, changed) for action, changed, _ in rows] == [
+        ("insert", ["name", "prefs", "opens", "lasts", "blob"]),
+        ("update", ["blob"]),
+        ("update", ["prefs"]),
+    ]
+    data = rows[-1][2]
+    assert data["prefs"] == {"theme": "dark"} and data["opens"] == "09:30:00"
+    assert data["lasts"] == "P0DT08H00M00S" and data["blob"] == "AP8="
