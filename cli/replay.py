@@ -51,8 +51,11 @@ def replay_dlq(
     if move_task and dry_run:
         _print_move_task_plan(client, queues, planned, as_json)
         return
-    if not dry_run and not yes and planned:
-        typer.confirm(f"Move {planned} message(s) from {queues.dlq} back to {queues.queue}?", abort=True)
+    if not dry_run and not yes:
+        # Asked even when the DLQ reports nothing visible: the count is approximate (and lags on AWS),
+        # and whatever is there by the time the replay reads it moves. On stderr: --json keeps stdout.
+        how_many = f"{planned} message(s)" if planned else "the messages (it reports none visible now)"
+        typer.confirm(f"Move {how_many} from {queues.dlq} back to {queues.queue}?", abort=True, err=True)
     if move_task:
         _run_move_task(transport, queues, rate, as_json)
         return

@@ -142,11 +142,12 @@ def pretty_body(body: str) -> str:
 def peek(transport: Transport, queue: str, *, limit: int = 100) -> list[ReceivedMessage]:
     """Up to ``limit`` messages of a queue, released at once so that they stay there, visible.
 
-    A snapshot: it stops at the depth the queue reported when it started (or at an empty receive).
+    It stops at ``limit`` or at a receive that brings nothing new, not at the depth the queue reports:
+    on AWS that count is approximate and lags (up to a minute), and a DLQ said to be empty may not be.
     """
     seen: dict[str, ReceivedMessage] = {}
     receipts: list[str] = []
-    wanted = min(limit, transport.depth(queue).visible)
+    wanted = limit
     try:
         while len(seen) < wanted:
             batch = _receive(transport, queue, min(10, wanted - len(seen)), PEEK_VISIBILITY)

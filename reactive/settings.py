@@ -91,7 +91,15 @@ def prefix() -> str:
 
 
 def fifo() -> bool:
-    return str(env_or_setting("REACTIVE_FIFO", "")).lower() in ("1", "true", "yes", "on")
+    """REACTIVE_FIFO: the FIFO topic and queues. A word that is neither on nor off is refused: read as off,
+    a typo would send the master's events to the standard topic while the clients poll FIFO queues."""
+    value = env_or_setting("REACTIVE_FIFO", "")
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in FALSE_WORDS or word in TRUE_WORDS:
+        return word in TRUE_WORDS
+    raise ConfigError(f"REACTIVE_FIFO must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
 def names(use_fifo: bool | None = None) -> Names:

@@ -320,6 +320,7 @@ def test_a_malformed_variable_is_one_line_exit_1(
             ["login-link", "a", "--client", "alpha"],
             "NAME=http(s)://",
         ),
+        ("REACTIVE_FIFO", "maybe", ["status"], "REACTIVE_FIFO must be one of 1/true/yes/on"),
     ],
     ids=lambda value: value if isinstance(value, str) and value.isupper() else None,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -45,6 +46,30 @@ def test_replay_asks_first_and_dry_run_moves_nothing(sqs: SqsTransport) -> None:
     assert "would move 1 message(s)" in dry.stdout and "not decodable" in dry.stdout
     assert message_id[:8] in dry.stdout and message_id not in dry.stdout  # the id `dlq list` shows
     assert (total(sqs, queue), total(sqs, dlq)) == (0, 1)
+
+
+def test_replay_asks_even_when_the_count_says_nothing_is_there_and_json_stays_json(
+    sqs: SqsTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DLQ's count lags on AWS: a replay that skipped the question when it read 0 moved what was there
+    unasked. The question goes to stderr, so that --json's stdout is JSON."""
+    from reactive.transport.base import QueueDepth
+
+    queue, dlq = names(sqs)
+    put(sqs, dlq, "precious")
+    with monkeypatch.context() as lagging:
+        lagging.setattr(SqsTransport, "depth", lambda self, queue: QueueDepth(0, 0, 0))
+        refused = runner.invoke(app, ["replay-dlq", "--client", "alpha"], input="n\n")
+    assert refused.exit_code == 1 and "reports none visible now" in refused.stderr
+    assert (total(sqs, queue), total(sqs, dlq)) == (0, 1)
+    with monkeypatch.context() as lagging:
+        lagging.setattr(SqsTransport, "depth", lambda self, queue: QueueDepth(0, 0, 0))
+        agreed = runner.invoke(app, ["replay-dlq", "--client", "alpha", "--json"], input="y\n")
+    assert agreed.exit_code == 0, agreed.output
+    # CliRunner echoes the typed answer into stdout, as a terminal would show it: the JSON is the rest
+    echoed, printed = agreed.stdout.split("\n", 1)
+    assert echoed.strip() == "y" and json.loads(printed)["moved"] == 1
+    assert "Move the messages" in agreed.stderr
 
 
 def test_replay_json_limit_and_rate(sqs: SqsTransport) -> None:

@@ -92,6 +92,19 @@ def test_list_respects_the_limit_and_to_dict_is_json(sqs: SqsTransport, alpha: d
     assert sqs.depth(alpha.dlq).visible == 12
 
 
+def test_list_reads_the_dlq_whatever_count_it_reports(
+    sqs: SqsTransport, alpha: dlq.ClientQueues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AWS a queue's ApproximateNumberOfMessages lags by up to a minute: a DLQ that reports 0 may hold
+    letters, and `dlq list` said it was empty."""
+    from reactive.transport.base import QueueDepth
+
+    for i in range(3):
+        put(sqs, alpha.dlq, f"body {i}")
+    monkeypatch.setattr(sqs, "depth", lambda queue: QueueDepth(0, 0, 0))
+    assert sorted(x.message.body for x in dlq.inspect(sqs, alpha)) == ["body 0", "body 1", "body 2"]
+
+
 def test_show_finds_one_message_and_says_when_it_is_gone(sqs: SqsTransport, alpha: dlq.ClientQueues) -> None:
     wanted = put(sqs, alpha.dlq, '{"Type": "Notification", "Message": "{\\"schema\\": 7}"}')
     put(sqs, alpha.dlq, "other")
