@@ -169,18 +169,34 @@ def relay_on_commit(using: str) -> None:
     transaction.on_commit(request, using=using, robust=True)
 
 
+# After a relay request the broker refused, saves do not ask it again for this long: each ask waits out
+# the broker's connect timeout and retries (seconds against a Redis that does not answer), in the request
+# that saved. Their rows stay pending meanwhile, for the next request or the sweep.
+BROKER_REST_SECONDS = 5.0
+_broker_down_until = 0.0
+
+
 def _request_relay(using: str = "default") -> None:
+    global _broker_down_until
     mode = settings.relay_mode()
     if mode == "celery":
         from celery import current_app
 
+        if time.monotonic() < _broker_down_until:
+            log.debug("relay not requested: the broker refused the last request moments ago")
+            return
         try:
             current_app.send_task(
                 "reactive.relay_outbox", kwargs={"using": using} if using != "default" else None
             )
         except Exception as exc:  # the broker is down (kombu/redis errors of many kinds): the row is safe
+            _broker_down_until = time.monotonic() + BROKER_REST_SECONDS
             log.warning(
-                "relay not requested (%s: %s); the outbox sweep will send the row", type(exc).__name__, exc
+                "relay not requested (%s: %s); the outbox sweep will send the row, and saves do not ask the "
+                "broker again for %.0f s",
+                type(exc).__name__,
+                exc,
+                BROKER_REST_SECONDS,
             )
     elif mode == "inline":
         from reactive.transport import get_transport

@@ -120,6 +120,7 @@ def no_relay_burst_in_memory() -> None:
     from reactive import outbox
 
     outbox._last_burst.clear()
+    outbox._broker_down_until = 0.0  # nor a broker outage it met
 
 
 @pytest.fixture(autouse=True)

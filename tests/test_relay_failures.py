@@ -278,29 +278,40 @@ def test_a_save_while_the_broker_is_down_logs_one_line_and_keeps_the_row(
 
     from reactive import capture
 
+    asked: list[str] = []
+
     def broker_down(name: str, kwargs: Any = None) -> None:
+        asked.append(name)
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def save_and_commit(username: str) -> None:
+        with transaction.atomic():
+            get_user_model().objects.create_user(username)
+            connection = transaction.get_connection()
+            callbacks = [entry[1] for entry in connection.run_on_commit]
+        for callback in callbacks:  # pytest-django's transaction never commits: run what a commit would
+            callback()
 
     monkeypatch.setattr(current_app, "send_task", broker_down)
     monkeypatch.setenv("REACTIVE_RELAY", "celery")
     capture.track(get_user_model(), predicate=capture.non_staff)
     try:
-        with transaction.atomic():
-            get_user_model().objects.create_user("alice")
-            connection = transaction.get_connection()
-            callbacks = [entry[1] for entry in connection.run_on_commit]
-        for callback in callbacks:  # pytest-django's transaction never commits: run what a commit would
-            callback()
+        save_and_commit("alice")
+        save_and_commit("bob")  # the broker refused moments ago: this save does not wait on it again
+        asked_in_the_rest = len(asked)
+        monkeypatch.setattr(outbox, "_broker_down_until", 0.0)  # the rest is over
+        save_and_commit("carol")
     finally:
         capture.untrack(get_user_model())
 
-    assert OutboxEvent.objects.filter(sent_at__isnull=True).count() == 1  # the sweep will send it
-    warnings = [r for r in caplog.records if r.name == "reactive.outbox"]
-    assert [r.getMessage() for r in warnings] == [
+    assert OutboxEvent.objects.filter(sent_at__isnull=True).count() == 3  # the sweep will send them
+    assert asked_in_the_rest == 1 and len(asked) == 2
+    warnings = [r for r in caplog.records if r.name == "reactive.outbox" and r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings][0] == (
         "relay not requested (OperationalError: Error 111 connecting to 127.0.0.1:6379. Connection refused.); "
-        "the outbox sweep will send the row"
-    ]
-    assert not any(r.exc_info for r in caplog.records)
+        "the outbox sweep will send the row, and saves do not ask the broker again for 5 s"
+    )
+    assert len(warnings) == 2 and not any(r.exc_info for r in caplog.records)
 
 
 def test_a_misspelt_relay_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
