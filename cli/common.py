@@ -88,7 +88,8 @@ def _require_master_settings() -> None:
         raise ConfigError(
             f"DJANGO_SETTINGS_MODULE={module} is the settings of client {configured!r}, and this command "
             "works on the master's database: run it where the master runs, or with "
-            "DJANGO_SETTINGS_MODULE=master_site.settings and the master's DATABASE_URL"
+            "DJANGO_SETTINGS_MODULE=master_site.settings and the master's DATABASE_URL (settings that serve "
+            'both sides say so with REACTIVE_SITE = "both")'
         )
 
 

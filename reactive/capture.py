@@ -238,10 +238,11 @@ def _record(*args: Any, **kwargs: Any) -> Any:
 def _on_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
 ) -> None:
-    # A raw save (loaddata) is captured too: the instance holds every field the fixture wrote, and
-    # having no snapshot, an update counts every field as changed.
+    # A raw save (loaddata, a test database restored) is not captured, as Django advises for raw saves: a
+    # data migration's fixture may load before the outbox table exists. `reactive sync` sends what it
+    # changed (README: Operations).
     tracking = tracking_for(sender)
-    if tracking is None or not tracking.captures(using):
+    if tracking is None or raw or not tracking.captures(using):
         return
     before = None if created else known_before(instance, using)
     update_fields = kwargs.get("update_fields")
@@ -368,6 +369,9 @@ def _before_delete(sender: type[models.Model], instance: models.Model, using: st
     its transaction, unlocked. So the row itself is read, locked until the delete commits (pre_delete
     runs in the delete's transaction): one query per delete of a row that was not synced when loaded.
     """
+    # A verdict left by a delete that did not happen (another receiver vetoed it, the DELETE failed) is
+    # no verdict on this one.
+    instance.__dict__.pop(DELETE_VERDICT_ATTR, None)
     tracking = tracking_for(sender)
     if tracking is None or not tracking.captures(using) or sender._meta.concrete_model is not tracking.model:
         return

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, connections, transaction
 
 from reactive import groups, settings
 from reactive.errors import (
@@ -204,11 +204,11 @@ class Listener:
                     break
                 except ResourceNotFound:
                     raise
-                except (ServiceUnavailable, ReactiveError, DatabaseError) as exc:
-                    if isinstance(exc, DatabaseError):
+                except (ServiceUnavailable, ReactiveError, DatabaseError, InterfaceError) as exc:
+                    if isinstance(exc, DatabaseError | InterfaceError):
                         # Outside a transaction Django never drops a broken connection by itself (a
                         # request's end does that): every later query would fail on it for good.
-                        connections[self.using].close()
+                        connections[self.using].close_if_unusable_or_obsolete()
                     if once:  # a one-shot drain that cannot apply what it holds fails; it does not wait
                         raise
                     failures = min(failures + 1, 6)  # the delay stops growing at 30 s
@@ -303,7 +303,7 @@ class Listener:
         transaction each, so that only the culprit fails and the rest still commit and are acked."""
         try:
             return self._apply_in_one_transaction(events)
-        except DatabaseError:
+        except (DatabaseError, InterfaceError):  # the database, not the events: the loop retries
             raise
         except Exception as exc:
             if len(events) == 1:

@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
-from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    connections,
+    models,
+    transaction,
+)
 from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
@@ -103,7 +111,7 @@ def _apply_one(event: Event, known: _Known) -> Outcome:
             return _apply(event, known)
     except (IntegrityError, DataError) as exc:  # the database refused this event's values
         return _failed(event, known, exc)
-    except DatabaseError:
+    except (DatabaseError, InterfaceError):
         raise  # the whole database is in trouble, not this event: the batch fails and is retried
     except Exception as exc:  # this event's values, whatever Django or the model raised for them
         return _failed(event, known, exc)

@@ -539,8 +539,13 @@ def test_a_connection_postgresql_dropped_outside_a_batch_is_replaced(memory) -> 
         try:
             eventually(lambda: backend, timeout=10, what="the first batch")
             dsn = connection.settings_dict
-            admin_url = f"postgresql://{dsn['USER']}@{dsn['HOST']}:{dsn['PORT']}/postgres"
-            with psycopg.connect(admin_url, autocommit=True) as admin:
+            server = {
+                "host": dsn["HOST"],
+                "port": dsn["PORT"],
+                "user": dsn["USER"],
+                "password": dsn["PASSWORD"],
+            }
+            with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", [backend[0]])
             # The round's query outside a transaction finds the session gone first; only then does a
             # batch come (a batch's transaction would have dropped the broken connection by itself).

@@ -110,7 +110,9 @@ def make_client(service: str) -> Any:
         raise ConfigError(
             f"AWS_DEFAULT_REGION must be a region name such as us-east-1, got {region!r}"
         ) from exc
-    except ValueError as exc:  # botocore's "Invalid endpoint"
+    except ValueError as exc:  # botocore's "Invalid endpoint", or another setting it cannot use
+        if endpoint is None:
+            raise ConfigError(f"cannot make an AWS {service} client: {exc}") from exc
         raise ConfigError(
             f"AWS_ENDPOINT_URL must be an http(s) address such as http://127.0.0.1:5000, got {endpoint!r}"
         ) from exc
