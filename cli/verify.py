@@ -51,6 +51,16 @@ def render(report: object) -> None:
     from reactive.verify import VerifyReport
 
     assert isinstance(report, VerifyReport)
+    if report.sequence_behind:
+        common.console.print(
+            f"[red]{report.client} holds version {report.replica_top_version}, above the last outbox id the "
+            f"master issued ({report.outbox_sequence})[/]: was the master's database restored from a backup? "
+            "Every change, a sync's too, would be skipped there as stale. Advance the master's outbox "
+            f"sequence past {report.replica_top_version} (docs/operations.md, Restoring the master's "
+            f"database), then run `reactive sync --client {report.client}`."
+        )
+        if not report.differences:
+            return
     if report.ok:
         common.console.print(
             f"[green]{report.client} matches the master[/]: {report.master_rows} synced user(s), "

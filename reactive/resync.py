@@ -94,7 +94,7 @@ def highest_key(using: str = "default") -> int:
         top = user._default_manager.using(using).aggregate(top=Max("pk"))["top"] or 0
         label = capture.event_label(user)
         keys = OutboxEvent.objects.using(using).filter(model=label).values_list("key", flat=True).distinct()
-        top = max([top, _sequence_value(user, using), *(int(k) for k in keys if k.isdigit())])
+        top = max([top, last_issued_key(user, using) or 0, *(int(k) for k in keys if k.isdigit())])
     return int(top)
 
 
@@ -111,10 +111,11 @@ def _hold_user_inserts(user: type[models.Model], using: str) -> None:
             cursor.execute(f"UPDATE {table} SET {pk} = {pk} WHERE 1 = 0")
 
 
-def _sequence_value(user: type[models.Model], using: str) -> int:
-    """The last key the database handed out, deleted rows included (0 where it cannot say)."""
+def last_issued_key(model: type[models.Model], using: str) -> int | None:
+    """The last key the database handed out for ``model``, deleted rows included: 0 before the first,
+    None where it cannot say (a database other than SQLite and PostgreSQL, a key with no sequence)."""
     connection = connections[using]
-    table = user._meta.db_table
+    table = model._meta.db_table
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'")
@@ -122,16 +123,16 @@ def _sequence_value(user: type[models.Model], using: str) -> int:
                 return 0
             cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
         elif connection.vendor == "postgresql":
-            column = user._meta.pk.column
+            column = model._meta.pk.column
             cursor.execute(
                 "SELECT pg_get_serial_sequence(%s, %s)", [connection.ops.quote_name(table), column]
             )
             sequence = cursor.fetchone()
             if not sequence or not sequence[0]:
-                return 0
+                return None
             cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence[0]}")
         else:
-            return 0
+            return None
         row = cursor.fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 

@@ -15,15 +15,20 @@ replica's rows are its live ReplicaState entries (tombstones are not rows) with 
   extra:   the replica has it, the master does not (deleted, or no longer synced);
   stale:   the replica's version is older than the master's, or a field differs.
 Differences found during live traffic can be events in flight: run it again, or `reactive sync`.
+
+And one that no sync mends: versions are the master's outbox ids, so a master database restored from a
+backup hands out ids the replica has already seen, and every change (a sync's too) is skipped as stale.
+A replica whose highest version is above the last id the master's outbox sequence issued says so
+(``sequence_behind``), with the remedy (docs/operations.md, *Restoring the master's database*).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from django.db import DatabaseError, connections, transaction
@@ -32,11 +37,12 @@ from django.db.models import Max
 from reactive import capture, settings
 from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
 from reactive.outbox import TOPIC, OutboxEvent
-from reactive.resync import tracking
+from reactive.resync import last_issued_key, tracking
 
 MASTER_ALIAS = "reactive_verify_master"
 REPLICA_ALIAS = "reactive_verify_replica"
 Kind = Literal["missing", "extra", "stale"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,17 @@ class VerifyReport:
     replica_rows: int
     fields: list[str]
     differences: list[Difference] = field(default_factory=list)
+    replica_top_version: int = 0  # the highest version the replica holds (tombstones too)
+    outbox_sequence: int | None = None  # the last id the master's outbox issued (None: cannot say)
+
+    @property
+    def sequence_behind(self) -> bool:
+        """The replica holds versions the master has not issued yet: a restored master database."""
+        return self.outbox_sequence is not None and self.replica_top_version > self.outbox_sequence
 
     @property
     def ok(self) -> bool:
-        return not self.differences
+        return not self.differences and not self.sequence_behind
 
     def count(self, kind: Kind) -> int:
         return sum(1 for d in self.differences if d.kind == kind)
@@ -78,7 +91,11 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
-            ok=self.ok, missing=self.count("missing"), extra=self.count("extra"), stale=self.count("stale")
+            ok=self.ok,
+            missing=self.count("missing"),
+            extra=self.count("extra"),
+            stale=self.count("stale"),
+            sequence_behind=self.sequence_behind,
         )
         return data
 
@@ -155,6 +172,15 @@ def replica_rows(using: str, fields: list[str]) -> dict[str, Row]:
     return rows
 
 
+def highest_replica_version(using: str) -> int:
+    """The highest master version the replica holds, tombstones included (legacy rows carry SQS times)."""
+    from reactive.replica import LEGACY_PREFIX, ReplicaState
+
+    states = ReplicaState.objects.using(using).filter(model=tracking().label)
+    top = states.exclude(key__startswith=LEGACY_PREFIX).aggregate(top=Max("version"))["top"]
+    return int(top or 0)
+
+
 def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
     """Compare the master's database and a client's (both opened here by URL)."""
     settings.validate_client(client)
@@ -172,7 +198,15 @@ def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
         replica = _read(
             f"client {client}", client_url, lambda: replica_rows(REPLICA_ALIAS, fields), REPLICA_ALIAS
         )
-    return VerifyReport(client, len(master), len(replica), fields, compare(master, replica, fields))
+        sequence = _read(
+            "master", master_url, lambda: last_issued_key(OutboxEvent, MASTER_ALIAS), MASTER_ALIAS
+        )
+        top = _read(
+            f"client {client}", client_url, lambda: highest_replica_version(REPLICA_ALIAS), REPLICA_ALIAS
+        )
+    report = VerifyReport(client, len(master), len(replica), fields, compare(master, replica, fields))
+    report.replica_top_version, report.outbox_sequence = top, sequence
+    return report
 
 
 def _connect(side: str, url: str, alias: str) -> None:
@@ -184,10 +218,10 @@ def _connect(side: str, url: str, alias: str) -> None:
         ) from exc
 
 
-def _read(side: str, url: str, read: Any, alias: str) -> dict[str, Row]:
+def _read(side: str, url: str, read: Callable[[], T], alias: str) -> T:
     try:
         with transaction.atomic(using=alias):
-            return dict(read())
+            return read()
     except DatabaseError as exc:
         raise ReactiveError(
             f"cannot read the {side} database ({redact(url)}): {_one_line(exc)} (migrated? the right URL?)"

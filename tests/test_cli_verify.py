@@ -78,3 +78,14 @@ def test_a_missing_database_file_is_named_and_never_created(tmp_path: Path) -> N
 def test_passwords_are_kept_out_of_messages() -> None:
     assert redact("postgres://ops:s3cret@db:5432/alpha") == "postgres://ops:***@db:5432/alpha"
     assert redact("sqlite:////tmp/a.sqlite3") == "sqlite:////tmp/a.sqlite3"
+
+
+def test_a_replica_ahead_of_the_masters_outbox_sequence_is_not_ok() -> None:
+    """A restored master hands out ids the replica has seen: the report says so even with no row differing,
+    and not where the master's database cannot tell its sequence."""
+    from reactive.verify import VerifyReport
+
+    restored = VerifyReport("alpha", 2, 2, FIELDS, replica_top_version=40, outbox_sequence=12)
+    assert restored.sequence_behind and not restored.ok and restored.to_dict()["sequence_behind"] is True
+    assert VerifyReport("alpha", 2, 2, FIELDS, replica_top_version=12, outbox_sequence=12).ok
+    assert VerifyReport("alpha", 2, 2, FIELDS, replica_top_version=40, outbox_sequence=None).ok

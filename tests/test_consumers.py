@@ -428,6 +428,24 @@ def test_a_disable_undone_while_the_socket_connects_leaves_it_open(
     assert quiet, "the outdated disable reached the page (or closed the socket)"
 
 
+def test_a_layer_message_of_a_type_this_process_does_not_know_is_dropped(alice: Any) -> None:
+    """During a rolling deploy newer processes send types older ones have no handler for (a sign-out's
+    session.ended, once): Channels ended the socket with 1011 for it. It is dropped, the socket goes on."""
+    cookie = session_cookie(alice)
+    group = groups.user_group(alice.pk)
+
+    async def scenario() -> dict[str, Any]:
+        ws = await in_room(cookie)
+        await groups.send(group, {"type": "something.newer", "what": "a later version's message"})
+        change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
+        await groups.send(group, {"type": groups.USER_CHANGED, "profile": change})
+        after: dict[str, Any] = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return after
+
+    assert run(scenario)["profile"]["first_name"] == "Alicia"
+
+
 def test_signing_out_ends_that_sessions_sockets_and_no_other(alice: Any) -> None:
     """A page left open in another tab of a session that signed out gets nothing more: its socket closes
     with 4001 (not final: the page reconnects and, refused, shows it is signed out). The same user's

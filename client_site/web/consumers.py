@@ -16,6 +16,7 @@ import random
 from typing import Any
 
 import redis
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
@@ -179,6 +180,21 @@ class PushOnly(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **_: Any) -> None:
         log.debug("dropped a frame a client sent on %s", self.scope.get("path"))
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """A layer message of a type this process has no handler for is dropped, not raised: Channels ends
+        the socket then (1011), and during a rolling deploy the newer processes send types (a sign-out's
+        session.ended, say) that older ones do not know yet."""
+        try:
+            known = hasattr(self, get_handler_name(message))
+        except ValueError:  # no type, or a private one ("_close")
+            known = False
+        if not known:
+            log.debug(
+                "dropped a %r message on %s: no handler here", message.get("type"), self.scope.get("path")
+            )
+            return
+        await super().dispatch(message)
 
 
 class UserConsumer(PushOnly):

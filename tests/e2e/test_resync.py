@@ -98,6 +98,70 @@ def test_verify_finds_lost_changes_and_sync_prune_repairs_them(deployment: Deplo
     assert names.strip() == "['alicia', 'bob', 'carol', 'erin']"
 
 
+# A master database restored from a backup taken before any event: its outbox sequence starts over.
+RESTORE_AN_OLD_BACKUP = """
+from django.db import connection
+from reactive.outbox import OutboxEvent
+OutboxEvent.objects.all().delete()
+with connection.cursor() as cursor:
+    if connection.vendor == "sqlite":
+        cursor.execute("UPDATE sqlite_sequence SET seq = 0 WHERE name = 'reactive_outboxevent'")
+    else:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('reactive_outboxevent', 'id'), 1, false)")
+"""
+
+# What docs/operations.md (Restoring the master's database) says to do about it.
+ADVANCE_THE_SEQUENCE = """
+from django.db import connection
+with connection.cursor() as cursor:
+    if connection.vendor == "sqlite":
+        cursor.execute("UPDATE sqlite_sequence SET seq = %s WHERE name = 'reactive_outboxevent'", [{past}])
+    else:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('reactive_outboxevent', 'id'), %s)", [{past}])
+"""
+
+
+def test_a_restored_master_database_is_found_and_mended_as_the_operations_guide_says(
+    system: Deployment,
+) -> None:
+    """Versions are outbox ids: a restored master hands out ids the clients have seen, and every change, a
+    sync's too, is skipped there as stale. `verify` says so; the documented remedy mends it."""
+    system.python(
+        "master",
+        """
+        from django.contrib.auth import get_user_model
+        for name in ("alice", "bob"):
+            get_user_model().objects.create_user(name, f"{name}@example.com", "pw", first_name=name.title())
+        """,
+        REACTIVE_RELAY="off",
+    )
+    ok(reactive(system, "master", "sync", "--client", "alpha"))
+    drain(system)
+    system.python("master", RESTORE_AN_OLD_BACKUP, REACTIVE_RELAY="off")
+    system.python(
+        "master",
+        """
+        from django.contrib.auth import get_user_model
+        alice = get_user_model().objects.get(username="alice"); alice.first_name = "Alicia"; alice.save()
+        """,
+        REACTIVE_RELAY="off",
+    )
+    ok(reactive(system, "master", "sync", "--client", "alpha"))  # the usual mend: skipped as stale
+    drain(system)
+
+    behind = verify(system, "--json")
+    assert behind.returncode == 1
+    report = json.loads(behind.stdout)
+    assert report["sequence_behind"] is True and report["outbox_sequence"] < report["replica_top_version"]
+    assert "was the master's database restored from a backup?" in verify(system).stdout
+
+    past = report["replica_top_version"] + 100
+    system.python("master", ADVANCE_THE_SEQUENCE.format(past=past), REACTIVE_RELAY="off")
+    ok(reactive(system, "master", "sync", "--client", "alpha", "--prune"))
+    drain(system)
+    assert json.loads(ok(verify(system, "--json")))["ok"] is True
+
+
 CHURN = """
 import time
 import django
