@@ -68,7 +68,7 @@ globals().update(reactive_settings.celery_settings("master"))
 CELERY_BEAT_SCHEDULE = {
     "sweep-outbox": {
         "task": "reactive.sweep_outbox",
-        "schedule": reactive_settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0),
+        "schedule": reactive_settings.sweep_interval(),
         "options": {"expires": 30},
     }
 }

@@ -22,12 +22,15 @@ import redis
 import redis.asyncio
 
 from reactive import groups, settings
-from reactive.errors import ServiceUnavailable
+from reactive.errors import FailureStreak, ServiceUnavailable
 from reactive.heartbeat import EVERY_SECONDS, Heartbeat
 
 log = logging.getLogger("reactive.clock")
 STATE_TTL_SECONDS = 5
 TICKS_IN_FLIGHT = 4  # ticks sent but not yet taken by Redis before the next due one is skipped
+# A tick Redis has not taken by then is abandoned, its store and its send both: sent late, after a stall,
+# a pile of old ticks would reach pages at once and out of order. A late tick is worse than none.
+TICK_TIMEOUT_SECONDS = 2.0
 Tick = dict[str, str]
 
 
@@ -113,16 +116,32 @@ async def acurrent() -> Tick:
 
 async def atick(layer: Any = None, now: datetime | None = None) -> Tick:
     """One tick: store it and send it to the clock group, both at once (each is a few Redis round trips,
-    which a distant Redis makes long). Redis errors become ServiceUnavailable."""
+    which a distant Redis makes long), within TICK_TIMEOUT_SECONDS. Should either fail or time out, the
+    other is cancelled with it (gather left the send running, to land late); the error is
+    ServiceUnavailable."""
     tick = payload(now)
     try:
-        await asyncio.gather(
-            _aredis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS),
-            (layer or groups.layer()).group_send(groups.CLOCK, message(tick)),
-        )
-    except (redis.RedisError, OSError) as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+        async with asyncio.timeout(TICK_TIMEOUT_SECONDS):
+            await _store_and_send(tick, layer or groups.layer())
+    except TimeoutError as exc:
+        raise ServiceUnavailable(
+            f"Redis at {settings.redis_url()} did not take the tick within {TICK_TIMEOUT_SECONDS:g} s"
+        ) from exc
     return tick
+
+
+async def _store(tick: Tick) -> None:
+    await _aredis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
+
+
+async def _store_and_send(tick: Tick, layer: Any) -> None:
+    try:
+        async with asyncio.TaskGroup() as both:
+            both.create_task(_store(tick))
+            both.create_task(layer.group_send(groups.CLOCK, message(tick)))
+    except* (redis.RedisError, OSError) as failed:
+        exc = failed.exceptions[0]
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
 
 
 def tick() -> Tick:
@@ -149,7 +168,8 @@ async def run(
 
     Each tick goes out as its own task, so a slow Redis (a distant one, a busy one) does not stretch the
     schedule; at most TICKS_IN_FLIGHT wait at once, and a tick due while they all still wait is skipped.
-    A tick that fails because Redis is down is logged and the loop goes on: the beat recovers by itself.
+    A tick that fails because Redis is down is logged (once an outage, and once when it ends) and the loop
+    goes on: the beat recovers by itself.
     A schedule that fell behind (a long pause) skips the missed ticks instead of sending a burst.
     ``heartbeat`` is touched as the loop goes round, ticks sent or not (a Redis outage is not a stuck beat),
     and during the wait for the next tick however long the interval.
@@ -160,6 +180,7 @@ async def run(
     heartbeat.start()
     sent = 0
     in_flight: set[asyncio.Task[Tick]] = set()
+    failures = FailureStreak("clock ticks", log)  # an outage is one warning, and one line when it ends
 
     def finished(task: asyncio.Task[Tick]) -> None:
         nonlocal sent
@@ -167,11 +188,10 @@ async def run(
         if task.cancelled():
             return
         error = task.exception()
-        if isinstance(error, ServiceUnavailable):
-            log.warning("tick not sent: %s", error)
-        elif error is not None:
-            log.warning("tick not sent: %s: %s", type(error).__name__, error)
+        if error is not None:
+            failures.failed(error)
         else:
+            failures.succeeded()
             sent += 1
             if on_tick is not None:
                 on_tick(task.result())

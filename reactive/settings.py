@@ -322,6 +322,16 @@ def clock_schedule_interval() -> float:
     return max(MIN_CLOCK_INTERVAL, float_setting("REACTIVE_CLOCK_INTERVAL", 0.5))
 
 
+MIN_SWEEP_INTERVAL = 1.0  # seconds; Celery beat sends a schedule of 0 or less back to back, flooding Redis
+
+
+def sweep_interval() -> float:
+    """Seconds between outbox sweeps (the master's beat): REACTIVE_SWEEP_INTERVAL, 5 by default, raised to
+    at least MIN_SWEEP_INTERVAL rather than refused (every master process imports the settings that hold
+    the schedule)."""
+    return max(MIN_SWEEP_INTERVAL, float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
+
+
 def heartbeat_template() -> str:
     """REACTIVE_HEARTBEAT_FILE as given (``{client}`` unexpanded), or "" when unset."""
     return str(env_or_setting("REACTIVE_HEARTBEAT_FILE", "") or "").strip()

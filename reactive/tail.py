@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from reactive import groups
-from reactive.errors import UsageError
+from reactive import groups, settings
+from reactive.errors import ServiceUnavailable, UsageError, describe
+from reactive.layers import ReceiveFailed
 
 log = logging.getLogger("reactive.tail")
 LEAVE_TIMEOUT_SECONDS = 2.0
+# The memberships are re-added this often, as a page's socket re-adds its own: channels-redis forgets a
+# member after group_expiry (a day), and a tail left running that long went silent without a word.
+REJOIN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,15 @@ async def follow(
             count += 1
             on_message(received(group, message))
 
+    async def stay_in_groups() -> None:
+        while True:
+            await asyncio.sleep(REJOIN_SECONDS)
+            for channel, group in channels.items():
+                try:
+                    await layer.group_add(group, channel)
+                except Exception as exc:  # Redis away: the receives report it; the next round tries again
+                    log.debug("could not re-add %s to %s: %s", channel, group, describe(exc))
+
     try:
         for group in chosen:
             channel = await layer.new_channel()
@@ -80,6 +93,7 @@ async def follow(
         if on_joined is not None:
             on_joined(chosen)
         pumps = [asyncio.create_task(pump(channel, group)) for channel, group in channels.items()]
+        pumps.append(asyncio.create_task(stay_in_groups()))
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *pumps], return_when=asyncio.FIRST_COMPLETED)
         for task in [stopped, *pumps]:
@@ -87,8 +101,10 @@ async def follow(
         await asyncio.gather(stopped, *pumps, return_exceptions=True)
         failures = [task.exception() for task in done if task is not stopped]
         for failure in failures:
+            if isinstance(failure, ReceiveFailed):  # Redis went away: one line for the operator, exit 3
+                raise ServiceUnavailable(f"lost Redis at {settings.redis_url()}: {failure}") from failure
             if failure is not None:
-                raise failure  # the layer failed (Redis went away): let the caller report it
+                raise failure
     finally:
         await _leave(layer, channels)
     return count

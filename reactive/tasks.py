@@ -37,7 +37,7 @@ def sweep_outbox() -> int:
     from reactive.transport import get_transport
 
     aliases = outbox.databases()  # where capture writes rows: each tracked model's database
-    budget = max(1.0, settings.float_setting("REACTIVE_SWEEP_INTERVAL", 5.0))
+    budget = settings.sweep_interval()
     sent = pruned = 0
     transport = get_transport()
     for using in aliases:  # each its share: a busy one must not starve a quiet one's retries

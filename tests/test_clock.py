@@ -187,6 +187,19 @@ def test_reactive_beat_and_celery_beat_share_one_interval_setting(
     assert asked == [0.2, 1.5]  # the flag wins over the variable
 
 
+@pytest.mark.parametrize(("value", "schedule"), [("0", 1.0), ("-5", 1.0), ("2.5", 2.5)])
+def test_the_masters_sweep_schedule_is_never_back_to_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, schedule: float
+) -> None:
+    """Celery beat sends a schedule of 0 or less back to back: the master's beat flooded Redis with sweeps."""
+    monkeypatch.setenv("REACTIVE_SWEEP_INTERVAL", value)
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "master_site.settings", sys.modules.get("master_site.settings"))
+    sys.modules.pop("master_site.settings", None)
+    master = importlib.import_module("master_site.settings")
+    assert master.CELERY_BEAT_SCHEDULE["sweep-outbox"]["schedule"] == schedule
+
+
 @pytest.mark.parametrize("value", ["0.01", "soon", "nan"])
 def test_a_clock_interval_that_is_no_clock_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, value: str
@@ -328,3 +341,88 @@ def test_a_slow_clock_still_beats_between_its_ticks(monkeypatch: pytest.MonkeyPa
         return await beat
 
     assert run(scenario) == 1 and len(ticks) == 1
+
+
+# -- a stalled or failing Redis: no late ticks, one line per outage ------------------------------------------
+class HangingLayer:
+    """A channel layer whose group_send waits until cancelled, as one on a stalled Redis does."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_a_tick_whose_store_fails_takes_its_send_down_with_it(redis_down: None) -> None:
+    """gather() raised on the failed store and left the send running: after a stall, the sends that piled
+    up reached pages all at once, out of order, and their clocks jumped back."""
+    layer = HangingLayer()
+
+    async def scenario() -> int:
+        with pytest.raises(ServiceUnavailable, match="cannot reach Redis"):
+            await clock.atick(layer)
+        return layer.cancelled  # now, not once the loop closes (which cancels whatever is left)
+
+    assert run(scenario) == 1
+
+
+def test_a_tick_redis_does_not_take_in_time_is_abandoned_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = HangingLayer()
+    monkeypatch.setattr(clock, "TICK_TIMEOUT_SECONDS", 0.1)
+
+    async def never_stored(tick: Any) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(clock, "_store", never_stored)
+
+    async def scenario() -> None:
+        with pytest.raises(ServiceUnavailable, match="did not take the tick within 0.1 s"):
+            async with asyncio.timeout(5):  # a tick that waited for ever would fail here, not hang
+                await clock.atick(layer)
+
+    run(scenario)
+    assert layer.cancelled == 1
+
+
+def test_an_outage_of_the_beat_is_one_warning_and_its_end_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two warnings a second for as long as Redis was out (7,200 an hour), and nothing when it came back."""
+    import logging
+
+    outcomes = iter([False] * 6 + [True] * 3 + [False] + [True] * 100)
+
+    async def tick(layer: Any = None) -> dict[str, str]:
+        if not next(outcomes):
+            raise ServiceUnavailable("cannot reach Redis at redis://127.0.0.1:1/0: Connection refused")
+        return clock.payload()
+
+    monkeypatch.setattr(clock, "atick", tick)
+    monkeypatch.setattr(clock.groups, "layer", lambda: None)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        sent = 0
+
+        def counted(tick: Any) -> None:
+            nonlocal sent
+            sent += 1
+            if sent == 6:
+                stop.set()
+
+        return await clock.run(0.01, stop, on_tick=counted)
+
+    with caplog.at_level(logging.INFO, logger="reactive.clock"):
+        run(scenario)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.clock"]
+    failed = (
+        "WARNING",
+        "clock ticks failed: ServiceUnavailable: cannot reach Redis at redis://127.0.0.1:1/0: Connection "
+        "refused; retrying, silently until it works",
+    )
+    assert lines == [failed, ("INFO", "clock ticks works again"), failed, ("INFO", "clock ticks works again")]

@@ -46,3 +46,47 @@ def test_a_stop_is_quick_even_when_redis_stalls(
     assert run(scenario) == 0  # before: wait_for gave up, the leave hanging as long as Redis stalled
     assert layer.joined == ["clock", "user.1"]
     assert "could not leave the groups (TimeoutError" in caplog.text
+
+
+class Recording(StalledOnLeave):
+    """Joins, counts every group_add, delivers nothing; leaves at once."""
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        return None
+
+
+def test_a_long_tail_re_adds_its_memberships(monkeypatch: pytest.MonkeyPatch) -> None:
+    """channels-redis forgets a member after group_expiry (a day): a tail left running went silent."""
+    from tests.support.realtime import until
+
+    monkeypatch.setattr(tail, "REJOIN_SECONDS", 0.02)
+    layer = Recording()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        following = asyncio.create_task(tail.follow(["clock", "user.1"], print, stop, layer=layer))
+        await until(lambda: layer.joined.count("clock") >= 3, what="the memberships re-added")
+        stop.set()
+        await following
+
+    run(scenario)
+    assert layer.joined.count("user.1") >= 2
+
+
+class LosesRedis(Recording):
+    async def receive(self, channel: str) -> dict[str, Any]:
+        from reactive.layers import ReceiveFailed
+
+        raise ReceiveFailed("ConnectionError: Connection closed by server.")
+
+
+def test_redis_going_away_under_a_tail_is_an_unreachable_service_not_a_traceback() -> None:
+    """The CLI prints a ServiceUnavailable as one line and exits 3; the layer's own error was printed
+    as a 60-line traceback, exit 1."""
+    from reactive.errors import ServiceUnavailable
+
+    async def scenario() -> None:
+        await tail.follow(["clock"], print, asyncio.Event(), layer=LosesRedis())
+
+    with pytest.raises(ServiceUnavailable, match="lost Redis at .*Connection closed by server"):
+        run(scenario)
