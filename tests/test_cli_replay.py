@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -103,13 +102,27 @@ def test_move_task_where_unsupported_names_the_default_mover(sqs: SqsTransport) 
     assert "replay-dlq without --move-task" in str(result.exception)
 
 
-def test_the_pacer_holds_the_rate() -> None:
+def test_the_pacer_holds_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock of the test's own: the waits the pacer asks for, not how long a loaded machine took."""
+    import reactive.dlq
+
+    now, slept = [100.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(reactive.dlq, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
     pacer = Pacer(20.0)
-    started = time.monotonic()
     pacer.wait(10)  # the first batch goes at once
-    assert time.monotonic() - started < 0.2
+    assert slept == []
+    now[0] += 0.1  # sending it took 0.1 s
     pacer.wait(10)  # the next waits until 10 messages at 20 a second have had their time
-    assert time.monotonic() - started >= 0.45
+    assert slept == [pytest.approx(0.4)]
+    pacer.wait(5)
+    assert slept[1:] == [pytest.approx(0.5)]
 
 
 def test_a_move_task_dry_run_starts_nothing(sqs: SqsTransport) -> None:

@@ -154,7 +154,8 @@ def test_a_fast_wave_is_frozen_every_so_many_sockets_without_waiting_for_its_end
         assert not settler.freeze_pending
 
     freezes = settle_scenario(scenario, settle=10, max_delay=10, every_sockets=500)
-    assert len(freezes.calls) == 1 and freezes.calls[0][0] - started[0] < 0.1, freezes.calls
+    # Long before the wave settles (10 s): at the 500th socket, not at its end
+    assert len(freezes.calls) == 1 and freezes.calls[0][0] - started[0] < 5, freezes.calls
 
 
 def test_every_so_many_freezes_thaw_once_even_without_closes() -> None:

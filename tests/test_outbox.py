@@ -118,12 +118,15 @@ def test_under_load_the_relay_waits_briefly_for_a_full_batch(memory, monkeypatch
     make_users(3)
     waves = [(3, 6), (6, 8)]  # two waits bring rows, the third brings none: the batch goes
     waits: list[float] = []
+    now = [0.0]  # the relay's clock: the waits are taken on it, the inserts take none of it
 
     def wait_while_more_arrive(seconds: float) -> None:
         waits.append(seconds)
+        now[0] += seconds
         if waves:
             make_users_from(*waves.pop(0))
 
+    monkeypatch.setattr(outbox, "_clock", lambda: now[0])
     monkeypatch.setattr(outbox, "_pause", wait_while_more_arrive)
     assert relay_pending(memory).sent == 8
     assert memory.calls.count("publish") == 1

@@ -30,9 +30,7 @@ def test_provision_creates_everything_then_changes_nothing(aws_env: dict[str, st
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"].endswith(f":{prefix}-users")
 
     sns = boto3.client("sns")
-    topic = next(
-        t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f":{prefix}-users")
-    )
+    topic = next(arn for arn in all_topics() if arn.endswith(f":{prefix}-users"))
     subs = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
     assert sorted(s["Endpoint"].rsplit(":", 1)[1] for s in subs) == [f"{prefix}-alpha", f"{prefix}-beta"]
     for sub in subs:
@@ -49,8 +47,8 @@ def test_a_changed_setting_is_updated_in_place(aws_env: dict[str, str]) -> None:
 def test_dry_run_changes_nothing(aws_env: dict[str, str]) -> None:
     plan = Provisioner(Options(clients=["alpha"])).run(dry_run=True)
     assert plan.changes == 4 and not plan.applied
-    names = [q.rsplit("/", 1)[1] for q in boto3.client("sqs").list_queues().get("QueueUrls", [])]
-    assert not [n for n in names if n.startswith(aws_env["REACTIVE_PREFIX"])]
+    queues = boto3.client("sqs").list_queues(QueueNamePrefix=aws_env["REACTIVE_PREFIX"])
+    assert queues.get("QueueUrls", []) == []
 
 
 def test_fifo_variants(aws_env: dict[str, str]) -> None:
@@ -145,8 +143,7 @@ def test_a_queue_name_sqs_would_refuse_stops_provisioning_before_anything_is_cre
     monkeypatch.setenv("REACTIVE_PREFIX", "p" * 40)
     with pytest.raises(ConfigError, match="SQS allows 80"):
         Provisioner(Options(clients=["c" * 36])).run()
-    topics = boto3.client("sns", endpoint_url=aws_env["AWS_ENDPOINT_URL"]).list_topics()["Topics"]
-    assert not [t for t in topics if "p" * 40 in t["TopicArn"]]
+    assert not [arn for arn in all_topics() if "p" * 40 in arn]
 
 
 def test_provision_fifo_says_the_other_processes_need_reactive_fifo(
@@ -165,9 +162,14 @@ def test_provision_fifo_says_the_other_processes_need_reactive_fifo(
     assert "REACTIVE_FIFO" not in quiet.stderr
 
 
+def all_topics() -> list[str]:
+    """Every topic's ARN, page after page: moto's server keeps every test's topics, 100 to a page."""
+    pages = boto3.client("sns").get_paginator("list_topics").paginate()
+    return [topic["TopicArn"] for page in pages for topic in page["Topics"]]
+
+
 def topic_arn_of(prefix: str) -> str:
-    topics = boto3.client("sns").list_topics()["Topics"]
-    return next(t["TopicArn"] for t in topics if t["TopicArn"].endswith(f":{prefix}-users"))
+    return next(arn for arn in all_topics() if arn.endswith(f":{prefix}-users"))
 
 
 def test_what_sns_cannot_deliver_goes_to_the_clients_dlq(aws_env: dict[str, str]) -> None:
@@ -437,7 +439,7 @@ def test_a_policy_it_cannot_read_stops_provisioning_before_any_write(
             Provisioner(Options(clients=["alpha", "beta"]), sqs=sqs).run(dry_run=dry_run)
         assert refused.value.exit_code == 1
     assert sqs.writes == []
-    assert not [t for t in boto3.client("sns").list_topics()["Topics"] if f":{prefix}-" in t["TopicArn"]]
+    assert not [arn for arn in all_topics() if f":{prefix}-" in arn]
 
     real_client = provision.make_client
     monkeypatch.setattr(

@@ -77,9 +77,12 @@ def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         services.missing("Chromium", f"{CHROMIUM} is absent (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError as exc:
         services.missing("Playwright", str(exc))
+    # The context's default timeout does not reach expect(), which waits 5 s: less than a page's reconnect
+    # backoff after a restart, or the whole path from a save to a page on a loaded machine.
+    expect.set_options(timeout=30 * SECONDS)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium

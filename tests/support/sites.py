@@ -102,15 +102,18 @@ class Deployment:
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+                except ProcessLookupError:  # not the leader of a group of its own: the process alone
+                    process.terminate()
         deaf = []
         for process in self.processes:
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 deaf.append(" ".join(map(str, process.args)))
-                os.killpg(process.pid, signal.SIGKILL)
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    process.kill()
                 process.wait()
         self.processes.clear()
         assert not deaf, f"still running 15 s after SIGTERM, killed: {deaf}"
