@@ -185,7 +185,9 @@ class Listener:
         """Poll until stopped (or, with ``once``, until the first empty receive)."""
         self.heartbeat.start()
         # Fails fast, with a clear error, when the queue is missing or the database was never migrated.
-        visibility = self.transport.visibility_timeout(self.queue)
+        visibility = self._visibility_timeout(once)
+        if visibility is None:  # stopped while AWS was still out of reach: nothing was received
+            return Totals()
         self._require_schema()
         # No linger on a FIFO queue: a message in flight holds back the next of its group (the same user),
         # so an ack that waits would make a user's every next change wait with it.
@@ -230,6 +232,24 @@ class Listener:
                     len(self.unnotified.profiles),
                 )
         return totals
+
+    def _visibility_timeout(self, once: bool) -> float | None:
+        """The queue's visibility timeout. AWS out of reach at start-up is waited out with the loop's
+        backoff, as it is later on: exiting made an orchestrator restart the listener with its own,
+        longer backoff (Kubernetes' reaches 5 minutes). A one-shot drain fails at once; a missing
+        queue, or credentials, fail at once too. None: stopped meanwhile."""
+        failures = 0
+        while True:
+            try:
+                return self.transport.visibility_timeout(self.queue)
+            except ServiceUnavailable as exc:
+                if once:
+                    raise
+                failures = min(failures + 1, 6)
+                delay = min(30.0, 0.5 * 2**failures)
+                log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
+                if self.heartbeat.pause(self._stop, delay):
+                    return None
 
     def _require_schema(self) -> None:
         """A database without the replica's tables: no retry mends that, a migration does, so stop here.

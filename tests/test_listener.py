@@ -564,3 +564,36 @@ def test_a_connection_postgresql_dropped_outside_a_batch_is_replaced(memory) -> 
     watcher.join()
     connection.close()
     assert totals == [2]
+
+
+def test_aws_out_of_reach_at_start_up_is_waited_out_not_an_exit(memory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The listener exited 3 when its first call failed: an orchestrator then restarted it with a backoff
+    of its own (Kubernetes' grows to 5 minutes), while AWS was back in seconds. A one-shot drain still
+    fails at once, and a stop during the wait ends the listener cleanly."""
+    from reactive.errors import ServiceUnavailable
+
+    listener = Listener("alpha", memory, wait=0, notify=lambda changes: listener.stop())
+    real = memory.visibility_timeout
+    calls: list[int] = []
+
+    def out_of_reach_twice(queue: str) -> float:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ServiceUnavailable("cannot reach the AWS endpoint")
+        return real(queue)
+
+    monkeypatch.setattr(memory, "visibility_timeout", out_of_reach_twice)
+    waits: list[float] = []
+    monkeypatch.setattr(listener.heartbeat, "pause", lambda stop, seconds: waits.append(seconds) or False)
+    memory.publish([message(event_body("insert", "1", 1, username="alice"), 0)])
+    assert listener.run().applied == 1
+    assert waits == [1.0, 2.0]
+
+    calls.clear()
+    with pytest.raises(ServiceUnavailable):
+        make_listener(memory).run(once=True)
+
+    calls.clear()
+    stopping = make_listener(memory)
+    monkeypatch.setattr(stopping.heartbeat, "pause", lambda stop, seconds: True)  # SIGTERM during the wait
+    assert stopping.run().received == 0
