@@ -128,6 +128,12 @@ class Unnotified:
             )
 
 
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after ``failures`` in a row: 1, 2, 4, ... then 30 s for good (the
+    exponent stops growing too: 2**1024 is an OverflowError)."""
+    return min(30.0, 0.5 * 2 ** min(failures, 6))
+
+
 class _PollInterrupted(BaseException):
     """Raised by the signal handler inside a long poll. A BaseException (like KeyboardInterrupt): botocore
     retries a request that failed with any Exception, which would start a new 20 s poll after SIGTERM."""
@@ -213,8 +219,8 @@ class Listener:
                         connections[self.using].close_if_unusable_or_obsolete()
                     if once:  # a one-shot drain that cannot apply what it holds fails; it does not wait
                         raise
-                    failures = min(failures + 1, 6)  # the delay stops growing at 30 s
-                    delay = min(30.0, 0.5 * 2**failures)
+                    failures += 1
+                    delay = retry_delay(failures)
                     log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
                     self.heartbeat.pause(self._stop, delay)  # an outage is no reason to be restarted
                     continue
@@ -245,8 +251,8 @@ class Listener:
             except ServiceUnavailable as exc:
                 if once:
                     raise
-                failures = min(failures + 1, 6)
-                delay = min(30.0, 0.5 * 2**failures)
+                failures += 1
+                delay = retry_delay(failures)
                 log.error("listener %s: %s; retrying in %.1f s", self.client, exc, delay)
                 if self.heartbeat.pause(self._stop, delay):
                     return None

@@ -94,12 +94,7 @@ def fifo() -> bool:
     """REACTIVE_FIFO: the FIFO topic and queues. A word that is neither on nor off is refused: read as off,
     a typo would send the master's events to the standard topic while the clients poll FIFO queues."""
     value = env_or_setting("REACTIVE_FIFO", "")
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in FALSE_WORDS or word in TRUE_WORDS:
-        return word in TRUE_WORDS
-    raise ConfigError(f"REACTIVE_FIFO must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+    return value if isinstance(value, bool) else _on_off("REACTIVE_FIFO", str(value))
 
 
 def names(use_fifo: bool | None = None) -> Names:
@@ -259,12 +254,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def flag(name: str) -> bool:
     """An on/off variable: 1/true/yes/on or 0/false/no/off (any case), unset or empty is off."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in FALSE_WORDS:
-        return False
-    if value in TRUE_WORDS:
-        return True
-    raise ConfigError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {os.environ[name]!r}")
+    return _on_off(name, os.environ.get(name, ""))
+
+
+def _on_off(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in FALSE_WORDS or word in TRUE_WORDS:
+        return word in TRUE_WORDS
+    raise ConfigError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:

@@ -331,10 +331,23 @@ def test_a_refresh_finds_its_row_whatever_form_the_key_is_in() -> None:
     assert [action for action, _, _ in events()[before:]] == ["update"]
 
 
+@contextlib.contextmanager
+def table_of(model: type[models.Model]) -> Iterator[type[models.Model]]:
+    """A model declared in a test, with its table, for as long as the block lasts; then gone again."""
+    with connection.schema_editor() as editor:
+        editor.create_model(model)
+    try:
+        yield model
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(model)
+        del apps.all_models[model._meta.app_label][model._meta.model_name]
+        apps.clear_cache()
+
+
 @pytest.fixture
 def employee() -> Iterator[type[models.Model]]:
     """A multi-table child of the user model, with its table, present (and tracked) for one test."""
-    from django.db import connection as db
 
     class Employee(User):  # type: ignore[misc,valid-type]
         badge = models.CharField(max_length=20, default="")
@@ -342,16 +355,11 @@ def employee() -> Iterator[type[models.Model]]:
         class Meta:
             app_label = "accounts"
 
-    with db.schema_editor() as editor:
-        editor.create_model(Employee)
-    capture.untrack(User)
-    capture.track(User, predicate=capture.non_staff)  # children are found when a model is tracked
-    yield Employee
-    capture.untrack(User)
-    with db.schema_editor() as editor:
-        editor.delete_model(Employee)
-    del apps.all_models["accounts"]["employee"]
-    apps.clear_cache()
+    with table_of(Employee):
+        capture.untrack(User)
+        capture.track(User, predicate=capture.non_staff)  # children are found when a model is tracked
+        yield Employee
+        capture.untrack(User)
     capture.track(User, predicate=capture.non_staff)
 
 
@@ -737,7 +745,6 @@ def test_deleting_a_staff_user_still_publishes_nothing_and_asks_once() -> None:
 @pytest.fixture
 def gadget() -> Iterator[type[models.Model]]:
     """A tracked model of its own with a JSON column, a time, a duration and bytes, for one test."""
-    from django.db import connection as db
 
     class Gadget(models.Model):
         name = models.CharField(max_length=20)
@@ -749,15 +756,10 @@ def gadget() -> Iterator[type[models.Model]]:
         class Meta:
             app_label = "accounts"
 
-    with db.schema_editor() as editor:
-        editor.create_model(Gadget)
-    capture.track(Gadget, fields=["name", "prefs", "opens", "lasts", "blob"])
-    yield Gadget
-    capture.untrack(Gadget)
-    with db.schema_editor() as editor:
-        editor.delete_model(Gadget)
-    del apps.all_models["accounts"]["gadget"]
-    apps.clear_cache()
+    with table_of(Gadget):
+        capture.track(Gadget, fields=["name", "prefs", "opens", "lasts", "blob"])
+        yield Gadget
+        capture.untrack(Gadget)
 
 
 @pytest.mark.django_db(transaction=True)

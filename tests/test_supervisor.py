@@ -115,7 +115,7 @@ SUPERVISES_A_SLEEPER = """
 import sys
 from reactive.supervisor import ProcessSpec, Supervisor
 
-supervisor = Supervisor([ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"])])
+supervisor = Supervisor([ProcessSpec("sleeper", [sys.executable, "-c", "import signal; signal.pause()"])])
 said = []
 
 def tick():
@@ -143,7 +143,7 @@ def test_children_die_with_a_supervisor_killed_by_sigkill() -> None:
             timeout=10,
             what="the guard replaced by the command",
         )
-        assert child.cmdline()[2] == "import time; time.sleep(120)"
+        assert child.cmdline()[2] == "import signal; signal.pause()"
         supervisor.kill()
         supervisor.wait(5)
         _, alive = psutil.wait_procs([child], timeout=5)

@@ -118,8 +118,8 @@ def test_our_own_redis_stops_when_up_is_killed_outright(tmp_path: Path) -> None:
 
     (tmp_path / "log").mkdir()
     script = (
-        "import sys, time; from pathlib import Path; from reactive.up import OwnRedis; "
-        "print(OwnRedis.start(Path(sys.argv[1]), '127.0.0.1').process.pid, flush=True); time.sleep(120)"
+        "import signal, sys; from pathlib import Path; from reactive.up import OwnRedis; "
+        "print(OwnRedis.start(Path(sys.argv[1]), '127.0.0.1').process.pid, flush=True); signal.pause()"
     )
     up = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
