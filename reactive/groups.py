@@ -130,5 +130,7 @@ def session_tag(session_key: str) -> str:
     return hashlib.sha256(session_key.encode()).hexdigest()
 
 
-def session_ended_message(session_key: str) -> dict[str, Any]:
-    return {"type": SESSION_ENDED, "session": session_tag(session_key)}
+def session_ended_message(local_pk: Any, session_key: str) -> dict[str, Any]:
+    """What the user's group (their user sockets) and ENDED_ACCOUNTS (their clock sockets) carry when one
+    of their sessions signs out."""
+    return {"type": SESSION_ENDED, "user": str(local_pk), "session": session_tag(session_key)}

@@ -145,13 +145,19 @@ def test_a_stalled_join_is_given_up_soon_and_tried_again(monkeypatch: pytest.Mon
     assert run(scenario) == [{"type": "websocket.send", "text": json.dumps(FRAME)}]
 
 
+def read_end(message: dict[str, Any]) -> fanout.End | None:
+    if "user" not in message:
+        return None
+    return fanout.End(message["user"], message["code"], message.get("session"))
+
+
 def test_an_end_closes_its_users_sockets_and_the_others_tick_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """An account that ended closes its user's sockets with the code the end calls for; the others get
     the next tick. The process channel is in the ends group beside the broadcast's."""
     layer = FlakyLayer()
     layer.failed = True  # receiving works
     monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", "end", lambda m: (m["user"], m["code"]) if "user" in m else None)
+    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
     mine, also_mine, other, anonymous = Socket(), Socket(), Socket(), Socket()
 
     async def scenario() -> dict[str, set[object]]:
@@ -174,6 +180,36 @@ def test_an_end_closes_its_users_sockets_and_the_others_tick_on(monkeypatch: pyt
     assert other.frames == anonymous.frames == [tick]
     assert sockets_of == {"8": {other}}
     assert sorted(group for group, _ in layer.adds) == ["clock", "ends"]
+
+
+def test_a_sessions_end_closes_that_sessions_sockets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sign-out names the user and the session: the user's sockets of other sessions tick on, and so do
+    those of another user with a socket of the same session tag (a tag names a session of that user)."""
+    layer = FlakyLayer()
+    layer.failed = True  # receiving works
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    signed_out, other_session, no_session, other_user = Socket(), Socket(), Socket(), Socket()
+
+    async def scenario() -> None:
+        group = fanout.broadcast("clock", identity, ends)
+        try:
+            await group.join(signed_out, signed_out.send, user="7", session="s1")
+            await group.join(other_session, other_session.send, user="7", session="s2")
+            await group.join(no_session, no_session.send, user="7")
+            await group.join(other_user, other_user.send, user="8", session="s1")
+            await layer.queue.put({"type": "end", "user": "7", "code": 4001, "session": "s1"})
+            await layer.queue.put(FRAME)
+            await until(lambda: other_user.frames, what="the tick after the sign-out")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+        assert not group._ended_lately("7")  # a sign-out is no account's end: no audit of later joins
+
+    run(scenario)
+    tick = {"type": "websocket.send", "text": json.dumps(FRAME)}
+    assert signed_out.frames == [{"type": "websocket.close", "code": 4001}]
+    assert other_session.frames == no_session.frames == other_user.frames == [tick]
 
 
 class RealLayer:
@@ -283,7 +319,7 @@ def test_an_audit_the_database_could_not_answer_is_asked_again_at_the_next_round
             raise ConnectionError("the database is restarting")
         return {"7": 4004} if "7" in users else {}
 
-    ends = fanout.Ends("ends", "end", lambda m: None, audit)
+    ends = fanout.Ends("ends", frozenset({"end"}), lambda m: None, audit)
     gone, other = Socket(), Socket()
 
     async def scenario() -> None:

@@ -447,12 +447,13 @@ def test_a_layer_message_of_a_type_this_process_does_not_know_is_dropped(alice: 
 
 
 def test_signing_out_ends_that_sessions_sockets_and_no_other(alice: Any) -> None:
-    """A page left open in another tab of a session that signed out gets nothing more: its socket closes
-    with 4001 (not final: the page reconnects and, refused, shows it is signed out). The same user's
-    socket in another browser goes on."""
+    """Pages left open in other tabs of a session that signed out get nothing more: their user and clock
+    sockets close with 4001 (not final: the page reconnects and, refused, shows it is signed out). The
+    same user's sockets in another browser go on."""
     from django.test import Client
 
     signed_out, elsewhere = session_cookie(alice), session_cookie(alice)
+    session_closed = {"type": "websocket.close", "code": consumers.CLOSE_SESSION_CHANGED}
 
     def sign_out() -> int:
         browser = Client()
@@ -460,20 +461,25 @@ def test_signing_out_ends_that_sessions_sockets_and_no_other(alice: Any) -> None
         browser.post("/logout/")
         return browser.get("/api/initial_state").status_code
 
-    async def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
+    async def scenario() -> tuple[int, list[dict[str, Any]], dict[str, Any], bool]:
         mine, other = await in_room(signed_out), await in_room(elsewhere)
+        my_clock, other_clock = await on_clock(signed_out), await on_clock(elsewhere)
         status = await database_sync_to_async(sign_out)()
-        closed = await mine.receive_output(timeout=5)
+        closed = [await mine.receive_output(timeout=5), await until_closed(my_clock)]
         change = {"key": "17", "version": 4, "username": "alice", "first_name": "Alicia"}
         await groups.send(groups.user_group(alice.pk), {"type": groups.USER_CHANGED, "profile": change})
         pushed = await other.receive_json_from(timeout=5)
+        tick = await clock.atick()
+        ticks = await other_clock.receive_json_from(timeout=5) == clock.message(tick)
         await other.disconnect()
-        return status, closed, pushed
+        await other_clock.disconnect()
+        return status, closed, pushed, ticks
 
-    status, closed, pushed = run(scenario)
+    status, closed, pushed, ticks = run(scenario)
     assert status == 401
-    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_SESSION_CHANGED}
+    assert closed == [session_closed, session_closed]
     assert pushed["profile"]["first_name"] == "Alicia"
+    assert ticks
 
 
 def test_a_local_account_taken_over_by_a_replica_ends_its_socket_unsent(

@@ -7,10 +7,11 @@ each message once and writes it to its sockets in one pass. The group is still t
 "clock" from any process (Celery beat, `reactive beat`) reaches every web process, and `reactive tail clock`
 sees exactly what the sockets get.
 
-A socket may name its user (the signed-in one). The process channel is then also in an "ends" group,
-whose messages (an account disabled or removed: a few a day, not a few a second) close that user's
-sockets here with the close code the message calls for: the sockets have no channel of their own that
-the user's group could reach. A tick pays nothing for it but one type comparison per process.
+A socket may name its user (the signed-in one) and its session. The process channel is then also in an
+"ends" group, whose messages (an account disabled or removed, a session signed out: a few a day, not a few
+a second) close that user's sockets here, or that session's only, with the close code the message calls
+for: the sockets have no channel of their own that the user's group could reach. A tick pays nothing for
+it but one type comparison per process.
 
 An end can miss this process: Redis was down, or lost the membership with its data, or the process had
 not joined yet; the listener that committed it was killed before its push, or cut off from Redis alone; or
@@ -49,12 +50,21 @@ RECENT_END_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
+class End:
+    """Which sockets an end closes, and with what code."""
+
+    user: str
+    code: int
+    session: str | None = None  # only the sockets opened in this session (its tag); None: all the user's
+
+
+@dataclass(frozen=True)
 class Ends:
     """The group whose messages end a user's sockets instead of being fanned out (see the module doc)."""
 
     group: str
-    type: str  # the message type of an end
-    read: Callable[[dict[str, Any]], tuple[str, int] | None]  # an end -> (user, close code); None: malformed
+    types: frozenset[str]  # the message types of an end
+    read: Callable[[dict[str, Any]], End | None]  # None: malformed, or a kind this process cannot read
     # Of these users, those whose account has ended, each with its close code: the database's word, asked
     # when an end may have been missed (see the module doc). None: never asked.
     audit: Callable[[list[str]], Awaitable[dict[str, int]]] | None = None
@@ -69,6 +79,7 @@ class LocalBroadcast:
         self.ends = ends
         self.sockets: dict[object, Send] = {}
         self.users: dict[object, str] = {}  # socket -> user, for the sockets that named one
+        self.sessions: dict[object, str] = {}  # socket -> the tag of its session, for those that named one
         self.sockets_of: dict[str, set[object]] = {}  # user -> sockets: an end finds them without a scan
         self.task: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
@@ -77,12 +88,16 @@ class LocalBroadcast:
         self.audits: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.audit_failures = FailureStreak(f"broadcast {group}: checking accounts for missed ends", log)
 
-    async def join(self, key: object, send: Send, user: str | None = None) -> None:
+    async def join(
+        self, key: object, send: Send, user: str | None = None, session: str | None = None
+    ) -> None:
         """Add a socket; returns once the process is in the group (so no message is missed after this)."""
         self.sockets[key] = send
         if user is not None:
             self.users[key] = user
             self.sockets_of.setdefault(user, set()).add(key)
+            if session is not None:
+                self.sessions[key] = session
         if self.task is None or self.task.done():
             self.joined.clear()
             self.task = asyncio.get_running_loop().create_task(self._follow(), name=f"broadcast {self.group}")
@@ -93,6 +108,7 @@ class LocalBroadcast:
 
     def leave(self, key: object) -> None:
         self.sockets.pop(key, None)
+        self.sessions.pop(key, None)
         user = self.users.pop(key, None)
         if user is not None:
             keys = self.sockets_of[user]
@@ -100,9 +116,12 @@ class LocalBroadcast:
             if not keys:
                 del self.sockets_of[user]
 
-    async def end(self, user: str, code: int) -> int:
-        """Close every socket of ``user`` with ``code``; returns how many were closed."""
-        keys = list(self.sockets_of.get(user, ()))
+    async def end(self, user: str, code: int, session: str | None = None) -> int:
+        """Close every socket of ``user`` (of its ``session`` only, if given) with ``code``; returns how
+        many were closed."""
+        keys = [
+            k for k in self.sockets_of.get(user, ()) if session is None or self.sessions.get(k) == session
+        ]
         for key in keys:
             send = self.sockets[key]
             self.leave(key)  # before the close frame: no message goes after it
@@ -150,11 +169,12 @@ class LocalBroadcast:
                 )
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
-        if self.ends is not None and message.get("type") == self.ends.type:
+        if self.ends is not None and message.get("type") in self.ends.types:
             ended = self.ends.read(message)
             if ended is not None:
-                self._remember_end(ended[0])
-                await self.end(*ended)
+                if ended.session is None:  # an account's end, which a handshake under way may have missed
+                    self._remember_end(ended.user)
+                await self.end(ended.user, ended.code, ended.session)
             return
         await self.deliver(message)
 

@@ -24,6 +24,7 @@ from django.contrib.auth import get_user_model
 from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
     SERVER_SEND,
+    End,
     Ends,
     LocalBroadcast,
     broadcast,
@@ -124,6 +125,12 @@ def _authenticated_user(scope: dict[str, Any]) -> Any | None:
     return user
 
 
+def _session_tag(scope: dict[str, Any]) -> str | None:
+    """groups.session_tag of the session the socket was opened in; None when it has none."""
+    session_key = getattr(scope.get("session"), "session_key", None)
+    return groups.session_tag(session_key) if session_key else None
+
+
 def _final_code(profile: dict[str, Any]) -> int | None:
     """The close code a pushed profile ends the socket with, if any."""
     end = groups.account_end(profile)
@@ -145,10 +152,19 @@ def removed_profile(last_sent: dict[str, Any] | None) -> dict[str, Any]:
     return {"key": last.get("key", ""), "version": last.get("version", 0), "deleted": True}
 
 
-def _ended_account(message: dict[str, Any]) -> tuple[str, int] | None:
-    """(local pk, close code) of a groups.ENDED_ACCOUNTS message; None for one this process cannot read."""
-    user, code = message.get("user"), END_CODES.get(message.get("end", ""))
-    return None if user is None or code is None else (str(user), code)
+def _read_end(message: dict[str, Any]) -> End | None:
+    """Whose sockets a groups.ENDED_ACCOUNTS message closes (an account's end: all of them; a sign-out:
+    its session's), and how; None for one this process cannot read."""
+    user = message.get("user")
+    if user is None:
+        return None
+    if message.get("type") == groups.SESSION_ENDED:
+        session = message.get("session")
+        return (
+            End(str(user), CLOSE_SESSION_CHANGED, session) if isinstance(session, str) and session else None
+        )
+    code = END_CODES.get(message.get("end", ""))
+    return None if code is None else End(str(user), code)
 
 
 def ended_in_database(users: list[str]) -> dict[str, int]:
@@ -167,9 +183,13 @@ def ended_in_database(users: list[str]) -> dict[str, int]:
     }
 
 
-# A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends).
+# A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends), and
+# those of a session that signed out with CLOSE_SESSION_CHANGED, like its user sockets.
 ACCOUNT_ENDS = Ends(
-    groups.ENDED_ACCOUNTS, groups.ACCOUNT_ENDED, _ended_account, database_sync_to_async(ended_in_database)
+    groups.ENDED_ACCOUNTS,
+    frozenset({groups.ACCOUNT_ENDED, groups.SESSION_ENDED}),
+    _read_end,
+    database_sync_to_async(ended_in_database),
 )
 
 
@@ -362,8 +382,8 @@ class UserConsumer(PushOnly):
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         """A sign-out of some session of this user (signouts.py): this socket ends if it was that one."""
-        session_key = getattr(self.scope.get("session"), "session_key", None)
-        if session_key and event.get("session") == groups.session_tag(session_key):
+        session = _session_tag(self.scope)
+        if session is not None and event.get("session") == session:
             await self._end(CLOSE_SESSION_CHANGED)
 
     async def _end_if_taken_over(self, profile: dict[str, Any]) -> bool:
@@ -432,7 +452,7 @@ class ClockConsumer(PushOnly):
         send = self.scope.get(SERVER_SEND, self.base_send)
         try:  # a stalled Redis: the socket stays in the fan-out, whose join goes on without this page
             async with asyncio.timeout(JOIN_TIMEOUT_SECONDS):
-                await fanout.join(self, send, user=str(user.pk))
+                await fanout.join(self, send, user=str(user.pk), session=_session_tag(self.scope))
         except TimeoutError:
             pass
         current = clock.message(await clock.acurrent())
