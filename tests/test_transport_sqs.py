@@ -97,3 +97,29 @@ def test_an_endpoint_that_is_not_aws_is_a_service_unavailable(monkeypatch: pytes
     with not_aws as caught, aws_errors("list queues"):
         raise ResponseParserError("Unable to parse response (syntax error), invalid XML received")
     assert caught.value.exit_code == 3
+
+
+def test_fifo_ids_aws_would_refuse_are_replaced_by_a_digest_of_them() -> None:
+    """AWS takes 1-128 printable ASCII characters without spaces as a group or deduplication id (moto takes
+    anything): a long or non-ASCII string key would fail the whole PublishBatch. The digest is the same for
+    the same key (its events stay one group, in order) and differs by version (no false deduplication)."""
+    from reactive.events import Event
+    from reactive.transport.base import OutgoingMessage
+    from reactive.transport.sqs import FIFO_ID, SqsTransport
+
+    def entry(key: str, version: int) -> dict[str, str]:
+        event = Event(model="auth.user", action="update", key=key, version=version, data={})
+        message = OutgoingMessage("1", "{}", {}, group_id=event.key, dedup_id=event.dedup_id)
+        return {
+            k: v for k, v in SqsTransport._sqs_entry(message, fifo=True).items() if k.startswith("Message")
+        }
+
+    assert entry("42", 7) == {"MessageBody": "{}", "MessageAttributes": {}, "MessageGroupId": "42",
+                              "MessageDeduplicationId": "42:7"}  # fmt: skip
+    for key in ("k" * 200, "Zoë Noël", "user one", "k" * 127):
+        first, second, again = entry(key, 1), entry(key, 2), entry(key, 1)
+        ids = [e[name] for e in (first, second) for name in ("MessageGroupId", "MessageDeduplicationId")]
+        assert all(FIFO_ID.fullmatch(value) for value in ids), ids
+        assert first == again and first["MessageGroupId"] == second["MessageGroupId"]
+        assert first["MessageDeduplicationId"] != second["MessageDeduplicationId"]
+    assert entry("k" * 126, 1)["MessageDeduplicationId"] == "k" * 126 + ":1"  # 128: still itself

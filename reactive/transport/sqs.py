@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +31,10 @@ from reactive.transport.base import (
     packed,
     too_big_reason,
 )
+
+# AWS's rule for MessageGroupId and MessageDeduplicationId: 1-128 characters, letters, digits and
+# punctuation (printable ASCII without the space).
+FIFO_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NotFound", "NotFoundException"}
 BAD_CREDENTIALS = {
@@ -261,8 +267,7 @@ class SqsTransport:
             "MessageAttributes": _attributes(m.attributes),
         }
         if self.fifo:
-            entry["MessageGroupId"] = m.group_id or "default"
-            entry["MessageDeduplicationId"] = m.dedup_id or m.id
+            entry.update(_fifo_ids(m))
         return entry
 
     @staticmethod
@@ -270,9 +275,27 @@ class SqsTransport:
         attributes = _attributes(m.attributes) if m.raw_attributes is None else dict(m.raw_attributes)
         entry: dict[str, Any] = {"Id": m.id, "MessageBody": m.body, "MessageAttributes": attributes}
         if fifo:
-            entry["MessageGroupId"] = m.group_id or "default"
-            entry["MessageDeduplicationId"] = m.dedup_id or m.id
+            entry.update(_fifo_ids(m))
         return entry
+
+
+def _fifo_ids(m: OutgoingMessage) -> dict[str, str]:
+    return {
+        "MessageGroupId": fifo_id(m.group_id or "default"),
+        "MessageDeduplicationId": fifo_id(m.dedup_id or m.id),
+    }
+
+
+def fifo_id(value: str) -> str:
+    """``value`` as a FIFO group or deduplication id: itself when AWS takes it, else a digest of it.
+
+    Master keys may be longer than 128 characters or hold spaces or non-ASCII text (a string primary key),
+    which AWS refuses, failing the whole PublishBatch. A digest keeps what the ids are for: the same key
+    gives the same group (its events stay in order), and the same key:version the same deduplication id.
+    """
+    if FIFO_ID.fullmatch(value):
+        return value
+    return "sha256-" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _attributes(values: Any) -> dict[str, dict[str, str]]:
