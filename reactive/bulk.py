@@ -15,6 +15,9 @@ would leave every client stale. While a model is tracked, ``QuerySet.update``, `
   rows it met are read by ``unique_fields`` before and after, so they get their update. With
   ``ignore_conflicts`` the database does not say which rows it inserted, so it is refused before any write.
 - An update that sets the primary key is refused: clients know a user by it.
+- A deletion's ``on_delete=SET_DEFAULT`` or ``SET(callable)`` writes the rows it read with
+  ``UpdateQuery.update_batch`` (``SET_NULL`` and ``SET(value)`` use update()): for a tracked model it is
+  run as an update() of those rows, so a tracked foreign key reset that way reaches the clients.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from django.db import NotSupportedError, connections, models, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.sql.subqueries import UpdateQuery
 
 from reactive import capture
 from reactive.capture import Tracking
@@ -39,20 +43,23 @@ _originals: dict[str, Callable[..., Any]] = {}
 _stored_after: contextvars.ContextVar[Snapshots | None] = contextvars.ContextVar("stored_after", default=None)
 
 
+_WRAPPED: tuple[tuple[type, str, Callable[..., Any]], ...] = ()  # (class, method, wrapper), set below
+
+
 def install() -> None:
-    """Wrap QuerySet.update, bulk_update and bulk_create (idempotent)."""
+    """Wrap QuerySet.update, bulk_update, bulk_create and UpdateQuery.update_batch (idempotent)."""
     if _originals:
         return
-    for name, wrapper in (("update", _update), ("bulk_update", _bulk_update), ("bulk_create", _bulk_create)):
-        original = getattr(QuerySet, name)
+    for owner, name, wrapper in _WRAPPED:
+        original = getattr(owner, name)
         _originals[name] = original
-        setattr(QuerySet, name, functools.wraps(original)(wrapper))
+        setattr(owner, name, functools.wraps(original)(wrapper))
 
 
 def uninstall() -> None:
-    for name, original in _originals.items():
-        setattr(QuerySet, name, original)
-    _originals.clear()
+    for owner, name, _ in _WRAPPED:
+        if name in _originals:
+            setattr(owner, name, _originals.pop(name))
 
 
 def _captured(queryset: QuerySet[Any]) -> Tracking | None:
@@ -189,3 +196,20 @@ def _rows_by_unique(
         keys.extend(_lock_keys(base.filter(matches)))
     keys = sorted(set(keys))
     return [row for chunk in _chunks(keys) for row in base.filter(pk__in=chunk).order_by("pk")]
+
+
+def _update_batch(self: UpdateQuery, pk_list: Sequence[Any], values: dict[str, Any], using: str) -> None:
+    """Django's deletion Collector sets ``values`` on these rows (on_delete=SET_DEFAULT, SET(callable))."""
+    tracking = capture.tracking_for(self.model)
+    if tracking is None or not tracking.captures(using):
+        _originals["update_batch"](self, pk_list, values, using)
+        return
+    self.model._base_manager.using(using).filter(pk__in=list(pk_list)).update(**values)
+
+
+_WRAPPED = (
+    (QuerySet, "update", _update),
+    (QuerySet, "bulk_update", _bulk_update),
+    (QuerySet, "bulk_create", _bulk_create),
+    (UpdateQuery, "update_batch", _update_batch),
+)

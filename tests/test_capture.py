@@ -785,3 +785,50 @@ def test_a_mutable_value_changed_in_place_and_columns_json_has_no_type_for(gadge
     data = rows[-1][2]
     assert data["prefs"] == {"theme": "dark"} and data["opens"] == "09:30:00"
     assert data["lasts"] == "P0DT08H00M00S" and data["blob"] == "AP8="
+
+
+def first_team(model: type[models.Model]) -> Any:
+    return model.objects.order_by("pk").values_list("pk", flat=True).first()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("on_delete", ["set_null", "set_default", "set_callable", "set_value"])
+def test_a_tracked_foreign_key_a_deletion_resets_is_captured(on_delete: str) -> None:
+    """Deleting a team sets its members' team per on_delete. SET_NULL and SET(value) go through update(),
+    SET_DEFAULT and SET(callable) through UpdateQuery.update_batch, which sent nothing: the clients kept
+    the deleted team."""
+
+    class Team(models.Model):
+        name = models.CharField(max_length=20)
+
+        class Meta:
+            app_label = "accounts"
+
+    reset = {
+        "set_null": models.SET_NULL,
+        "set_default": models.SET_DEFAULT,
+        "set_callable": models.SET(lambda: first_team(Team)),
+        "set_value": models.SET(None),
+    }[on_delete]
+
+    class Member(models.Model):
+        name = models.CharField(max_length=20)
+        team = models.ForeignKey(Team, null=True, default=None, on_delete=reset, related_name="+")
+
+        class Meta:
+            app_label = "accounts"
+
+    with table_of(Team), table_of(Member):
+        capture.track(Member, fields=["name", "team"])
+        try:
+            home, away = Team.objects.create(name="home"), Team.objects.create(name="away")
+            members = [Member.objects.create(name=n, team=away) for n in ("m1", "m2")]
+            Member.objects.create(name="m3", team=home)
+            mark = OutboxEvent.objects.order_by("-id").values_list("id", flat=True).first()
+            away.delete()
+            rows = OutboxEvent.objects.filter(id__gt=mark).order_by("id")
+            changes = [(r.action, r.key, r.changed, r.data["team"]) for r in rows]
+        finally:
+            capture.untrack(Member)
+    expected = home.pk if on_delete == "set_callable" else None
+    assert changes == [("update", str(m.pk), ["team"], expected) for m in members]
