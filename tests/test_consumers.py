@@ -1082,6 +1082,42 @@ def test_a_change_whose_push_was_lost_reaches_the_open_page_at_the_next_check(
         assert after == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
 
 
+@pytest.mark.parametrize("change", ["disabled", "deleted"])
+def test_a_local_account_ended_in_this_sites_admin_closes_its_open_page_at_the_next_check(
+    redis_layer: str, bob: Any, change: str, checks_fast: list[list[str]]
+) -> None:
+    """carol is alpha's own account (no master user, no version, no push). Disabled or deleted in alpha's
+    admin, her open page is told and its socket closed like a replica's, at the next check; bob's stays."""
+    carol = get_user_model().objects.create_user("carol", password="local-secret")
+    carol_cookie, bob_cookie = session_cookie(carol), session_cookie(bob)
+
+    def end_carol() -> None:
+        if change == "disabled":
+            carol.is_active = False
+            carol.save()
+        else:
+            carol.delete()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], bool]:
+        carols, bobs = await in_room(carol_cookie), await in_room(bob_cookie)
+        await database_sync_to_async(end_carol)()
+        told = await carols.receive_json_from(timeout=5)
+        closed = await carols.receive_output(timeout=5)
+        bob_quiet = await bobs.receive_nothing(timeout=0.5)
+        await bobs.disconnect()
+        return told, closed, bob_quiet
+
+    told, closed, bob_quiet = run(scenario)
+    assert told["type"] == "profile" and told["profile"]["key"] == ""
+    if change == "disabled":
+        assert told["profile"]["is_active"] is False
+        assert closed == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_DISABLED}
+    else:
+        assert told["profile"] == {"key": "", "version": 0, "deleted": True}
+        assert closed == {"type": "websocket.close", "code": consumers.CLOSE_ACCOUNT_REMOVED}
+    assert bob_quiet
+
+
 def test_the_check_stops_with_the_last_socket_and_a_database_outage_is_one_warning(
     alice: Any,
     checks_fast: list[list[str]],

@@ -39,7 +39,7 @@ def check(watch: Freshness) -> int:
 @pytest.fixture
 def replica(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What the database says: versions by local user, profiles by local user, and the queries asked."""
-    world: dict[str, Any] = {"versions": {}, "profiles": {}, "asked": [], "during": None}
+    world: dict[str, Any] = {"versions": {}, "profiles": {}, "ended": {}, "asked": [], "during": None}
 
     def versions(pks: list[str]) -> dict[str, tuple[str, int]]:
         world["asked"].append(("versions", list(pks)))
@@ -51,7 +51,12 @@ def replica(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         world["asked"].append(("profiles", list(pks)))
         return {pk: p for pk, p in world["profiles"].items() if pk in pks}
 
+    def ended(pks: list[str]) -> dict[str, str]:
+        world["asked"].append(("ended", list(pks)))
+        return {pk: how for pk, how in world["ended"].items() if pk in pks}
+
     monkeypatch.setattr(freshness, "replica_versions", versions)
+    monkeypatch.setattr(freshness, "ended_accounts", ended)
     monkeypatch.setattr(freshness, "profiles_by_pk", profiles)
     return world
 
@@ -76,7 +81,34 @@ def test_only_the_sockets_behind_get_a_profile_read_in_one_query(replica: dict[s
     assert other_tab.handed == [({"key": "18", "version": 2}, 0)]
     assert gone.handed == [(None, 0)]  # the socket ends the page itself
     assert current.handed == local.handed == []
-    assert replica["asked"] == [("versions", ["1", "2", "3", "4"]), ("profiles", ["2", "4"])]
+    assert replica["asked"] == [
+        ("versions", ["1", "2", "3", "4"]),
+        ("ended", ["1", "2", "3", "4"]),
+        ("profiles", ["2", "4"]),
+    ]
+
+
+def test_a_local_account_disabled_or_deleted_here_is_behind_though_no_version_changed(
+    replica: dict[str, Any],
+) -> None:
+    """Accounts of this site alone (and replicas changed in its admin) have no version that moves: the
+    check finds them by the account itself, and hands each socket what ends it."""
+    watch = Freshness()
+    disabled, deleted, fine, disabled_replica = Socket("", 0), Socket("", 0), Socket("", 0), Socket("17", 3)
+    for pk, socket in (("1", disabled), ("2", deleted), ("3", fine), ("4", disabled_replica)):
+        watch.sockets.setdefault(pk, set()).add(socket)
+    replica["versions"] = {"4": ("17", 3)}
+    replica["ended"] = {"1": "disabled", "2": "removed", "4": "disabled"}
+    replica["profiles"] = {
+        "1": {"key": "", "version": 0, "is_active": False},
+        "4": {"key": "17", "version": 3, "is_active": False},
+    }
+
+    assert check(watch) == 3
+    assert disabled.handed == [({"key": "", "version": 0, "is_active": False}, 0)]
+    assert deleted.handed == [(None, 0)]
+    assert disabled_replica.handed == [({"key": "17", "version": 3, "is_active": False}, 0)]
+    assert fine.handed == []
 
 
 def test_a_socket_opened_during_the_query_waits_for_the_next_round(replica: dict[str, Any]) -> None:
@@ -89,7 +121,7 @@ def test_a_socket_opened_during_the_query_waits_for_the_next_round(replica: dict
 
     assert check(watch) == 0
     assert late.handed == []
-    assert replica["asked"] == [("versions", ["1"])]  # no profile read at all
+    assert replica["asked"] == [("versions", ["1"]), ("ended", ["1"])]  # no profile read at all
 
 
 def test_nothing_open_asks_nothing(replica: dict[str, Any]) -> None:

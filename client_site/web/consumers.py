@@ -19,7 +19,6 @@ import redis
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.contrib.auth import get_user_model
 
 from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
@@ -32,7 +31,7 @@ from client_site.web.broadcast import (
 from client_site.web.epochs import RedisEpochs, redis_epochs
 from client_site.web.freshness import freshness
 from client_site.web.leavers import leavers
-from client_site.web.profiles import CHUNK, profile_by_pk
+from client_site.web.profiles import ended_accounts, profile_by_pk
 from reactive import clock, groups
 from reactive.errors import FailureStreak, describe
 from reactive.layers import ReceiveFailed
@@ -170,17 +169,7 @@ def _read_end(message: dict[str, Any]) -> End | None:
 def ended_in_database(users: list[str]) -> dict[str, int]:
     """Of these local users (primary keys as text), those whose account ended, with the close code their
     user socket would get: gone (the replica deleted it) or disabled."""
-    model = get_user_model()
-    fields = ["pk", "is_active"] if any(f.name == "is_active" for f in model._meta.fields) else ["pk"]
-    active: dict[str, bool] = {}
-    for start in range(0, len(users), CHUNK):
-        rows = model._default_manager.filter(pk__in=users[start : start + CHUNK]).values_list(*fields)
-        active.update((str(row[0]), bool(row[-1]) if len(row) > 1 else True) for row in rows)
-    return {
-        user: CLOSE_ACCOUNT_DISABLED if user in active else CLOSE_ACCOUNT_REMOVED
-        for user in users
-        if not active.get(user, False)
-    }
+    return {user: END_CODES[end] for user, end in ended_accounts(users).items()}
 
 
 # A user's clock sockets close with the code their user socket closes with (see broadcast.py, Ends), and

@@ -7,6 +7,10 @@ every CHECK_SECONDS and soon after each loss that Redis reports (epochs.py), whi
 its sockets' users is at now: one query for up to 500 users (profiles.CHUNK), whatever the number of
 sockets. Only for the sockets whose last profile says otherwise are the profiles read, two queries a
 chunk, and each such socket sends its own (or ends, for an account removed meanwhile).
+
+The same round asks whether each user's account still is (one more query per 500 users): an account
+disabled or deleted on this site alone (its admin, a local account, or a replica changed here) has no
+version to compare and no push, and its socket must end as one ended on the master does.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from channels.db import database_sync_to_async
 
 from client_site.web.epochs import redis_epochs
 from client_site.web.loops import PerLoop
-from client_site.web.profiles import profiles_by_pk, replica_versions
+from client_site.web.profiles import ended_accounts, profiles_by_pk, replica_versions
 from reactive.errors import FailureStreak
 
 log = logging.getLogger("reactive.web")
@@ -108,8 +112,8 @@ class Freshness:
         if not asked:
             return 0
         try:
-            current = await database_sync_to_async(replica_versions)(asked)
-            behind = self._behind(asked, current)
+            current, ended = await database_sync_to_async(_state_of)(asked)
+            behind = self._behind(asked, current, ended)
             users = sorted({local_pk for local_pk, _, _ in behind})
             profiles = await database_sync_to_async(profiles_by_pk)(users) if users else {}
         except Exception as exc:  # the database down: the next round asks again
@@ -124,15 +128,23 @@ class Freshness:
             task.add_done_callback(self.catching_up.discard)
         return len(behind)
 
-    def _behind(self, asked: list[str], current: dict[str, tuple[str, int]]) -> list[tuple[str, Shown, int]]:
-        """(user, socket, its pushes so far) for each socket whose last profile is not the replica's now.
-        The pushes are counted before the profiles are read: one that comes during the read is newer."""
+    def _behind(
+        self, asked: list[str], current: dict[str, tuple[str, int]], ended: set[str]
+    ) -> list[tuple[str, Shown, int]]:
+        """(user, socket, its pushes so far) for each socket whose last profile is not the replica's now,
+        or whose account ended. The pushes are counted before the profiles are read: one that comes during
+        the read is newer."""
         found = []
         for local_pk in asked:
             for socket in list(self.sockets.get(local_pk, ())):
-                if socket.shown() != current.get(local_pk, NOT_A_REPLICA):
+                if local_pk in ended or socket.shown() != current.get(local_pk, NOT_A_REPLICA):
                     found.append((local_pk, socket, socket.pushes))
         return found
+
+
+def _state_of(local_pks: list[str]) -> tuple[dict[str, tuple[str, int]], set[str]]:
+    """(key, version) of each user that replicates a master user, and the users whose account ended."""
+    return replica_versions(local_pks), set(ended_accounts(local_pks))
 
 
 # The running loop's open user sockets.

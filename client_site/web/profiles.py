@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from reactive import groups
 from reactive.events import USER_MODEL
 from reactive.replica import LEGACY_PREFIX, ReplicaState, privileged, profile_of
 
@@ -35,6 +36,22 @@ def replica_versions(local_pks: list[str]) -> dict[str, tuple[str, int]]:
         ).values_list("local_pk", "key", "version")
         versions.update((pk, (key.removeprefix(LEGACY_PREFIX), int(version))) for pk, key, version in states)
     return versions
+
+
+def ended_accounts(local_pks: list[str]) -> dict[str, str]:
+    """Of these local users, those whose account ended, and how: groups.REMOVED (no row any more) or
+    groups.DISABLED; one query per CHUNK users."""
+    model = get_user_model()
+    fields = ["pk", "is_active"] if any(f.name == "is_active" for f in model._meta.fields) else ["pk"]
+    active: dict[str, bool] = {}
+    for start in range(0, len(local_pks), CHUNK):
+        rows = model._default_manager.filter(pk__in=local_pks[start : start + CHUNK]).values_list(*fields)
+        active.update((str(row[0]), bool(row[-1]) if len(row) > 1 else True) for row in rows)
+    return {
+        user: groups.DISABLED if user in active else groups.REMOVED
+        for user in local_pks
+        if not active.get(user, False)
+    }
 
 
 def profiles_by_pk(local_pks: list[str]) -> dict[str, dict[str, Any]]:
