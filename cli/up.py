@@ -85,7 +85,8 @@ def up(
 ) -> None:
     """Run the whole system on this machine: local AWS, Redis, the master, every client, their workers.
 
-    Master on :8001 (admin: admin / admin), clients on :8000, :8002, ...; logs under var/log/.
+    Master on :8001 (admin: admin / admin; a random password, shown, when --host lets others in), clients
+    on :8000, :8002, ...; logs under var/log/.
     Ctrl-C (or SIGTERM) stops every process and leaves nothing running.
 
     Example: [bold]reactive up --clients alpha,beta[/bold]
@@ -176,7 +177,7 @@ def render(snapshot: Snapshot, options: UpOptions) -> RenderableType:
     parts: list[RenderableType] = [processes_table(snapshot)]
     parts.append(queues_table(snapshot))
     if snapshot.links:
-        parts.append(links_panel(snapshot))
+        parts.append(links_panel(snapshot, options))
     parts.append(events_panel(snapshot))
     status = "[bold green]ready[/]" if snapshot.ready else "[yellow]starting[/]"
     env_file = options.var_dir / ENV_FILE
@@ -219,12 +220,13 @@ def queues_table(snapshot: Snapshot) -> Table:
     return table
 
 
-def links_panel(snapshot: Snapshot) -> Panel:
+def links_panel(snapshot: Snapshot, options: UpOptions) -> Panel:
     lines = Text()
     for label, url in snapshot.links.items():
         lines.append(f"{label}: ", style="bold")
         lines.append(url + "\n", style=f"link {url}")
-    hints = sign_in_hints({"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]}, DEMO_PASSWORD)
+    admin = {"username": DEMO_ADMIN[0], "password": options.admin_password} if options.demo else None
+    hints = sign_in_hints(admin, DEMO_PASSWORD if options.demo else None)
     if any(" as " in label for label in snapshot.links):
         hints.append("login links are fresh for 60 s (renewed every 45 s), one use each")
     lines.append("\n".join(hints), style="dim")

@@ -212,18 +212,50 @@ def _database_url(site: str, client: str | None = None) -> tuple[str, str]:
             return client_database_variable(client), specific
     url = os.environ.get("DATABASE_URL")
     if url:
+        if client and "{client}" not in url:
+            _refuse_a_database_meant_for_another_site(client)
         return "DATABASE_URL", url.replace("{client}", client or site)
     filename = f"client-{client}.sqlite3" if client else f"{site}.sqlite3"
     return "REACTIVE_VAR_DIR", f"sqlite:///{var_dir() / filename}"
 
 
+def _refuse_a_database_meant_for_another_site(client: str) -> None:
+    """An environment that names other clients' databases (DATABASE_URL_<X>) but not this one's holds a
+    DATABASE_URL meant for another site, the master's most likely (one Secret for every site): a client
+    run on it would adopt the master's users as replicas and make their passwords unusable."""
+    others = sorted(
+        name
+        for name, value in os.environ.items()
+        if value and name.startswith("DATABASE_URL_") and name != client_database_variable(client)
+    )
+    if others:
+        raise ConfigError(
+            f"{client_database_variable(client)} is not set while {', '.join(others)} "
+            f"{'is' if len(others) == 1 else 'are'}: client {client} would use DATABASE_URL, which has no "
+            "{client} in it and is most likely another site's database. Set "
+            f"{client_database_variable(client)} (or put {{client}} in DATABASE_URL)"
+        )
+
+
 def sso_key(debug: bool) -> str:
-    key = os.environ.get("REACTIVE_SSO_KEY")
-    if key:
-        return key if debug else _production_key("REACTIVE_SSO_KEY", key)
+    return _key("REACTIVE_SSO_KEY", DEV_SSO_KEY, debug)
+
+
+def _key(name: str, development: str, debug: bool) -> str:
+    """The key ``name`` holds; the development key only under DEBUG, and only for a site served on this
+    machine alone: it is in this repository, so anyone could sign a login link or a session with it."""
+    key = os.environ.get(name, "")
+    if key and key != development:
+        return key if debug else _production_key(name, key)
     if not debug:
-        raise ConfigError("REACTIVE_SSO_KEY is not set; the development key is refused when DEBUG is off")
-    return DEV_SSO_KEY
+        raise ConfigError(f"{name} is not set; the development key is refused when DEBUG is off")
+    foreign = [host for host in allowed_hosts() if host.lower() not in LOCAL_HOSTS]
+    if foreign:
+        raise ConfigError(
+            f"{name} is not set, and DJANGO_ALLOWED_HOSTS serves {', '.join(foreign)}: the development key "
+            f"is only for a site on this machine. Set {name} (and DJANGO_DEBUG=0 in production)"
+        )
+    return development
 
 
 MIN_KEY_LENGTH = 32
@@ -241,8 +273,10 @@ def _production_key(name: str, key: str) -> str:
 
 
 def debug() -> bool:
-    off = ("0", "false", "no", "off")  # unlike FALSE_WORDS, an empty DJANGO_DEBUG leaves it on
-    return os.environ.get("DJANGO_DEBUG", "1").lower() not in off
+    """DJANGO_DEBUG: on when unset or empty (a local run needs nothing set); any other word than the on/off
+    ones is refused, not taken for "on" ("production", a typo)."""
+    value = os.environ.get("DJANGO_DEBUG", "")
+    return True if not value.strip() else _on_off("DJANGO_DEBUG", value)
 
 
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -383,7 +417,9 @@ def django_database(site: str, client: str | None = None) -> dict[str, Any]:
     if config["ENGINE"].endswith("sqlite3"):
         folder = Path(config["NAME"]).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            # This user's alone, when we make it: the master's file holds password hashes (an existing
+            # folder keeps the modes its owner chose).
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:  # REACTIVE_VAR_DIR (or the URL's path) names a file, or a place not ours
             raise ConfigError(
                 f"{variable}: cannot make the folder {folder} for its SQLite file: {exc}"
@@ -403,12 +439,7 @@ DEV_SECRET_KEY = "reactive-development-secret-key-not-for-production"
 
 
 def secret_key(debug: bool) -> str:
-    key = os.environ.get("DJANGO_SECRET_KEY")
-    if key:
-        return key if debug else _production_key("DJANGO_SECRET_KEY", key)
-    if not debug:
-        raise ConfigError("DJANGO_SECRET_KEY is not set; the development key is refused when DEBUG is off")
-    return DEV_SECRET_KEY
+    return _key("DJANGO_SECRET_KEY", DEV_SECRET_KEY, debug)
 
 
 def web_settings(site: str) -> dict[str, Any]:
@@ -451,6 +482,10 @@ def session_cookie_name(site: str) -> str:
             f"DJANGO_SESSION_COOKIE_NAME {name!r} is not a cookie name (letters, digits and !#$%&'*+.^_`|~-)"
         )
     return name
+
+
+# Host names that reach this machine only (Django's test client asks for "testserver").
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1", "testserver"})
 
 
 def allowed_hosts() -> list[str]:

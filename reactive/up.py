@@ -22,6 +22,7 @@ import functools
 import importlib.util
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -51,6 +52,9 @@ log = logging.getLogger("reactive.up")
 AwsMode = Literal["auto", "embedded", "external"]
 DEMO_USERS = (("alice", "Alice", "Liddell"), ("bob", "Bob", "Marley"), ("carol", "Carol", "Shaw"))
 DEMO_ADMIN = ("admin", "admin")  # username and password of the master's admin: a local demo only
+# Signing keys a run that others can reach makes for itself when none are set: the development keys are in
+# this repository, and the sites refuse them for any host but this machine's (settings._key).
+RUN_KEYS = ("DJANGO_SECRET_KEY", "REACTIVE_SSO_KEY")
 DEMO_PASSWORD = "demo"  # the demo users' password on the master (clients have no passwords: login links)
 LINK_REFRESH_SECONDS = 45  # login links live 60 s: the live view shows fresh ones
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -87,6 +91,8 @@ ENV_FILE_VARIABLES = (
     "REACTIVE_TRANSPORT",
     "DATABASE_URL",
     "REACTIVE_SSO_KEY",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_ALLOWED_HOSTS",
 )
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Django's ALLOWED_HOSTS spelling ([...] for IPv6)
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -110,6 +116,17 @@ class UpOptions:
         """Where this machine reaches the sites (health checks, links) and runs our Redis and moto: the
         --host address, or loopback when it is a wildcard (0.0.0.0, ::)."""
         return "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+
+    @property
+    def exposed(self) -> bool:
+        """Whether the sites answer to a name other than this machine's loopback: others can reach them."""
+        return any(host not in settings.LOCAL_HOSTS for host in allowed_hosts(self.host))
+
+    @property
+    def admin_password(self) -> str:
+        """The demo admin's password: admin on loopback; a fresh random one, each run, when others can
+        reach the master (a well-known superuser password on a LAN is an open door)."""
+        return _exposed_admin_password() if self.exposed else DEMO_ADMIN[1]
 
     @property
     def site_ports(self) -> set[int]:
@@ -348,7 +365,7 @@ def setup_master_django() -> None:
         django.setup()
 
 
-def seed_demo_users() -> list[str]:
+def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
     """alice, bob and carol (synced to every client) and an admin (staff: never synced); the ones created."""
     from django.contrib.auth import get_user_model
     from django.utils import timezone
@@ -370,10 +387,14 @@ def seed_demo_users() -> list[str]:
             user.set_password(DEMO_PASSWORD)  # the password is never synced: no event for this save
             user.save(update_fields=["password"])
             created.append(username)
-    name, password = DEMO_ADMIN
-    if not users.objects.filter(username=name).exists():
-        users.objects.create_superuser(name, f"{name}@example.com", password)
+    name = DEMO_ADMIN[0]
+    admin = users.objects.filter(username=name).first()
+    if admin is None:
+        users.objects.create_superuser(name, f"{name}@example.com", admin_password)
         created.append(name)
+    elif not admin.check_password(admin_password):  # this run's (a run reachable by others sets its own)
+        admin.set_password(admin_password)
+        admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
     return created
 
 
@@ -518,10 +539,17 @@ def _outward_addresses() -> list[str]:
     return found
 
 
+@functools.cache
+def _exposed_admin_password() -> str:
+    return secrets.token_urlsafe(12)  # one per `reactive up` process: the hints and the seed agree
+
+
 def run_environment(options: UpOptions) -> dict[str, str]:
     """What this process exports before anything starts, so that every child sees the same world."""
     ports = options.ports()
+    keys = {name: secrets.token_urlsafe(48) for name in RUN_KEYS if not os.environ.get(name)}
     return {
+        **(keys if options.exposed else {}),
         "REACTIVE_VAR_DIR": str(options.var_dir),
         "REACTIVE_CLIENTS": ",".join(options.clients),
         "REACTIVE_CLIENT_URLS": ",".join(f"{c}={http_url(options.local_host, p)}" for c, p in ports.items()),
@@ -537,7 +565,7 @@ def lock_var_dir(var_dir: Path) -> int:
     another run holds it). Two runs on one directory would share its databases, queues and Redis, and the
     second would overwrite the first's up.env, then delete it on stopping."""
     try:
-        var_dir.mkdir(parents=True, exist_ok=True)
+        var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # databases, logs, keys: this user's alone
     except OSError as exc:  # --var names a file, or a place this user cannot write
         raise ConfigError(f"--var {var_dir}: cannot use it as the run's folder: {exc}") from exc
     descriptor = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -662,7 +690,7 @@ class Up:
             changes = provisioning.result()
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
-        created = seed_demo_users() if options.demo else []
+        created = seed_demo_users(options.admin_password) if options.demo else []
         if created:
             self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
         if self.moto_port and not created:
@@ -876,7 +904,9 @@ class Up:
             aws_endpoint=self.aws_endpoint,
             log_dir=str(self.options.log_dir),
             env_file=str(self.options.var_dir / ENV_FILE),
-            admin={"username": DEMO_ADMIN[0], "password": DEMO_ADMIN[1]} if self.options.demo else None,
+            admin={"username": DEMO_ADMIN[0], "password": self.options.admin_password}
+            if self.options.demo
+            else None,
             demo_password=DEMO_PASSWORD if self.options.demo else None,
         )
         if self.options.demo:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
 from reactive import settings
@@ -59,6 +63,56 @@ def test_up_gives_each_client_a_session_cookie_of_its_own(monkeypatch: pytest.Mo
     assert names == {"alpha": "demo-alpha-session", "beta": "demo-beta-session"}
 
 
+KEYS = [
+    ("REACTIVE_SSO_KEY", settings.sso_key, settings.DEV_SSO_KEY),
+    ("DJANGO_SECRET_KEY", settings.secret_key, settings.DEV_SECRET_KEY),
+]
+
+
+@pytest.mark.parametrize(("name", "read", "development"), KEYS)
+def test_the_development_keys_serve_this_machine_only_even_under_debug(
+    monkeypatch: pytest.MonkeyPatch, name: str, read: object, development: str
+) -> None:
+    """The development keys are in this repository: with them anyone signs a login link (or a session) for
+    any user. A site that answers to another host name than this machine's, DEBUG or not, refuses them."""
+    monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+    assert read(True) == development  # type: ignore[operator]
+    for hosts in ("alpha.example.com,localhost", "localhost,192.168.1.20"):
+        monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", hosts)
+        with pytest.raises(ConfigError, match=f"{name} is not set, and DJANGO_ALLOWED_HOSTS serves"):
+            read(True)  # type: ignore[operator]
+        monkeypatch.setenv(name, development)  # named outright: the same key, refused the same way
+        with pytest.raises(ConfigError, match=f"{name} is not set, and DJANGO_ALLOWED_HOSTS serves"):
+            read(True)  # type: ignore[operator]
+        monkeypatch.setenv(name, GOOD_KEY)
+        assert read(True) == GOOD_KEY  # type: ignore[operator]
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("value", "debug"),
+    [(None, True), ("", True), ("1", True), ("On", True), ("0", False), ("0 ", False), ("FALSE", False)],
+)
+def test_django_debug_reads_the_on_off_words_and_is_on_when_unset(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, debug: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("DJANGO_DEBUG", value)  # "0 " from a .env file with a trailing space: off
+    assert settings.debug() is debug
+
+
+@pytest.mark.parametrize("value", ["production", "n", "disabled"])
+def test_a_django_debug_that_is_no_on_off_word_is_refused_not_taken_for_on(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DJANGO_DEBUG", value)
+    with pytest.raises(ConfigError, match="DJANGO_DEBUG must be one of"):
+        settings.debug()
+
+
 def test_behind_a_tls_proxy_the_sites_trust_its_scheme_and_the_listed_origins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -102,3 +156,47 @@ def test_web_processes_keep_no_database_connection_between_requests(monkeypatch:
     """Under ASGI persistent connections pile up (Django's docs): they filled PostgreSQL's 100 slots."""
     monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/{client}")
     assert settings.django_database("client", "alpha")["CONN_MAX_AGE"] == 0
+
+
+def test_a_client_whose_own_database_is_not_named_where_the_others_are_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One Secret for every site: DATABASE_URL is the master's, DATABASE_URL_ALPHA alpha's. A new client
+    gamma whose variable was forgotten (or misspelt) ran on the master's database, adopting the master's
+    users as replicas and making their passwords unusable."""
+    for name in [n for n in os.environ if n.startswith("DATABASE_URL")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", "postgres://db.example/master")
+    monkeypatch.setenv("DATABASE_URL_ALPHA", "postgres://db.example/alpha")
+    with pytest.raises(ConfigError, match="DATABASE_URL_GAMMA is not set while DATABASE_URL_ALPHA is"):
+        settings.database_url("client", "gamma")
+    assert settings.database_url("client", "alpha") == "postgres://db.example/alpha"
+    assert settings.database_url("master") == "postgres://db.example/master"
+    monkeypatch.setenv("DATABASE_URL_GAMMA", "postgres://db.example/gamma")
+    assert settings.database_url("client", "gamma") == "postgres://db.example/gamma"
+    monkeypatch.delenv("DATABASE_URL_GAMMA")
+    monkeypatch.setenv("DATABASE_URL", "postgres://db.example/{client}")
+    assert settings.database_url("client", "gamma") == "postgres://db.example/gamma"
+    monkeypatch.delenv("DATABASE_URL_ALPHA")
+    monkeypatch.setenv("DATABASE_URL", "postgres://db.example/gamma-own")  # a container of its own
+    assert settings.database_url("client", "gamma") == "postgres://db.example/gamma-own"
+
+
+def test_a_var_folder_made_for_the_sqlite_files_is_this_users_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The master's SQLite file holds password hashes; the folder we make is 0700 whatever the umask. One
+    that exists keeps its modes (its owner chose them)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path / "var"))
+    old = os.umask(0o022)
+    try:
+        settings.django_database("master")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    monkeypatch.setenv("REACTIVE_VAR_DIR", str(shared))
+    settings.django_database("master")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from reactive import settings
 from reactive.errors import ConfigError, UsageError
 from reactive.up import (
     LOCK_FILE,
+    RUN_KEYS,
     Up,
     UpEvent,
     UpOptions,
@@ -215,6 +217,42 @@ def test_a_wildcard_host_is_reached_on_loopback_and_keeps_what_the_operator_allo
         assert "*" not in allowed and host not in allowed
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.2"])
+def test_a_run_others_can_reach_signs_with_keys_of_its_own_and_no_known_admin_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str
+) -> None:
+    """The sites refuse the development keys for any host but this machine's (anyone could sign a login
+    link with them), and admin/admin on a LAN is an open door: such a run makes its own, unless set."""
+    for name in (*RUN_KEYS, "DJANGO_ALLOWED_HOSTS"):
+        monkeypatch.delenv(name, raising=False)
+    exposed = options(tmp_path, host=host)
+    env = run_environment(exposed)
+    assert all(len(env[name]) >= 48 for name in RUN_KEYS)
+    assert run_environment(exposed)["REACTIVE_SSO_KEY"] != env["REACTIVE_SSO_KEY"]  # made per run
+    assert exposed.admin_password not in ("admin", "") and exposed.admin_password == exposed.admin_password
+    monkeypatch.setenv("REACTIVE_SSO_KEY", "q3J0cI3S2m3bqkzqg1oPp2r9kqH8y7s1T2uVwXyZ")
+    assert "REACTIVE_SSO_KEY" not in run_environment(exposed)  # the operator's own stands
+    local = options(tmp_path)
+    assert not set(RUN_KEYS) & set(run_environment(local)) and local.admin_password == "admin"
+    monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", env["DJANGO_ALLOWED_HOSTS"])
+    monkeypatch.setenv("DJANGO_SECRET_KEY", env["DJANGO_SECRET_KEY"])
+    assert settings.secret_key(True) == env["DJANGO_SECRET_KEY"]  # what the sites then read
+
+
+@pytest.mark.django_db
+def test_the_demo_admin_gets_the_runs_password_each_run() -> None:
+    """A run reachable by others set a random one: the next run on loopback says admin / admin, and is."""
+    from django.contrib.auth import get_user_model
+
+    from reactive.up import seed_demo_users
+
+    seed_demo_users("first-run-random")
+    assert get_user_model().objects.get(username="admin").check_password("first-run-random")
+    assert "admin" not in seed_demo_users()  # not created again: its password set
+    admin = get_user_model().objects.get(username="admin")
+    assert admin.check_password("admin") and admin.is_superuser
+
+
 # -- moto never takes a site's port -----------------------------------------------------------------------
 def test_a_port_reserved_for_a_site_is_never_chosen_for_a_service() -> None:
     port = free_port()
@@ -326,6 +364,17 @@ def held_var(tmp_path: Path) -> Iterator[Path]:
     descriptor = lock_var_dir(tmp_path)
     yield tmp_path
     os.close(descriptor)
+
+
+def test_the_var_directory_up_makes_is_this_users_alone(tmp_path: Path) -> None:
+    """It holds the databases (password hashes), the logs and up.env (keys, credentials)."""
+    old = os.umask(0o022)
+    try:
+        descriptor = lock_var_dir(tmp_path / "var")
+    finally:
+        os.umask(old)
+    os.close(descriptor)
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
 
 
 def test_a_second_up_on_the_same_var_directory_is_refused_before_it_touches_anything(
