@@ -3,10 +3,13 @@ from __future__ import annotations
 import typer
 
 from cli import common
+from cli.completion import client_names
 
 
 def listen(
-    client: list[str] = typer.Option(..., "--client", "-c", help="Client name; repeat to run several."),
+    client: list[str] = typer.Option(
+        ..., "--client", "-c", help="Client name; repeat to run several.", autocompletion=client_names
+    ),
     once: bool = typer.Option(
         False, "--once", help="Drain what is visible now; exit at the first empty receive."
     ),

@@ -3,12 +3,15 @@ from __future__ import annotations
 import typer
 
 from cli import common
+from cli.completion import client_names
 from reactive.errors import ReactiveError
 
 
 def login_link(
     username: str = typer.Argument(..., help="A user of the master."),
-    client: str = typer.Option(..., "--client", "-c", help="The client site the link signs in to."),
+    client: str = typer.Option(
+        ..., "--client", "-c", help="The client site the link signs in to.", autocompletion=client_names
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print a signed login link for a master user on one client: valid 60 seconds, once.

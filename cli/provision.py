@@ -4,6 +4,7 @@ import typer
 from rich.table import Table
 
 from cli import common
+from cli.completion import client_names
 from reactive import settings
 from reactive.provision import Options, Plan, Provisioner
 
@@ -12,7 +13,11 @@ STYLE = {"ok": "green", "create": "yellow", "update": "cyan"}
 
 def provision(
     client: list[str] = typer.Option(
-        None, "--client", "-c", help="Client name (repeat); default REACTIVE_CLIENTS."
+        None,
+        "--client",
+        "-c",
+        help="Client name (repeat); default REACTIVE_CLIENTS.",
+        autocompletion=client_names,
     ),
     fifo: bool = typer.Option(False, "--fifo", help="Create the FIFO variants (.fifo topic and queues)."),
     max_receives: int | None = typer.Option(
