@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 from reactive import heartbeat, orphans, settings
 from reactive.errors import ConfigError
@@ -25,6 +25,7 @@ from reactive.errors import ConfigError
 GRACE_SECONDS = 10.0
 ChangeCallback = Callable[["Child"], Any]
 MAX_BACKOFF = 30.0
+LOG_MODE = 0o600  # children's log files: the owner's only
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,7 @@ class Supervisor:
         spec = child.spec
         output: Any = None
         if spec.log_path:
-            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            output = open(spec.log_path, "ab")  # noqa: SIM115 - closed below, once the child has its copy
+            output = _open_log(spec.log_path)  # closed below, once the child has its copy
         try:
             child.process = subprocess.Popen(
                 orphans.guarded(spec.argv),  # stops when this process dies, even by SIGKILL (Linux)
@@ -153,6 +153,24 @@ class Supervisor:
                 output.close()
         child.state, child.started_at = "running", time.monotonic()
         self.on_change(child)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """A child's log, for appending, readable by its owner only: what children print (addresses, login
+    links, tracebacks with values) is not for every account on the machine. The mode is given to open(2),
+    not set by os.umask (process-wide: other threads create files meanwhile); a log an earlier version
+    left readable to others is narrowed as it is opened."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_MODE)
+    try:
+        # Another account's file, which we may append to but not change, is left as it is.
+        with contextlib.suppress(PermissionError):
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, LOG_MODE)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _signal_group(child: Child, signum: int) -> None:

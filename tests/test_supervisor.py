@@ -150,3 +150,23 @@ def test_children_die_with_a_supervisor_killed_by_sigkill() -> None:
         assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         supervisor.kill()
+
+
+EXITS = [sys.executable, "-c", "print('a line that may hold a login link')"]
+
+
+def test_child_logs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Children's output (login links, addresses, tracebacks) went to files the umask left readable to all."""
+    fresh = tmp_path / "logs" / "fresh.log"
+    earlier = tmp_path / "logs" / "earlier.log"
+    earlier.parent.mkdir()
+    earlier.write_text("from a version that made it 0644\n")
+    earlier.chmod(0o644)
+    supervisor = Supervisor(
+        [ProcessSpec("fresh", EXITS, log_path=fresh), ProcessSpec("old", EXITS, log_path=earlier)]
+    )
+    assert supervisor.run(restart=False) == 0
+    for log in (fresh, earlier):
+        assert "a line that may hold a login link" in log.read_text()
+        assert oct(log.stat().st_mode & 0o777) == oct(0o600), log
+    assert earlier.read_text().startswith("from a version"), "the log is appended to, not replaced"
