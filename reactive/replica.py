@@ -34,6 +34,9 @@ log = logging.getLogger("reactive.replica")
 Status = Literal["applied", "stale", "failed"]
 BOOLEAN_FIELDS = {"is_active", "is_staff", "is_superuser"}
 _MISSING = object()  # a field this user model does not have
+# Renames not applied because a local account holds the name (logged each time, with this count): an
+# operator frees the name, then `reactive verify` shows the replica's old name until the rename lands.
+held_renames = 0
 
 
 class ReplicaState(models.Model):
@@ -283,7 +286,9 @@ def _resolve_holder(
     adopted by an event whose key has no row here yet, unless it is staff or superuser. A legacy
     replica (keyed by username, versions of another clock) is taken over by the first keyed event that
     brings its username for a key with no row yet, which is how a client moves off the prototype's
-    messages; otherwise legacy rows wait for their own rename, as does a rename onto a local user's name.
+    messages; otherwise legacy rows wait for their own rename. A rename onto a local account's name (one
+    no key links, which never moves by itself) applies all but the name, with a warning: the replica keeps
+    its name until that account is renamed or deleted and a later event of this user brings the name again.
     """
     linked = (  # locked: another listener of this client may be applying the holder's own event
         ReplicaState.objects.using(known.using)
@@ -295,8 +300,15 @@ def _resolve_holder(
     if linked is None:
         if instance is None and not privileged(holder):
             return holder, True
-        owner = "a local staff user" if instance is None else "a local user"
-        raise ApplyError(f"username {name!r} is held by {owner}; rename or delete it on this client")
+        if instance is not None:
+            # A rename onto a local account's name. Refusing the event refused every later one of this
+            # user too, a disable included (it stayed active here): the rest applies, the name waits.
+            values.pop("username", None)
+            _held_rename(event, instance, name)
+            return instance, False
+        raise ApplyError(
+            f"username {name!r} is held by a local staff user; rename or delete it on this client"
+        )
     if instance is None and event.key_field == "pk" and linked.key.startswith(LEGACY_PREFIX):
         # The switch from the prototype's messages: its replica of this username is this master user's.
         if privileged(holder):  # an older version adopted a local admin under that name: never take it
@@ -321,6 +333,21 @@ def _resolve_holder(
         return instance, False
     raise ApplyError(
         f"username {name!r} is held by key {linked.key}; retrying until its own rename or delete arrives"
+    )
+
+
+def _held_rename(event: Event, instance: models.Model, wanted: str) -> None:
+    global held_renames
+    held_renames += 1
+    log.warning(
+        "key %s v%s: the master renamed it to %r, a local account's name on this client; its other fields "
+        "applied, its name kept as %r until that account is renamed or deleted here (then its next change, "
+        "or `reactive sync`, renames it) [held renames in this process: %d]",
+        event.key,
+        event.version,
+        wanted,
+        getattr(instance, "username", ""),
+        held_renames,
     )
 
 

@@ -193,12 +193,12 @@ def test_a_failed_event_in_a_batch_leaves_the_next_one_of_its_key_a_true_picture
 
     from reactive.replica import apply_batch
 
-    User.objects.create_user("root")
+    apply(legacy("insert", "root", 5))  # the prototype's replica of root: key 2 waits for its rename
     apply(ev("insert", "2", 11, username="tmp", first_name="Tim"))
     with transaction.atomic():
         outcomes = apply_batch(
             [
-                ev("update", "2", 12, username="root", first_name="Changed"),  # a local user's: refused
+                ev("update", "2", 12, username="root", first_name="Changed"),  # refused
                 ev("update", "2", 13, username="tmp2"),
             ]
         )
@@ -319,3 +319,80 @@ def test_an_event_for_another_model_is_refused_with_why() -> None:
     outcome = apply(event)
     assert outcome.status == "failed" and "'auth.group' is not replicated on this client" in outcome.error
     assert not Group.objects.exists()
+
+
+def test_a_rename_onto_a_local_accounts_name_applies_all_but_the_name_until_it_frees_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refused whole, such a rename refused every later event of that user too: disabled on the master,
+    bob stayed active here."""
+    import logging
+
+    from reactive import replica
+
+    local = User.objects.create_user("ops", password="local-secret", first_name="Local")
+    apply(ev("insert", "5", 1, username="bob", first_name="Bob", is_active=True))
+    bob = User.objects.get(username="bob")
+    held_before = replica.held_renames
+    with caplog.at_level(logging.WARNING, logger="reactive.replica"):
+        renamed = apply(ev("update", "5", 2, username="ops", first_name="Robert", is_active=True))
+        disabled = apply(ev("update", "5", 3, username="ops", first_name="Robert", is_active=False))
+    assert [renamed.status, disabled.status] == ["applied", "applied"]
+    bob.refresh_from_db()
+    assert (bob.username, bob.first_name, bob.is_active) == ("bob", "Robert", False)
+    assert disabled.profile is not None and disabled.profile["username"] == "bob"
+    local.refresh_from_db()
+    assert (local.username, local.first_name, local.is_active) == ("ops", "Local", True)
+    assert local.check_password("local-secret")
+    assert ReplicaState.objects.get(key="5").local_pk == str(bob.pk)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "reactive.replica"]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings)  # one line an event
+    assert "key 5 v2" in warnings[0] and "'ops'" in warnings[0] and "kept as 'bob'" in warnings[0]
+    assert replica.held_renames == held_before + 2
+
+    local.username = "ops-local"
+    local.save()
+    assert (
+        apply(ev("update", "5", 4, username="ops", first_name="Robert", is_active=False)).status == "applied"
+    )
+    bob.refresh_from_db()
+    assert (bob.username, bob.is_active) == ("ops", False)
+    assert User.objects.get(pk=local.pk).username == "ops-local"
+
+
+def test_a_rename_onto_a_deleted_local_accounts_name_lands_with_the_next_event() -> None:
+    User.objects.create_user("ops")
+    apply(ev("insert", "5", 1, username="bob"))
+    apply(ev("update", "5", 2, username="ops"))
+    assert usernames() == ["bob", "ops"]
+    User.objects.filter(username="ops").delete()
+    assert apply(ev("update", "5", 3, username="ops", first_name="B")).status == "applied"
+    assert names() == [("ops", "B")]
+
+
+@pytest.mark.parametrize("privilege", ["is_staff", "is_superuser"])
+def test_a_rename_onto_a_local_staff_accounts_name_never_touches_that_account(privilege: str) -> None:
+    admin = User.objects.create_user("admin", password="local-secret", **{privilege: True})
+    apply(ev("insert", "5", 1, username="bob"))
+    assert apply(ev("update", "5", 2, username="admin", is_active=False)).status == "applied"
+    assert User.objects.get(pk=admin.pk).check_password("local-secret")
+    assert User.objects.get(pk=admin.pk).is_active and not User.objects.get(username="bob").is_active
+
+
+def test_through_the_listener_a_held_rename_and_a_disable_are_acked_not_left_for_the_dlq(memory) -> None:  # type: ignore[no-untyped-def]
+    from reactive.events import encode
+    from reactive.listener import Listener
+    from reactive.transport.base import OutgoingMessage
+
+    User.objects.create_user("ops")
+    listener = Listener("alpha", memory, wait=0, notify=lambda changes: None)
+    events = [
+        ev("insert", "5", 1, username="bob", is_active=True),
+        ev("update", "5", 2, username="ops", is_active=True),
+        ev("update", "5", 3, username="ops", is_active=False),
+    ]
+    memory.publish([OutgoingMessage(id=str(i), body=encode(e)) for i, e in enumerate(events)])
+    totals = listener.run(once=True)
+    assert (totals.applied, totals.failed, totals.acked) == (3, 0, 3)
+    assert not User.objects.get(username="bob").is_active and User.objects.get(username="ops").is_active
+    assert memory.depth(f"{listener.queue}-dlq").visible == 0
