@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -33,8 +34,9 @@ FOREIGN_VARIABLES = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "DJANGO_SETTINGS_MODULE",
-    "POSTGRES_PASSWORD",
 }
+# Host names a site's own probes and processes use, on top of its public host.
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
 
 
 @functools.cache
@@ -65,7 +67,9 @@ def k8s_env(workload: dict[str, Any]) -> dict[str, str]:
 
 
 def compose_services() -> dict[str, dict[str, Any]]:
-    return dict(yaml.safe_load(COMPOSE.read_text())["services"])
+    """The services as docker compose reads them with no compose/.env: ``${VAR:-default}`` gives its default."""
+    text = re.sub(r"\$\{[A-Z_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", COMPOSE.read_text())
+    return dict(yaml.safe_load(text)["services"])
 
 
 def env_example() -> dict[str, str]:
@@ -141,7 +145,7 @@ def test_beats_run_once_and_webs_are_probed_on_health() -> None:
             assert ready["path"] == "/health", f"{name}: readiness is not on /health"
             # The kubelet sends the pod's IP as Host: Django answers 400 to a host ALLOWED_HOSTS lacks.
             hosts = {h["value"] for h in ready.get("httpHeaders", []) if h["name"] == "Host"}
-            allowed = k8s_named("ConfigMap")["reactive-config"]["data"]["DJANGO_ALLOWED_HOSTS"].split(",")
+            allowed = k8s_env(deployment)["DJANGO_ALLOWED_HOSTS"].split(",")
             assert hosts and hosts <= set(allowed), f"{name}: readiness asks for a host the site refuses"
             assert_live_on_the_loop(name, box)
             service = k8s_named("Service")[name]
@@ -281,14 +285,157 @@ def test_jobs_migrate_every_site_and_provision() -> None:
             assert k8s_env(k8s_named("Job")[f"migrate-{site}"])["REACTIVE_CLIENT"] == site
 
 
-def test_the_secret_holds_credentials_keys_and_database_urls() -> None:
-    (secret,) = k8s_named("Secret").values()
-    keys = set(secret["stringData"])
-    expected = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "REACTIVE_SSO_KEY", "DJANGO_SECRET_KEY"}
-    assert expected | {"DATABASE_URL", "DATABASE_URL_ALPHA", "DATABASE_URL_BETA"} <= keys
-    assert not keys & set(k8s_named("ConfigMap")["reactive-config"]["data"]), (
-        "a secret is also in the ConfigMap"
+# -- what each site's pods may see ---------------------------------------------------------------------------
+def site_of(env: dict[str, str]) -> str | None:
+    """The site a container runs: "master", a client's name, or None (provisioning: no site at all)."""
+    module = env.get("DJANGO_SETTINGS_MODULE", "")
+    if module.startswith("client_site"):
+        return env["REACTIVE_CLIENT"]
+    return "master" if module.startswith("master_site") else None
+
+
+def k8s_workloads() -> Iterator[tuple[str, dict[str, str]]]:
+    for doc in k8s_documents():
+        if doc["kind"] in WORKLOADS:
+            yield f"k8s {doc['metadata']['name']}", k8s_env(doc)
+
+
+def compose_workloads() -> Iterator[tuple[str, dict[str, str]]]:
+    example = env_example()
+    for name, service in compose_services().items():
+        if ours(service):
+            yield f"compose {name}", {**example, **service.get("environment", {})}
+
+
+def database_opened(env: dict[str, str]) -> str:
+    """The database URL a container's site opens, as reactive/settings.py chooses it from its environment."""
+    from reactive import settings
+
+    site = site_of(env)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("DATABASE_URL")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("DATABASE_URL"):
+                patch.setenv(name, value)
+        if site == "master":
+            return settings.database_url("master")
+        return settings.database_url("client", site)
+
+
+def assert_sites_see_only_their_own_database(workloads: list[tuple[str, dict[str, str]]]) -> None:
+    """Each site's containers open one database, the one its migrations use, and no container holds another
+    site's: not its URL, not a DATABASE_URL_<CLIENT> of another client, not a template that gives it."""
+    by_site: dict[str, set[str]] = defaultdict(set)
+    for _name, env in workloads:
+        if site := site_of(env):
+            by_site[site].add(database_opened(env))
+    assert set(by_site) == {"master", "alpha", "beta"}, by_site
+    for site, databases in by_site.items():
+        assert len(databases) == 1, f"the containers of {site} open different databases: {databases}"
+    own = {site: next(iter(databases)) for site, databases in by_site.items()}
+    assert len(set(own.values())) == len(own), f"two sites share a database: {own}"
+    for name, env in workloads:
+        site = site_of(env)
+        others = {s: url for s, url in own.items() if s != site}
+        for variable, value in env.items():
+            if site is None and variable.startswith("DATABASE_URL"):
+                raise AssertionError(f"{name} opens no database but is given {variable}")
+            if variable.startswith("DATABASE_URL_") and site is not None:
+                mine = site != "master" and variable == f"DATABASE_URL_{site.upper().replace('-', '_')}"
+                assert mine, f"{name} ({site}) is given {variable}, another site's database"
+            for other, url in others.items():
+                seen = {value, *(value.replace("{client}", s) for s in own)}
+                assert url not in seen, (
+                    f"{name} ({site or 'no site'}) can read {other}'s database from {variable}"
+                )
+
+
+def test_no_k8s_pod_sees_another_sites_database() -> None:
+    assert_sites_see_only_their_own_database(list(k8s_workloads()))
+
+
+def test_no_compose_client_container_sees_another_sites_database() -> None:
+    assert_sites_see_only_their_own_database(list(compose_workloads()))
+
+
+def test_the_isolation_check_catches_a_shared_secret() -> None:
+    """Without this, a check that looks at nothing would pass: the layout this replaced (one Secret with every
+    site's URL, and a compose DATABASE_URL template every container got) must fail it."""
+    master, alpha, beta = (f"postgres://u:p@db/{s}" for s in ("master", "alpha", "beta"))
+    shared = {"DATABASE_URL": master, "DATABASE_URL_ALPHA": alpha, "DATABASE_URL_BETA": beta}
+    pods = [
+        ("master", {**shared, "DJANGO_SETTINGS_MODULE": "master_site.settings"}),
+        *(
+            (c, {**shared, "DJANGO_SETTINGS_MODULE": "client_site.settings", "REACTIVE_CLIENT": c})
+            for c in ("alpha", "beta")
+        ),
+    ]
+    with pytest.raises(AssertionError, match="database"):
+        assert_sites_see_only_their_own_database(pods)
+    # The master with a URL of its own, the clients with the template: "{client}" gives the master's too.
+    template = "postgres://u:p@db/{client}"
+    pods = [
+        (name, {**{k: v for k, v in env.items() if not k.startswith("DATABASE_URL_")}, "DATABASE_URL": url})
+        for (name, env), url in zip(pods, (master, template, template), strict=True)
+    ]
+    with pytest.raises(AssertionError, match="can read master's database"):
+        assert_sites_see_only_their_own_database(pods)
+
+
+def test_each_k8s_site_has_a_django_key_of_its_own_and_only_aws_callers_get_credentials() -> None:
+    """The Django key signs a site's sessions: one site's pods must not hold another's. AWS credentials go to
+    the pods that call AWS (README, IAM permissions by role), the SSO key to every site."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    aws_callers = {"master-worker", "alpha-listener", "beta-listener", "provision"}
+    for name, env in k8s_workloads():
+        site = site_of(env)
+        if site:
+            keys[site].add(env["DJANGO_SECRET_KEY"])
+            assert env["REACTIVE_SSO_KEY"], f"{name}: no SSO key"
+        else:
+            assert not {"DJANGO_SECRET_KEY", "REACTIVE_SSO_KEY"} & set(env), f"{name} needs no Django key"
+        calls_aws = name.removeprefix("k8s ") in aws_callers
+        has_aws = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+        assert has_aws == calls_aws, (
+            f"{name}: AWS credentials {'missing' if calls_aws else 'given to a pod that calls no AWS'}"
+        )
+    assert all(len(values) == 1 for values in keys.values()), keys
+    assert len({next(iter(values)) for values in keys.values()}) == len(keys), (
+        f"two sites share a Django key: {keys}"
     )
+
+
+def test_no_secret_is_also_in_a_configmap() -> None:
+    secret_keys = {key for secret in k8s_named("Secret").values() for key in secret["stringData"]}
+    for name, config in k8s_named("ConfigMap").items():
+        assert not secret_keys & set(config["data"]), f"a secret is also in ConfigMap {name}"
+
+
+def public_host(env: dict[str, str]) -> str:
+    """The host browsers reach this container's site on: REACTIVE_MASTER_URL, or its REACTIVE_CLIENT_URLS entry."""
+    site = site_of(env)
+    if site == "master":
+        url = env["REACTIVE_MASTER_URL"]
+    else:
+        url = dict(item.split("=", 1) for item in env["REACTIVE_CLIENT_URLS"].split(","))[str(site)]
+    return str(urlsplit(url).hostname)
+
+
+def test_each_k8s_site_allows_its_own_host_only() -> None:
+    """ALLOWED_HOSTS is also the websocket origin check (AllowedHostsOriginValidator): a site that listed
+    another's host would take websockets opened by that site's pages, and CSRF-checked posts likewise."""
+    seen = set()
+    for name, env in k8s_workloads():
+        if not site_of(env):
+            continue
+        own = public_host(env)
+        hosts = set(env["DJANGO_ALLOWED_HOSTS"].split(","))
+        assert own in hosts and hosts - LOOPBACK_HOSTS == {own}, f"{name} allows {sorted(hosts)}"
+        origins = env.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",")
+        assert origins == [f"https://{own}"], f"{name} trusts forms from {origins}"
+        seen.add(own)
+    assert len(seen) == 3, seen
 
 
 def test_compose_has_every_service_healthchecks_and_its_settings_from_the_env_example() -> None:
@@ -345,9 +492,15 @@ def test_the_examples_keys_are_placeholders_the_sites_refuse() -> None:
     from reactive.errors import ConfigError
     from reactive.settings import secret_key, sso_key
 
-    (secret,) = k8s_named("Secret").values()
-    for given in (env_example(), secret["stringData"]):
+    given_by = [env_example(), *(secret["stringData"] for secret in k8s_named("Secret").values())]
+    checked = [
+        name for given in given_by for name in given if name in ("DJANGO_SECRET_KEY", "REACTIVE_SSO_KEY")
+    ]
+    assert checked.count("DJANGO_SECRET_KEY") == 4 and checked.count("REACTIVE_SSO_KEY") == 2, checked
+    for given in given_by:
         for name, read in (("DJANGO_SECRET_KEY", secret_key), ("REACTIVE_SSO_KEY", sso_key)):
+            if name not in given:
+                continue
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv(name, given[name])
                 with pytest.raises(ConfigError, match="placeholder" if given[name] else "not set"):
