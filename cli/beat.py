@@ -34,7 +34,8 @@ def beat(
     """Send clock ticks to the clock group now: once, or in a loop (an alternative to Celery beat).
 
     Each tick is stored in Redis (the page's first value) and sent to every browser on /time/tic/.
-    The loop touches REACTIVE_HEARTBEAT_FILE as it goes round (python -m reactive.heartbeat --max-age 30).
+    The loop waits for Redis when it is out, at start-up as later on (--once fails instead, exit 3).
+    It touches REACTIVE_HEARTBEAT_FILE as it goes round (python -m reactive.heartbeat --max-age 30).
 
     Example: [bold]reactive beat --interval 0.5[/bold]
     """
@@ -44,8 +45,8 @@ def beat(
 
     interval = interval or settings.clock_interval()
 
-    require_redis()
-    if once:
+    if once:  # one tick, now: Redis out is a failure (exit 3); the loop instead waits for it
+        require_redis()
         tick = clock.tick()
         if as_json:
             common.print_json(tick)
@@ -71,7 +72,11 @@ async def _loop(interval: float, printed: Callable[[dict[str, str]], None]) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     # REACTIVE_HEARTBEAT_FILE, touched as the loop goes round: a liveness probe sees a beat that is stuck.
-    return await clock.run(interval, stop, on_tick=printed, heartbeat=Heartbeat.configured())
+    heartbeat = Heartbeat.configured()
+    heartbeat.start()  # written now, and touched while the beat waits for Redis: a wait is not a hang
+    if not await clock.wait_for_redis(stop, heartbeat):
+        return 0  # stopped before Redis answered: nothing was sent
+    return await clock.run(interval, stop, on_tick=printed, heartbeat=heartbeat)
 
 
 def _finite(value: float | None) -> float | None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -156,6 +156,65 @@ def tick() -> Tick:
         raise ServiceUnavailable(
             f"Redis at {settings.redis_url()} did not take the tick within {groups.SEND_TIMEOUT_SECONDS:g} s"
         ) from exc
+
+
+async def wait_for_redis(
+    stop: asyncio.Event, heartbeat: Heartbeat, delay: Callable[[int], float] | None = None
+) -> bool:
+    """Wait until Redis answers, touching ``heartbeat`` all along: True then, False when ``stop`` came
+    first. A beat started while Redis is out waits for it with the listener's backoff (1, 2, 4 ... 30 s)
+    and says so once, and once more when it answers: exiting made an orchestrator restart it with its own,
+    longer backoff (CrashLoopBackOff), for an outage the loop itself rides out."""
+    if delay is None:
+        from reactive.listener import retry_delay  # Django-bound: imported where a beat runs, not here
+
+        delay = retry_delay
+    loop = asyncio.get_running_loop()
+    heartbeat.beat()
+    failures = 0
+    while not stop.is_set():
+        problem = await _until_stopped(_ping(), stop)
+        if stop.is_set():
+            return False
+        if problem is None:
+            if failures:
+                log.info("Redis at %s answers: the beat starts ticking", settings.redis_url())
+            return True
+        failures += 1
+        if failures == 1:
+            log.warning(
+                "Redis at %s does not answer (%s): the beat waits for it, retrying silently until it does",
+                settings.redis_url(),
+                problem,
+            )
+        await _wait_until(loop.time() + delay(failures), stop, heartbeat)
+    return False
+
+
+async def _ping() -> str | None:
+    """Why Redis does not answer a PING now, or None when it does."""
+    try:
+        async with asyncio.timeout(TICK_TIMEOUT_SECONDS):
+            await _aredis().ping()
+    except TimeoutError:
+        return f"no answer within {TICK_TIMEOUT_SECONDS:g} s"
+    except (redis.RedisError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+async def _until_stopped(work: Coroutine[Any, Any, str | None], stop: asyncio.Event) -> str | None:
+    """``work``'s result, or None as soon as ``stop`` is set (``work`` is cancelled): a stop during a
+    ping to an unresponsive Redis does not wait for its timeout."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopped):
+            pending.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    return None if task.cancelled() else task.result()
 
 
 async def run(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -19,7 +23,7 @@ from reactive import clock
 from reactive.errors import ServiceUnavailable
 from tests.support.heartbeats import aged, fresh
 from tests.support.realtime import run
-from tests.support.services import free_port
+from tests.support.services import eventually, free_port, missing
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
@@ -431,3 +435,180 @@ def test_an_outage_of_the_beat_is_one_warning_and_its_end_one_line(
         "refused; retrying, silently until it works",
     )
     assert lines == [failed, ("INFO", "clock ticks works again"), failed, ("INFO", "clock ticks works again")]
+
+
+# -- a beat started while Redis is out waits for it (it exited 3: CrashLoopBackOff under Kubernetes) -------
+def test_the_beat_waits_for_redis_at_start_up_saying_so_once_and_beating_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from reactive.heartbeat import Heartbeat
+
+    answers = iter(["ConnectionError: refused"] * 4 + [None])
+    pinged: list[float] = []
+
+    async def ping() -> str | None:
+        pinged.append(time.monotonic())
+        return next(answers)
+
+    monkeypatch.setattr(clock, "_ping", ping)
+    path = tmp_path / "beat.alive"
+    heartbeat = Heartbeat(path, every=0)
+    delays: list[int] = []
+
+    def delay(failures: int) -> float:
+        delays.append(failures)
+        return 0.01
+
+    async def scenario() -> bool:
+        return await clock.wait_for_redis(asyncio.Event(), heartbeat, delay)
+
+    with caplog.at_level(logging.INFO, logger="reactive.clock"):
+        assert run(scenario) is True
+    assert len(pinged) == 5 and delays == [1, 2, 3, 4]  # the backoff grows with the failures
+    assert fresh(path), "the heartbeat file was not made while the beat waited"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reactive.clock"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert "does not answer (ConnectionError: refused): the beat waits for it" in lines[0][1]
+    assert "answers: the beat starts ticking" in lines[1][1]
+
+
+def test_the_wait_for_redis_uses_the_listeners_capped_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive.heartbeat import Heartbeat
+    from reactive.listener import retry_delay
+
+    waited: list[float] = []
+    answers = iter(["down", "down", None])
+
+    async def ping() -> str | None:
+        return next(answers)
+
+    async def wait_until(due: float, stop: asyncio.Event, heartbeat: Heartbeat) -> None:
+        waited.append(round(due - asyncio.get_running_loop().time(), 1))
+
+    monkeypatch.setattr(clock, "_ping", ping)
+    monkeypatch.setattr(clock, "_wait_until", wait_until)
+
+    async def scenario() -> bool:
+        return await clock.wait_for_redis(asyncio.Event(), Heartbeat(None))
+
+    assert run(scenario) is True
+    assert waited == [retry_delay(1), retry_delay(2)] and retry_delay(100) == 30.0
+
+
+@pytest.mark.parametrize("hangs", [False, True], ids=["in-the-backoff", "in-a-ping"])
+def test_a_stop_during_the_wait_for_redis_ends_it_at_once(
+    monkeypatch: pytest.MonkeyPatch, hangs: bool
+) -> None:
+    """Ctrl-C / SIGTERM during the backoff, or while a PING waits on a Redis that does not answer."""
+    from reactive.heartbeat import Heartbeat
+
+    async def ping() -> str | None:
+        if hangs:
+            await asyncio.Event().wait()  # a Redis that never answers
+        return "ConnectionError: refused"
+
+    monkeypatch.setattr(clock, "_ping", ping)
+
+    async def scenario() -> tuple[bool, float]:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.2, stop.set)
+        started = time.monotonic()
+        waited = await clock.wait_for_redis(stop, Heartbeat(None), lambda failures: 3600.0)
+        return waited, time.monotonic() - started
+
+    waited, seconds = run(scenario)
+    assert waited is False
+    assert seconds < 5, f"the stop took {seconds:.1f} s"
+
+
+def start_beat(tmp_path: Path, redis_port: int, prefix: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    from tests.test_cli_manners import REACTIVE
+
+    alive, output = tmp_path / "beat.alive", tmp_path / "beat.log"
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REACTIVE_HEARTBEAT_FILE": str(alive),
+        "REACTIVE_PREFIX": prefix,
+        "REACTIVE_VAR_DIR": str(tmp_path / "var"),
+        "COLUMNS": "200",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    with output.open("wb") as log:
+        argv = [REACTIVE, "beat", "--client", "alpha", "--interval", "0.2"]
+        beat = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return beat, alive, output
+
+
+def waiting(beat: subprocess.Popen[bytes], output: Path) -> bool:
+    """The beat said it waits for Redis, and still runs (an exit fails the test now, not at the deadline)."""
+    if beat.poll() is not None:
+        pytest.fail(f"reactive beat exited {beat.returncode}:\n{output.read_text()}", pytrace=False)
+    return "the beat waits for it" in output.read_text()
+
+
+def stop_beat(beat: subprocess.Popen[bytes]) -> int:
+    if beat.poll() is None:
+        beat.send_signal(signal.SIGTERM)
+    try:
+        return beat.wait(15)
+    except subprocess.TimeoutExpired:
+        beat.kill()
+        beat.wait()
+        raise
+
+
+def stored_tick(url: str, key: str) -> bytes | None:
+    try:
+        return redis.Redis.from_url(url, socket_connect_timeout=0.5).get(key)  # type: ignore[no-any-return]
+    except redis.RedisError:  # not started yet
+        return None
+
+
+def test_reactive_beat_started_before_redis_waits_for_it_then_ticks(tmp_path: Path, prefix: str) -> None:
+    """Across processes: `reactive beat` with nothing at REDIS_URL keeps running (it exited 3), its heartbeat
+    file fresh; once a Redis starts there, ticks reach it; SIGTERM then ends it with 0."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("Redis", "no redis-server on the PATH")
+        return
+    port = free_port()
+    beat, alive, output = start_beat(tmp_path, port, prefix)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        eventually(lambda: waiting(beat, output), timeout=60, what="the wait's warning")
+        eventually(lambda: fresh(alive), timeout=10, what="a heartbeat file touched during the wait")
+        aged(alive, 60)
+        eventually(lambda: fresh(alive), timeout=10, what="the heartbeat touched again while Redis is out")
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        key = f"{prefix}-alpha:clock"
+        # The backoff is at most 30 s (1, 2, 4 ... by the time Redis is up here, a few seconds).
+        eventually(lambda: stored_tick(url, key), timeout=60, what="a tick stored in Redis")
+        assert "the beat starts ticking" in output.read_text()
+        assert stop_beat(beat) == 0, output.read_text()
+    finally:
+        stop_beat(beat)
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    text = output.read_text()
+    assert "Traceback" not in text
+    assert text.count("the beat waits for it") == 1, text  # one warning for the whole wait
+
+
+def test_reactive_beat_stopped_while_it_waits_for_redis_exits_0(tmp_path: Path, prefix: str) -> None:
+    beat, _, output = start_beat(tmp_path, free_port(), prefix)
+    try:
+        eventually(lambda: waiting(beat, output), timeout=60, what="the wait's warning")
+    finally:
+        code = stop_beat(beat)
+    assert code == 0, output.read_text()
+    assert "Traceback" not in output.read_text()
