@@ -161,7 +161,7 @@ def test_a_valid_link_is_spent_when_opened_and_signs_in_on_continue() -> None:
     response = continue_on(asked, person)
     assert response.status_code == 302 and response["Location"] == "/"
     assert signed_in_username(person) == "alice"
-    assert 'Hello <span id="first-name">Alice</span>' in person.get("/").content.decode()
+    assert 'Hello <span id="first-name" aria-live="polite">Alice</span>' in person.get("/").content.decode()
     back = person.get("/sso/login", {"token": token})  # the back button: on to the site, not an error
     assert back.status_code == 302 and back["Location"] == "/"
 
@@ -240,16 +240,25 @@ def test_a_browser_already_signed_in_as_the_links_user_goes_straight_on() -> Non
     assert browser().get("/sso/login", {"token": token}).status_code == 403  # spent
 
 
-def test_a_link_for_another_account_says_it_switches() -> None:
+def test_a_link_for_another_account_says_it_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """And signs alice out first: her pages open in other tabs of this browser are told their session
+    ended (their sockets close), instead of streaming her data into a browser now bob's."""
+    from reactive import groups
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(groups, "send_sync", lambda group, message: sent.append((group, message)) or True)
     alice = replica("alice", master_key="42")
     replica("bob", master_key="43")
     person = browser()
     person.force_login(alice)
+    alices_session = person.session.session_key
     asked = person.get("/sso/login", {"token": sso.issue("43", "bob", "alpha")})
     assert "signed in here as alice: continuing signs it in as bob" in asked.content.decode()
     assert signed_in_username(person) == "alice"
     assert continue_on(asked, person).status_code == 302
     assert signed_in_username(person) == "bob"
+    ended = groups.session_ended_message(alice.pk, alices_session)
+    assert sent == [(groups.user_group(alice.pk), ended), (groups.ENDED_ACCOUNTS, ended)]
 
 
 def test_a_used_link_stays_refused_when_the_masters_clock_runs_ahead(monkeypatch: pytest.MonkeyPatch) -> None:

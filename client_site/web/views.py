@@ -73,7 +73,10 @@ def _current_tick() -> clock.Tick:
         return clock.payload()
 
 
+# never_cache on the pages that show the user: after a sign-out, Back must not show the last user's name
+# and email from the browser's cache.
 @strict_csp
+@never_cache
 @login_required(login_url="login")
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
@@ -82,6 +85,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @strict_csp
+@never_cache
 @login_required(login_url="login")
 @require_GET
 def clock_page(request: HttpRequest) -> HttpResponse:
@@ -89,6 +93,7 @@ def clock_page(request: HttpRequest) -> HttpResponse:
     return render(request, "web/clock.html", {"tick": _current_tick()})
 
 
+@never_cache
 @require_GET
 def initial_state(request: HttpRequest) -> JsonResponse:
     """``{"current": {"profile": ..., "clock": ...}}`` for the signed-in user; 401 (JSON) otherwise."""
@@ -234,6 +239,11 @@ def _sign_in_confirmed(request: HttpRequest, client: str) -> HttpResponse:
         request.session[PENDING_SIGN_INS] = pending  # written only when it held the link
     claimed = _in_time(popped, client)
     user = _active_replica(claimed["key"], claimed["username"], client)  # it may have changed meanwhile
+    if request.user.is_authenticated and request.user.pk != user.pk:
+        # login() would flush the other user's session without user_logged_out: that user's pages open in
+        # other tabs would go on streaming their data into a browser now someone else's. A sign-out
+        # first closes them (signouts.py).
+        logout(request)
     # Replicas have no usable password: the master vouched for this user, so no backend authenticates.
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     log.info("%s signed in on %s by master link", claimed["username"], client)
