@@ -1,9 +1,10 @@
 """The clock: a tick payload, its current value in Redis, and the send to the "clock" group.
 
-A tick is ``{"time": "HH:MM:SS", "iso": "<UTC ISO 8601>"}``: ``time`` in the configured zone for
-people, ``iso`` in UTC for programs (the browser's version check, lag measurements). The latest tick is
-kept in Redis with a short TTL so that a page connecting between two ticks is never blank, and a value
-left behind by a stopped beat disappears instead of showing a frozen time forever.
+A tick is ``{"time": "HH:MM:SS", "iso": "<UTC ISO 8601>", "zone": "UTC"}``: ``time`` in the configured
+zone (``zone`` its abbreviation, shown beside it) for people, ``iso`` in UTC for programs (the browser's
+version check, lag measurements). The latest tick is kept in Redis with a short TTL so that a page
+connecting between two ticks is never blank, and a value left behind by a stopped beat disappears instead
+of showing a frozen time forever.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def state_key(client: str | None = None) -> str:
 def payload(now: datetime | None = None, zone: str | None = None) -> Tick:
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     local = moment.astimezone(ZoneInfo(zone or settings.time_zone()))
-    return {"time": local.strftime("%H:%M:%S"), "iso": moment.isoformat(timespec="milliseconds")}
+    # The zone's abbreviation ("UTC", "CET"): a time without it reads as the page's own zone.
+    return {
+        "time": local.strftime("%H:%M:%S"),
+        "iso": moment.isoformat(timespec="milliseconds"),
+        "zone": local.tzname() or "",
+    }
 
 
 def message(tick: Tick) -> dict[str, str]:
@@ -58,7 +64,10 @@ def decode(raw: bytes | str | None) -> Tick | None:
     except ValueError:
         return None
     if isinstance(value, dict) and isinstance(value.get("time"), str) and isinstance(value.get("iso"), str):
-        return {"time": value["time"], "iso": value["iso"]}
+        tick = {"time": value["time"], "iso": value["iso"]}
+        if isinstance(value.get("zone"), str):  # stored by a beat of an earlier release: none
+            tick["zone"] = value["zone"]
+        return tick
     return None
 
 

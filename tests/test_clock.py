@@ -39,10 +39,19 @@ def stored(redis_url: str, prefix: str) -> tuple[dict[str, str], int]:
     return json.loads(client.get(key) or "null"), int(client.ttl(key))
 
 
-def test_payload_has_local_time_and_utc_iso() -> None:
-    assert clock.payload(MOMENT, "UTC") == {"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
+def test_payload_has_local_time_its_zone_and_utc_iso() -> None:
+    utc = clock.payload(MOMENT, "UTC")
+    assert utc == {"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00", "zone": "UTC"}
     paris = clock.payload(MOMENT, "Europe/Paris")
-    assert paris == {"time": "04:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}
+    assert paris == {"time": "04:04:05", "iso": "2026-01-02T03:04:05.678+00:00", "zone": "CET"}
+
+
+def test_a_stored_tick_of_an_earlier_release_without_a_zone_still_reads() -> None:
+    assert clock.decode('{"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"}') == {
+        "time": "03:04:05",
+        "iso": "2026-01-02T03:04:05.678+00:00",
+    }
+    assert clock.decode(json.dumps(clock.payload(MOMENT, "UTC")))["zone"] == "UTC"  # type: ignore[index]
 
 
 def test_payload_zone_comes_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:

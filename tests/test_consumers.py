@@ -1118,6 +1118,22 @@ def test_a_local_account_ended_in_this_sites_admin_closes_its_open_page_at_the_n
     assert bob_quiet
 
 
+def test_an_open_user_socket_is_sent_a_heartbeat_now_and_then(
+    alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's watchdog reconnects a socket that hears nothing for three heartbeats (user.js)."""
+    monkeypatch.setattr(freshness, "HEARTBEAT_SECONDS", 0.1)
+    cookie = session_cookie(alice)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = await in_room(cookie)
+        frames = [await ws.receive_json_from(timeout=5) for _ in range(2)]
+        await ws.disconnect()
+        return frames
+
+    assert run(scenario) == [consumers.HEARTBEAT_FRAME] * 2
+
+
 def test_the_check_stops_with_the_last_socket_and_a_database_outage_is_one_warning(
     alice: Any,
     checks_fast: list[list[str]],

@@ -19,12 +19,16 @@ class Socket:
         self.pushes = 0
         self.showing = (key, version)
         self.handed: list[tuple[dict[str, Any] | None, int]] = []
+        self.heartbeats = 0
 
     def shown(self) -> tuple[str, int]:
         return self.showing
 
     async def catch_up(self, profile: dict[str, Any] | None, pushes_then: int) -> None:
         self.handed.append((profile, pushes_then))
+
+    async def heartbeat(self) -> None:
+        self.heartbeats += 1
 
 
 def check(watch: Freshness) -> int:
@@ -262,3 +266,32 @@ def test_a_loop_failing_at_its_start_is_restarted_once_a_round_not_in_a_spin(
 
     started_before, restart_delay, timer_gone = asyncio.run(scenario())
     assert started_before == 1 and restart_delay >= 0.1 and timer_gone
+
+
+def test_every_socket_gets_a_heartbeat_each_round_whatever_the_database_says(
+    replica: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page sends nothing: only frames tell it that its connection works. They must not wait on the
+    check, whose queries may fail or hang; and they stop with the last socket."""
+    monkeypatch.setattr(freshness, "HEARTBEAT_SECONDS", 0.01)
+    monkeypatch.setattr(freshness, "redis_epochs", lambda: Losses())
+
+    def down(pks: list[str]) -> dict[str, tuple[str, int]]:
+        raise ConnectionError("the database is restarting")
+
+    monkeypatch.setattr(freshness, "replica_versions", down)
+    one, two = Socket("17", 3), Socket("", 0)
+
+    async def scenario() -> asyncio.Task[None] | None:
+        watch = Freshness()
+        watch.add("1", one)
+        watch.add("2", two)
+        await until(lambda: one.heartbeats >= 3 and two.heartbeats >= 3, what="three rounds")
+        beating = watch.heartbeats
+        watch.discard("1", one)
+        watch.discard("2", two)
+        await asyncio.sleep(0)
+        return beating
+
+    beating = asyncio.run(scenario())
+    assert beating is not None and beating.cancelled()

@@ -78,7 +78,7 @@ def test_the_sign_in_page_links_to_the_master(
 def test_the_live_page_greets_by_first_name_and_carries_the_version(browser: Client) -> None:
     response = browser.get("/")
     page = response.content.decode()
-    assert '<h1>Hello <span id="first-name">Alice</span></h1>' in page
+    assert '<h1>Hello <span id="first-name" aria-live="polite">Alice</span></h1>' in page
     assert embedded(page, "initial-profile")["version"] == 3
     assert "/static/reactive/socket.js" in page and "/static/reactive/user.js" in page
     assert "script-src 'self'" in response["Content-Security-Policy"]
@@ -94,10 +94,17 @@ def test_user_text_is_escaped_in_the_page(alice: Any, browser: Client) -> None:
 
 
 def test_the_clock_page_shows_the_stored_time_at_once(redis_layer: str, browser: Client) -> None:
-    clock.store({"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00"})
+    clock.store({"time": "03:04:05", "iso": "2026-01-02T03:04:05.678+00:00", "zone": "CET"})
     page = browser.get("/clock/").content.decode()
     assert '<time id="clock" datetime="2026-01-02T03:04:05.678+00:00">03:04:05</time>' in page
+    assert '<span id="clock-zone">CET</span>' in page  # the time says in which zone it is
     assert embedded(page, "initial-tick")["time"] == "03:04:05"
+
+
+@pytest.mark.parametrize("path", ["/", "/clock/", "/api/initial_state"])
+def test_pages_showing_the_user_are_never_cached(redis_layer: str, browser: Client, path: str) -> None:
+    """After a sign-out, Back must not show the last user's name and email from the browser's cache."""
+    assert "no-store" in browser.get(path)["Cache-Control"]
 
 
 def test_initial_state_needs_a_session_and_returns_the_current_state(

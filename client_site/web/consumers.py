@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from client_site.web.broadcast import (
     JOIN_TIMEOUT_SECONDS,
+    SEND_TIMEOUT_SECONDS,
     SERVER_SEND,
     End,
     Ends,
@@ -37,6 +38,8 @@ from reactive.errors import FailureStreak, describe
 from reactive.layers import ReceiveFailed
 
 log = logging.getLogger("reactive.web")
+
+HEARTBEAT_FRAME = {"type": "heartbeat"}  # the page's watchdog counts it; nothing else reads it
 
 # Close codes the page understands (4000-4999 are for applications): both mean "never reconnect".
 CLOSE_ACCOUNT_DISABLED = 4003
@@ -332,6 +335,16 @@ class UserConsumer(PushOnly):
         except Exception as exc:  # the client went away meanwhile
             log.debug("user socket of user %s: catching up failed: %s", self.local_pk, describe(exc))
 
+    async def heartbeat(self) -> None:
+        """A frame that says nothing but that the connection works (freshness.py sends one a round)."""
+        if self.closing:
+            return
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # a page that stopped reading holds no pass
+                await self.send_json(HEARTBEAT_FRAME)
+        except Exception as exc:  # the client went away: its consumer cleans up on disconnect
+            log.debug("user socket of user %s: heartbeat not sent: %s", self.local_pk, describe(exc))
+
     def _stop_membership(self) -> None:
         if self.checked and self.local_pk is not None:
             freshness().discard(self.local_pk, self)
@@ -407,7 +420,10 @@ class UserConsumer(PushOnly):
 
 
 def clock_frame(message: dict[str, Any]) -> dict[str, Any]:
-    return {"type": groups.CLOCK_TICK, "time": message["time"], "iso": message["iso"]}
+    frame = {"type": groups.CLOCK_TICK, "time": message["time"], "iso": message["iso"]}
+    if isinstance(message.get("zone"), str):  # a beat of an earlier release sends none
+        frame["zone"] = message["zone"]
+    return frame
 
 
 class ClockConsumer(PushOnly):

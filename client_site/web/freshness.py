@@ -8,6 +8,11 @@ its sockets' users is at now: one query for up to 500 users (profiles.CHUNK), wh
 sockets. Only for the sockets whose last profile says otherwise are the profiles read, two queries a
 chunk, and each such socket sends its own (or ends, for an account removed meanwhile).
 
+Between checks, every HEARTBEAT_SECONDS, each socket is sent a small heartbeat frame: a page sends
+nothing, so without frames a connection dropped on the way (a laptop asleep, a NAT forgetting it) looks
+open to the browser for as long as its TCP keepalive takes, forever in some; the page's watchdog reconnects
+once heartbeats stop (socket.js), whatever the database or Redis are doing.
+
 The same round asks whether each user's account still is (one more query per 500 users): an account
 disabled or deleted on this site alone (its admin, a local account, or a replica changed here) has no
 version to compare and no push, and its socket must end as one ended on the master does.
@@ -34,6 +39,9 @@ CHECK_JITTER = 0.2  # processes started together do not query together
 # after, so that a change it misses is pushed to a socket that is in its group again.
 AFTER_LOSS_SECONDS = 2.5
 NOT_A_REPLICA = ("", 0)  # what a local account's profile carries
+# The user page reconnects after three heartbeats missed (user.js, restartAfterMs): keep the two in step.
+HEARTBEAT_SECONDS = 20.0
+HEARTBEAT_YIELD_EVERY = 500
 
 
 class Shown(Protocol):
@@ -48,6 +56,9 @@ class Shown(Protocol):
         """Send ``profile`` (None: the user is gone), read after the socket had ``pushes_then`` pushes,
         unless a push came since or it is what the socket last sent. Never raises."""
 
+    async def heartbeat(self) -> None:
+        """Send the page a heartbeat frame. Never raises."""
+
 
 class Freshness:
     """One event loop's open user sockets, by local user, and the task that checks them."""
@@ -55,6 +66,7 @@ class Freshness:
     def __init__(self) -> None:
         self.sockets: dict[str, set[Shown]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.heartbeats: asyncio.Task[None] | None = None
         self.catching_up: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.failures = FailureStreak("user sockets: checking their profiles against the replica", log)
         self.restart: asyncio.TimerHandle | None = None
@@ -67,6 +79,10 @@ class Freshness:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run(), name="user sockets freshness")
             self.task.add_done_callback(self._ended)
+        if self.heartbeats is None or self.heartbeats.done():
+            self.heartbeats = asyncio.get_running_loop().create_task(
+                self._beat(), name="user sockets heartbeat"
+            )
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """A check loop that raised (a bug: its queries' failures are caught) says so and starts again a
@@ -91,6 +107,9 @@ class Freshness:
             if self.task is not None:
                 self.task.cancel()
                 self.task = None
+            if self.heartbeats is not None:
+                self.heartbeats.cancel()
+                self.heartbeats = None
             if self.restart is not None:
                 self.restart.cancel()
                 self.restart = None
@@ -105,6 +124,17 @@ class Freshness:
                 seen = epochs.losses
                 await asyncio.sleep(AFTER_LOSS_SECONDS)
             await self.check()
+
+    async def _beat(self) -> None:
+        """A heartbeat to every socket, every HEARTBEAT_SECONDS: a frame each, in one pass (the sends of
+        healthy sockets complete without waiting; a socket's own send never raises)."""
+        while self.sockets:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            every = [socket for sockets in list(self.sockets.values()) for socket in list(sockets)]
+            for index, socket in enumerate(every):
+                if index % HEARTBEAT_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let handshakes and pushes in between
+                await socket.heartbeat()
 
     async def check(self) -> int:
         """One round: returns how many sockets were found behind the replica (each then catches up)."""

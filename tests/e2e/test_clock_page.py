@@ -1,5 +1,6 @@
 """The clock page in a real browser, its ticks sent by the test: a tick from the future does not freeze it,
-and a silent socket is shown stale, then dropped and reconnected (a quiet user page is left alone)."""
+and a silent socket is shown stale, then dropped and reconnected (a user page hears heartbeats, and is
+reconnected without them); a handshake never answered is retried; a sign-out elsewhere ends the pages."""
 
 from __future__ import annotations
 
@@ -73,6 +74,15 @@ TRACK_TIMERS = """(() => {
     window.clearInterval = (id) => (pending.delete("i" + id), clearI(id));
 })();"""
 STALE_LABEL = re.compile(r"^no ticks for \d+ s$")
+# Every text an element shows from now on, in window.texts[id].
+RECORD_TEXT = """(id) => {
+    const element = document.getElementById(id);
+    window.texts = window.texts || {};
+    const texts = (window.texts[id] = []);
+    new MutationObserver(() => texts.push(element.textContent)).observe(
+        element, {childList: true, characterData: true, subtree: true}
+    );
+}"""
 
 
 @dataclass
@@ -260,16 +270,109 @@ def test_a_silent_clock_whose_session_is_gone_ends_signed_out(
     assert page.evaluate("[...window.pendingTimers]") == []  # ... and none is left
 
 
-def test_the_quiet_user_page_has_no_watchdog(alpha_alone: AlphaAlone, context: Any, clock_user: str) -> None:
+def test_a_user_page_that_hears_nothing_for_a_minute_reconnects(
+    alpha_alone: AlphaAlone, context: Any, clock_user: str
+) -> None:
+    """The server sends a heartbeat every 20 s: a page that hears none for 60 s is on a dead path (a laptop
+    asleep, a NAT that forgot it), which the browser may take minutes to notice, or never."""
     from playwright.sync_api import expect
 
     page, sockets = open_live(alpha_alone, context, clock_user, "/", fake_timers=True)
     state = page.locator("#connection")
     page.clock.fast_forward("30")
-    page.clock.fast_forward("05:00")
     expect(state).to_have_attribute("data-state", "live")
-    assert seen(page, "connection") == ["live"]
     assert len(sockets) == 1
+    with page.expect_websocket(timeout=15 * SECONDS) as reconnected:
+        page.clock.fast_forward("31")
+    assert reconnected.value.url.endswith("/ws/")
+    expect(state).to_have_attribute("data-state", "live")
+    assert seen(page, "connection")[-3:] == ["reconnecting", "connecting", "live"]
+
+
+def test_back_online_a_page_starts_over_at_once(
+    alpha_alone: AlphaAlone, context: Any, clock_user: str
+) -> None:
+    """A network change: the socket that looks open may be on a path that is gone. The page drops it and
+    connects again at once, without waiting for TCP to give up."""
+    from playwright.sync_api import expect
+
+    page, sockets = open_live(alpha_alone, context, clock_user, "/")
+    with page.expect_websocket(timeout=5 * SECONDS):
+        page.evaluate("window.dispatchEvent(new Event('online'))")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    if not sockets[0].is_closed():
+        sockets[0].wait_for_event("close")
+    assert len(sockets) == 2
+
+
+def test_a_handshake_never_answered_is_given_up_and_retried(
+    alpha_alone: AlphaAlone, context: Any, clock_user: str
+) -> None:
+    """A stopped server (or a proxy that takes connections and never answers) held the page on
+    "connecting…" until the browser's own timeout, minutes."""
+    from playwright.sync_api import expect
+
+    page, sockets = open_live(alpha_alone, context, clock_user, "/", fake_timers=True)
+    state = page.locator("#connection")
+    server = alpha_alone.alpha.process
+    assert server is not None
+    server.send_signal(signal.SIGSTOP)
+    try:
+        with page.expect_websocket(timeout=15 * SECONDS):
+            page.evaluate("window.dispatchEvent(new Event('online'))")
+        expect(state).to_have_attribute("data-state", "connecting")
+        page.clock.fast_forward("11")
+        expect(state).to_have_attribute("data-state", "reconnecting")
+        with page.expect_websocket(timeout=15 * SECONDS):
+            page.clock.fast_forward("02")
+        expect(state).to_have_attribute("data-state", "connecting")
+    finally:
+        server.send_signal(signal.SIGCONT)
+    expect(state).to_have_attribute("data-state", "live")
+    assert len(sockets) >= 3
+
+
+def test_the_stale_counter_is_not_read_out_every_second(
+    alpha_alone: AlphaAlone, context: Any, clock_user: str
+) -> None:
+    """The status is a live region: a screen reader reads every change of its text. Only changes of state
+    go there; the counter of seconds without ticks stays on the visible label."""
+    from playwright.sync_api import expect
+
+    page, _ = open_live(alpha_alone, context, clock_user, "/clock/", fake_timers=True)
+    page.evaluate(RECORD_TEXT, "connection-announce")
+    state = page.locator("#connection")
+    page.clock.fast_forward("04")
+    expect(state).to_have_attribute("data-state", "stale")
+    for _ in range(4):
+        page.clock.fast_forward("01")
+    expect(state).to_have_text(STALE_LABEL)
+    labels = page.evaluate("window.texts['connection-announce']")
+    assert len(labels) == 1 and STALE_LABEL.match(labels[0]), labels
+    assert page.locator("#connection-announce").get_attribute("role") == "status"
+    assert page.locator("#connection").get_attribute("role") is None
+
+
+def test_a_sign_out_in_another_tab_ends_this_ones_signed_out_with_nothing_personal_left(
+    alpha_alone: AlphaAlone, context: Any
+) -> None:
+    """The sign-out closes the session's sockets (4001); the pages reconnect, are refused, ask whether the
+    session is gone, and say so, their user's name and email no longer on screen."""
+    from playwright.sync_api import expect
+
+    alpha_alone.event("insert", "91", 1, username="sol", first_name="Sol", email="sol@corp", is_active=True)
+    home, _ = open_live(alpha_alone, context, "sol", "/")  # a session of sol's, in this browser's cookie
+    expect(home.locator("#email")).to_have_text("sol@corp")
+    ticking, other_tab = context.new_page(), context.new_page()
+    for page in (ticking, other_tab):
+        page.goto(alpha_alone.alpha.url + "/clock/")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    other_tab.click("text=sign out")
+    expect(other_tab).to_have_url(re.compile(r"/login/$"))
+    for page in (home, ticking):
+        expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+    expect(home.locator("#email")).to_have_text("")
+    expect(home.locator("#first-name")).to_have_text("")
 
 
 @pytest.mark.parametrize(

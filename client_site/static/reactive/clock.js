@@ -6,6 +6,7 @@
   // Ticks come every 0.5 s: one older by up to this much is late (delivery, reordering), not a correction.
   const LATE_WINDOW_MS = 2000;
   const element = document.getElementById("clock");
+  const zone = document.getElementById("clock-zone");
   let shown = JSON.parse(document.getElementById("initial-tick").textContent);
 
   function accept(tick) {
@@ -19,11 +20,13 @@
     shown = tick;
     element.textContent = tick.time;
     element.setAttribute("datetime", tick.iso);
+    if (typeof tick.zone === "string") zone.textContent = tick.zone;
   }
 
   const socket = new window.Reactive.LiveSocket({
     path: () => "/time/tic/",
     stateElement: document.getElementById("connection"),
+    announceElement: document.getElementById("connection-announce"),
     // Ticks are a steady stream: silence means a frozen clock, whatever the TCP connection says.
     staleAfterMs: 3000,
     restartAfterMs: 10000,

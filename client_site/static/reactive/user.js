@@ -21,6 +21,11 @@
     setText("version", profile.version);
   }
 
+  // Signed out, disabled or removed: the page keeps no personal data on screen (a shared machine).
+  function forget() {
+    ["first-name", "full-first-name", "last-name", "username", "email", "version"].forEach((id) => setText(id, ""));
+  }
+
   function showNotice(text) {
     const notice = document.getElementById("notice");
     notice.textContent = text;
@@ -49,6 +54,11 @@
     // reconnect at a stale room, and names like ".." cannot be resolved away by the URL parser.
     path: () => "/ws/",
     stateElement: document.getElementById("connection"),
+    announceElement: document.getElementById("connection-announce"),
+    // The server sends a heartbeat every 20 s (client_site/web/freshness.py): three missed, and the
+    // connection is taken for dead (a network that dropped it says nothing) and made again.
+    restartAfterMs: 60000,
+    onStop: forget,
     finalCodes: {
       [ACCOUNT_DISABLED]: "account disabled: signed out",
       [ACCOUNT_REMOVED]: "account removed",
