@@ -1,9 +1,9 @@
 """ASGI entry point of a client site (``uvicorn client_site.asgi:application``).
 
 HTTP goes through Django, except the liveness route /live, which the event loop answers itself
-(reactive/health.py); websockets through Channels behind the Origin check (ALLOWED_HOSTS) and the
-session auth middleware (Django's "sessionid" cookie). Sockets that have settled leave CPython's full
-collections (client_site/web/heap.py).
+(reactive/health.py); websockets through Channels behind the Origin checks (the socket's own origin,
+client_site/web/origins.py, whose host ALLOWED_HOSTS lists) and the session auth middleware (Django's
+"sessionid" cookie). Sockets that have settled leave CPython's full collections (client_site/web/heap.py).
 """
 
 import os
@@ -20,6 +20,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from client_site.web.broadcast import with_server_send  # noqa: E402
 from client_site.web.heap import freeze_settled_sockets  # noqa: E402
+from client_site.web.origins import SameOriginValidator  # noqa: E402
 from client_site.web.routing import websocket_urlpatterns  # noqa: E402
 from reactive import settings as reactive_settings  # noqa: E402
 from reactive.health import answer_liveness  # noqa: E402
@@ -36,7 +37,9 @@ application = ProtocolTypeRouter(
         "http": answer_liveness(http_app),
         "websocket": freeze_settled_sockets(
             with_server_send(
-                AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                SameOriginValidator(
+                    AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                )
             )
         ),
     }

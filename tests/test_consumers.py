@@ -41,8 +41,10 @@ def application() -> Any:
     return application
 
 
-def communicator(path: str, cookie: str | None = None, origin: str = ORIGIN) -> WebsocketCommunicator:
-    headers = [(b"origin", origin.encode())]
+def communicator(
+    path: str, cookie: str | None = None, origin: str = ORIGIN, host: str = "testserver"
+) -> WebsocketCommunicator:
+    headers = [(b"origin", origin.encode()), (b"host", host.encode())]
     if cookie:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     return WebsocketCommunicator(application(), path, headers=headers)
@@ -83,8 +85,10 @@ async def on_clock(cookie: str) -> WebsocketCommunicator:
     return ws
 
 
-async def refused(path: str, cookie: str | None = None, origin: str = ORIGIN) -> bool:
-    ws = communicator(path, cookie, origin)
+async def refused(
+    path: str, cookie: str | None = None, origin: str = ORIGIN, host: str = "testserver"
+) -> bool:
+    ws = communicator(path, cookie, origin, host)
     connected, _ = await ws.connect(timeout=5)
     # A refused consumer's layer receive can linger in a blocking Redis read: do not wait for it.
     await ws.disconnect(timeout=0.2)
@@ -276,6 +280,36 @@ def test_refused_without_session_in_another_room_or_from_another_origin(alice: A
         ],
         True,
     )
+
+
+def test_a_page_of_a_sibling_site_on_the_same_host_is_refused(alice: Any, settings: Any) -> None:
+    """`reactive up` serves every site on one host (a port each), and sites may share ALLOWED_HOSTS: the
+    host check alone let beta's page (localhost:8002) open alpha's /ws/ (localhost:8000) with the
+    browser's cookies for localhost. The Origin must be the socket's own origin, or a trusted one."""
+    settings.CSRF_TRUSTED_ORIGINS = ["https://localhost:9443"]  # a proxy in front that rewrites Host
+    cookie = session_cookie(alice)
+    here = "localhost:8000"  # localhost and 127.0.0.1 are both in ALLOWED_HOSTS
+
+    async def scenario() -> dict[str, bool]:
+        return {
+            "sibling port": await refused("/ws/", cookie, "http://localhost:8002", here),
+            "sibling clock": await refused("/time/tic/", cookie, "http://localhost:8002", here),
+            "another allowed host": await refused("/ws/", cookie, "http://127.0.0.1:8000", here),
+            "no host header": await refused("/ws/", cookie, "http://localhost:8000", ""),
+            "own origin": await refused("/ws/", cookie, "http://localhost:8000", here),
+            "own origin, default port": await refused("/ws/", cookie, "https://localhost", "localhost"),
+            "trusted origin": await refused("/ws/", cookie, "https://localhost:9443", here),
+        }
+
+    assert run(scenario) == {
+        "sibling port": True,
+        "sibling clock": True,
+        "another allowed host": True,
+        "no host header": True,
+        "own origin": False,
+        "own origin, default port": False,
+        "trusted origin": False,
+    }
 
 
 @pytest.mark.parametrize("username", ["a.b+c-d@example.com", "x" * 150, "ünïcødé_1"])
