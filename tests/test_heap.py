@@ -219,7 +219,7 @@ def test_clock_sockets_under_uvicorn_are_frozen_once_settled_and_freed_once_clos
     )
 
     async def clock_socket() -> ClientConnection:
-        headers = {"Origin": "http://127.0.0.1", "Cookie": f"sessionid={cookie}"}
+        headers = {"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={cookie}"}
         ws = await connect(f"ws://127.0.0.1:{port}/time/tic/", additional_headers=headers, compression=None)
         await ws.recv()  # the current time, at once
         return ws
