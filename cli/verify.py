@@ -24,6 +24,12 @@ def verify(
         help="The client's database URL; default: DATABASE_URL_<CLIENT>, DATABASE_URL with {client}, "
         "or var/client-NAME.sqlite3.",
     ),
+    advance_sequence: bool = typer.Option(
+        False,
+        "--advance-sequence",
+        help="When the client holds versions the master's outbox has not issued (its database restored from "
+        "a backup), move the outbox sequence past them; then run `reactive sync --client NAME --prune`.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Compare the master and a client's replica by key, version and content; exit 1 when they differ.
@@ -38,7 +44,7 @@ def verify(
     common.setup_django("master")
     from reactive.verify import verify as compare_sites
 
-    report = compare_sites(client, master_url, client_url)
+    report = compare_sites(client, master_url, client_url, advance_sequence=advance_sequence)
     if as_json:
         common.print_json(report.to_dict())
     else:
@@ -51,13 +57,19 @@ def render(report: object) -> None:
     from reactive.verify import VerifyReport
 
     assert isinstance(report, VerifyReport)
+    if report.advanced_to is not None:
+        common.console.print(
+            f"[yellow]{report.client} held version {report.replica_top_version}, above the master's outbox "
+            f"sequence[/]: advanced it to {report.advanced_to}. Now run `reactive sync --client "
+            f"{report.client} --prune` (and verify every other client the same way)."
+        )
     if report.sequence_behind:
         common.console.print(
             f"[red]{report.client} holds version {report.replica_top_version}, above the last outbox id the "
             f"master issued ({report.outbox_sequence})[/]: was the master's database restored from a backup? "
             "Every change, a sync's too, would be skipped there as stale. Advance the master's outbox "
-            f"sequence past {report.replica_top_version} (docs/operations.md, Restoring the master's "
-            f"database), then run `reactive sync --client {report.client}`."
+            f"sequence past {report.replica_top_version} (`reactive verify --client {report.client} "
+            f"--advance-sequence`), then run `reactive sync --client {report.client} --prune`."
         )
         if not report.differences:
             return

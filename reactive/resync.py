@@ -99,9 +99,14 @@ def highest_key(using: str = "default") -> int:
 
 
 def _hold_user_inserts(user: type[models.Model], using: str) -> None:
+    _hold_inserts(user, using)
+
+
+def _hold_inserts(model: type[models.Model], using: str) -> None:
+    """Until the transaction ends, no row of ``model`` is inserted; inserts under way finish first."""
     connection = connections[using]
-    table = connection.ops.quote_name(user._meta.db_table)
-    pk = connection.ops.quote_name(user._meta.pk.column)
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk = connection.ops.quote_name(model._meta.pk.column)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # SHARE conflicts with the ROW EXCLUSIVE lock of an INSERT: in-flight inserts finish first.
@@ -135,6 +140,29 @@ def last_issued_key(model: type[models.Model], using: str) -> int | None:
             return None
         row = cursor.fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def advance_key(model: type[models.Model], using: str, past: int) -> int | None:
+    """Make the next key the database hands out for ``model`` greater than ``past`` (never lower it);
+    returns the last key issued afterwards, or None where it cannot say (see last_issued_key)."""
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        _hold_inserts(model, using)  # no id is taken between the read and the move
+        current = last_issued_key(model, using)
+        if current is None or current >= past:
+            return current
+        table = model._meta.db_table
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                quoted = connection.ops.quote_name(table)
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, %s), %s)", [quoted, model._meta.pk.column, past]
+                )
+            else:  # SQLite (last_issued_key knows no other)
+                cursor.execute("UPDATE sqlite_sequence SET seq = %s WHERE name = %s", [past, table])
+                if cursor.rowcount == 0:
+                    cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)", [table, past])
+    return past
 
 
 def write_chunk(

@@ -37,7 +37,7 @@ from django.db.models import Max
 from reactive import capture, settings
 from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
 from reactive.outbox import TOPIC, OutboxEvent
-from reactive.resync import last_issued_key, tracking
+from reactive.resync import advance_key, last_issued_key, tracking
 
 MASTER_ALIAS = "reactive_verify_master"
 REPLICA_ALIAS = "reactive_verify_replica"
@@ -75,6 +75,7 @@ class VerifyReport:
     differences: list[Difference] = field(default_factory=list)
     replica_top_version: int = 0  # the highest version the replica holds (tombstones too)
     outbox_sequence: int | None = None  # the last id the master's outbox issued (None: cannot say)
+    advanced_to: int | None = None  # where --advance-sequence moved that sequence (None: it did not)
 
     @property
     def sequence_behind(self) -> bool:
@@ -181,8 +182,9 @@ def highest_replica_version(using: str) -> int:
     return int(top or 0)
 
 
-def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
-    """Compare the master's database and a client's (both opened here by URL)."""
+def verify(client: str, master_url: str, client_url: str, advance_sequence: bool = False) -> VerifyReport:
+    """Compare the master's database and a client's (both opened here by URL). With ``advance_sequence``,
+    a master outbox sequence behind the replica's versions (a restored database) is moved past them."""
     settings.validate_client(client)
     if master_url == client_url:
         raise UsageError(
@@ -204,8 +206,13 @@ def verify(client: str, master_url: str, client_url: str) -> VerifyReport:
         top = _read(
             f"client {client}", client_url, lambda: highest_replica_version(REPLICA_ALIAS), REPLICA_ALIAS
         )
+        advanced = None
+        if advance_sequence and sequence is not None and top > sequence:
+            sequence = advanced = _read(
+                "master", master_url, lambda: advance_key(OutboxEvent, MASTER_ALIAS, top), MASTER_ALIAS
+            )
     report = VerifyReport(client, len(master), len(replica), fields, compare(master, replica, fields))
-    report.replica_top_version, report.outbox_sequence = top, sequence
+    report.replica_top_version, report.outbox_sequence, report.advanced_to = top, sequence, advanced
     return report
 
 

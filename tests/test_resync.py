@@ -78,3 +78,19 @@ def test_another_rows_failure_does_not_stop_the_wait(memory, monkeypatch: pytest
     while_waiting(monkeypatch, lambda: OutboxEvent.objects.update(sent_at=timezone.now()))
 
     assert resync.relay_rows(memory, ids) == (2, "")  # before: (0, "MessageTooLong") at once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_advance_key_moves_the_outbox_sequence_past_a_version_and_never_back() -> None:
+    """`reactive verify --advance-sequence`: after it, the next outbox id is above what clients hold."""
+    from reactive.outbox import OutboxEvent, new_row
+    from reactive.resync import advance_key, last_issued_key
+
+    first = new_row("auth.user", "insert", "1", {}, ())
+    first.save()
+    assert advance_key(OutboxEvent, "default", first.id + 500) == first.id + 500
+    assert advance_key(OutboxEvent, "default", first.id + 10) == first.id + 500  # never lowered
+    assert last_issued_key(OutboxEvent, "default") == first.id + 500
+    later = new_row("auth.user", "update", "1", {}, ())
+    later.save()
+    assert later.id == first.id + 501

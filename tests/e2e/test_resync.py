@@ -110,16 +110,6 @@ with connection.cursor() as cursor:
         cursor.execute("SELECT setval(pg_get_serial_sequence('reactive_outboxevent', 'id'), 1, false)")
 """
 
-# What docs/operations.md (Restoring the master's database) says to do about it.
-ADVANCE_THE_SEQUENCE = """
-from django.db import connection
-with connection.cursor() as cursor:
-    if connection.vendor == "sqlite":
-        cursor.execute("UPDATE sqlite_sequence SET seq = %s WHERE name = 'reactive_outboxevent'", [{past}])
-    else:
-        cursor.execute("SELECT setval(pg_get_serial_sequence('reactive_outboxevent', 'id'), %s)", [{past}])
-"""
-
 
 def test_a_restored_master_database_is_found_and_mended_as_the_operations_guide_says(
     system: Deployment,
@@ -155,8 +145,11 @@ def test_a_restored_master_database_is_found_and_mended_as_the_operations_guide_
     assert report["sequence_behind"] is True and report["outbox_sequence"] < report["replica_top_version"]
     assert "was the master's database restored from a backup?" in verify(system).stdout
 
-    past = report["replica_top_version"] + 100
-    system.python("master", ADVANCE_THE_SEQUENCE.format(past=past), REACTIVE_RELAY="off")
+    # The documented remedy: verify moves the sequence past the client's versions, then a sync.
+    top = report["replica_top_version"]
+    assert f"advanced it to {top}" in verify(system, "--advance-sequence").stdout
+    again = json.loads(verify(system, "--advance-sequence", "--json").stdout)  # done: nothing moves
+    assert again["advanced_to"] is None and again["outbox_sequence"] == top and not again["sequence_behind"]
     ok(reactive(system, "master", "sync", "--client", "alpha", "--prune"))
     drain(system)
     assert json.loads(ok(verify(system, "--json")))["ok"] is True
