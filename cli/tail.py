@@ -93,7 +93,7 @@ def require_redis() -> None:
 
     problem = check_redis()
     if problem:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {problem}")
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.shown_redis_url()}: {problem}")
 
 
 def register(app: typer.Typer) -> None:

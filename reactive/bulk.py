@@ -204,7 +204,9 @@ def _update_batch(self: UpdateQuery, pk_list: Sequence[Any], values: dict[str, A
     if tracking is None or not tracking.captures(using):
         _originals["update_batch"](self, pk_list, values, using)
         return
-    self.model._base_manager.using(using).filter(pk__in=list(pk_list)).update(**values)
+    rows = self.model._base_manager.using(using)
+    for chunk in _chunks(list(pk_list)):  # as Django's own does: a deletion may reset many rows
+        rows.filter(pk__in=chunk).update(**values)
 
 
 _WRAPPED = (

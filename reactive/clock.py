@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 
 from reactive import groups, settings
-from reactive.errors import FailureStreak, ServiceUnavailable
+from reactive.errors import ConfigError, FailureStreak, ServiceUnavailable
 from reactive.heartbeat import EVERY_SECONDS, Heartbeat
 
 log = logging.getLogger("reactive.clock")
@@ -102,7 +102,7 @@ def store(tick: Tick) -> None:
     try:
         _redis().set(state_key(), json.dumps(tick), ex=STATE_TTL_SECONDS)
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.shown_redis_url()}: {exc}") from exc
 
 
 def current() -> Tick | None:
@@ -110,7 +110,7 @@ def current() -> Tick | None:
     try:
         return decode(_redis().get(state_key()))
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.shown_redis_url()}: {exc}") from exc
 
 
 async def acurrent() -> Tick:
@@ -134,7 +134,7 @@ async def atick(layer: Any = None, now: datetime | None = None) -> Tick:
             await _store_and_send(tick, layer or groups.layer())
     except TimeoutError as exc:
         raise ServiceUnavailable(
-            f"Redis at {settings.redis_url()} did not take the tick within {TICK_TIMEOUT_SECONDS:g} s"
+            f"Redis at {settings.shown_redis_url()} did not take the tick within {TICK_TIMEOUT_SECONDS:g} s"
         ) from exc
     return tick
 
@@ -150,7 +150,7 @@ async def _store_and_send(tick: Tick, layer: Any) -> None:
             both.create_task(layer.group_send(groups.CLOCK, message(tick)))
     except* (redis.RedisError, OSError) as failed:
         exc = failed.exceptions[0]
-        raise ServiceUnavailable(f"cannot reach Redis at {settings.redis_url()}: {exc}") from exc
+        raise ServiceUnavailable(f"cannot reach Redis at {settings.shown_redis_url()}: {exc}") from exc
 
 
 def tick() -> Tick:
@@ -163,7 +163,7 @@ def tick() -> Tick:
         return cast(Tick, groups.run_sync(atick()))
     except TimeoutError as exc:
         raise ServiceUnavailable(
-            f"Redis at {settings.redis_url()} did not take the tick within {groups.SEND_TIMEOUT_SECONDS:g} s"
+            f"Redis at {settings.shown_redis_url()} did not take the tick within {groups.SEND_TIMEOUT_SECONDS:g} s"
         ) from exc
 
 
@@ -187,13 +187,13 @@ async def wait_for_redis(
             return False
         if problem is None:
             if failures:
-                log.info("Redis at %s answers: the beat starts ticking", settings.redis_url())
+                log.info("Redis at %s answers: the beat starts ticking", settings.shown_redis_url())
             return True
         failures += 1
         if failures == 1:
             log.warning(
                 "Redis at %s does not answer (%s): the beat waits for it, retrying silently until it does",
-                settings.redis_url(),
+                settings.shown_redis_url(),
                 problem,
             )
         await _wait_until(loop.time() + delay(failures), stop, heartbeat)
@@ -207,9 +207,17 @@ async def _ping() -> str | None:
             await _aredis().ping()
     except TimeoutError:
         return f"no answer within {TICK_TIMEOUT_SECONDS:g} s"
+    except REFUSALS as exc:  # Redis answers, and says no: waiting would only hide the mistake
+        raise ConfigError(
+            f"Redis at {settings.shown_redis_url()} refuses the beat: {type(exc).__name__}: {exc} (check REDIS_URL)"
+        ) from exc
     except (redis.RedisError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+# A wrong password, an ACL without PING, a database number out of range: configuration, not an outage.
+REFUSALS = (redis.AuthenticationError, redis.ResponseError)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, str | None], stop: asyncio.Event) -> str | None:

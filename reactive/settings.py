@@ -9,7 +9,7 @@ import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from reactive.errors import ConfigError
 
@@ -127,12 +127,26 @@ def aws_region() -> str:
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url reads
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def shown_redis_url() -> str:
+    """REDIS_URL as messages show it: without its password."""
+    return redact(redis_url())
+
+
 def redis_url() -> str:
     """REDIS_URL, checked: a typo is a configuration error (exit 1), not a Redis that does not answer."""
     url = str(env_or_setting("REDIS_URL", DEFAULT_REDIS_URL)).strip()
     if urlsplit(url).scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            f"REDIS_URL must be a redis://HOST:PORT/DB address (or rediss://, unix://), got {url!r}"
+            f"REDIS_URL must be a redis://HOST:PORT/DB address (or rediss://, unix://), got {redact(url)!r}"
         )
     return url
 
@@ -223,11 +237,8 @@ def _refuse_a_database_meant_for_another_site(client: str) -> None:
     """An environment that names other clients' databases (DATABASE_URL_<X>) but not this one's holds a
     DATABASE_URL meant for another site, the master's most likely (one Secret for every site): a client
     run on it would adopt the master's users as replicas and make their passwords unusable."""
-    others = sorted(
-        name
-        for name, value in os.environ.items()
-        if value and name.startswith("DATABASE_URL_") and name != client_database_variable(client)
-    )
+    names = {client_database_variable(other) for other in clients() if other != client}
+    others = sorted(name for name in names if os.environ.get(name))  # not DATABASE_URL_TEST and the like
     if others:
         raise ConfigError(
             f"{client_database_variable(client)} is not set while {', '.join(others)} "
@@ -248,7 +259,9 @@ def _key(name: str, development: str, debug: bool) -> str:
     if key and key != development:
         return key if debug else _production_key(name, key)
     if not debug:
-        raise ConfigError(f"{name} is not set; the development key is refused when DEBUG is off")
+        raise ConfigError(
+            f"{name} is not set (or is the development key); the development key is refused when DEBUG is off"
+        )
     foreign = [host for host in allowed_hosts() if host.lower() not in LOCAL_HOSTS]
     if foreign:
         raise ConfigError(

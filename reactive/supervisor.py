@@ -194,7 +194,14 @@ def listener_spec(client: str, *, once: bool = False, batch: int = 10, wait: flo
     argv = reactive_argv("listen", "--client", client, "--batch", str(batch), "--wait", str(wait))
     if once:
         argv.append("--once")
-    env = {"DJANGO_SETTINGS_MODULE": "client_site.settings", "REACTIVE_CLIENT": client, "DATABASE_URL": url}
+    # Its own variable too, which wins over DATABASE_URL: a child that inherits other clients'
+    # DATABASE_URL_<X> would otherwise take this plain URL for another site's (settings refuses that).
+    env = {
+        "DJANGO_SETTINGS_MODULE": "client_site.settings",
+        "REACTIVE_CLIENT": client,
+        "DATABASE_URL": url,
+        own: url,
+    }
     beat_file = heartbeat.child_file(client)
     if beat_file is not None:  # a file of its own: children sharing one would hide a stuck one
         env[heartbeat.VARIABLE] = str(beat_file)

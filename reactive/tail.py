@@ -102,7 +102,9 @@ async def follow(
         failures = [task.exception() for task in done if task is not stopped]
         for failure in failures:
             if isinstance(failure, ReceiveFailed):  # Redis went away: one line for the operator, exit 3
-                raise ServiceUnavailable(f"lost Redis at {settings.redis_url()}: {failure}") from failure
+                raise ServiceUnavailable(
+                    f"lost Redis at {settings.shown_redis_url()}: {failure}"
+                ) from failure
             if failure is not None:
                 raise failure
     finally:

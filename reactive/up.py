@@ -55,6 +55,7 @@ DEMO_ADMIN = ("admin", "admin")  # username and password of the master's admin: 
 # Signing keys a run that others can reach makes for itself when none are set: the development keys are in
 # this repository, and the sites refuse them for any host but this machine's (settings._key).
 RUN_KEYS = ("DJANGO_SECRET_KEY", "REACTIVE_SSO_KEY")
+ADMIN_ROTATED = "admin-password-rotated"  # in var/: a reachable run gave the demo admin a random password
 DEMO_PASSWORD = "demo"  # the demo users' password on the master (clients have no passwords: login links)
 LINK_REFRESH_SECONDS = 45  # login links live 60 s: the live view shows fresh ones
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -117,9 +118,12 @@ class UpOptions:
         --host address, or loopback when it is a wildcard (0.0.0.0, ::)."""
         return "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
 
-    @property
+    @functools.cached_property
     def exposed(self) -> bool:
-        """Whether the sites answer to a name other than this machine's loopback: others can reach them."""
+        """Whether others may reach the sites: bound to an address other than loopback (a request names
+        the Host it likes: "localhost" passes ALLOWED_HOSTS from anywhere), or answering to other names."""
+        if self.host not in settings.LOCAL_HOSTS:
+            return True
         return any(host not in settings.LOCAL_HOSTS for host in allowed_hosts(self.host))
 
     @property
@@ -366,7 +370,8 @@ def setup_master_django() -> None:
 
 
 def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
-    """alice, bob and carol (synced to every client) and an admin (staff: never synced); the ones created."""
+    """alice, bob and carol (synced to every client) and, when missing, an admin (staff: never synced);
+    the ones created."""
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -388,14 +393,30 @@ def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
             user.save(update_fields=["password"])
             created.append(username)
     name = DEMO_ADMIN[0]
-    admin = users.objects.filter(username=name).first()
-    if admin is None:
+    if not users.objects.filter(username=name).exists():
         users.objects.create_superuser(name, f"{name}@example.com", admin_password)
         created.append(name)
-    elif not admin.check_password(admin_password):  # this run's (a run reachable by others sets its own)
-        admin.set_password(admin_password)
-        admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
     return created
+
+
+def settle_admin_password(var_dir: Path, exposed: bool, password: str) -> bool:
+    """The demo admin's password for this run, whether or not --demo: a run others can reach gives it a
+    fresh random one (admin/admin on a LAN is an open door) and leaves a mark; the next loopback run finds
+    the mark and gives back admin/admin. Otherwise the password is left as its owner set it. Returns
+    whether it was changed."""
+    from django.contrib.auth import get_user_model
+
+    mark = var_dir / ADMIN_ROTATED
+    admin = get_user_model().objects.filter(username=DEMO_ADMIN[0]).first()
+    if admin is None or not (exposed or mark.exists()):
+        return False
+    admin.set_password(password)
+    admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
+    if exposed:
+        mark.touch(mode=0o600)
+    else:
+        mark.unlink()
+    return True
 
 
 def login_link(username: str, client: str) -> str:
@@ -560,12 +581,21 @@ def run_environment(options: UpOptions) -> dict[str, str]:
     }
 
 
+def _narrow(var_dir: Path) -> None:
+    """A var directory of this user's that others can read (an earlier release made it 0755; the master's
+    SQLite file holds password hashes, up.env keys) becomes this user's alone."""
+    status = var_dir.stat()
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+        var_dir.chmod(0o700)
+
+
 def lock_var_dir(var_dir: Path) -> int:
     """An exclusive lock on ``var_dir`` for as long as the returned descriptor is open (ConfigError when
     another run holds it). Two runs on one directory would share its databases, queues and Redis, and the
     second would overwrite the first's up.env, then delete it on stopping."""
     try:
         var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # databases, logs, keys: this user's alone
+        _narrow(var_dir)
     except OSError as exc:  # --var names a file, or a place this user cannot write
         raise ConfigError(f"--var {var_dir}: cannot use it as the run's folder: {exc}") from exc
     descriptor = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -619,6 +649,7 @@ class Up:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._var_lock: int | None = None  # the descriptor holding LOCK_FILE while this run owns var_dir
+        self.admin_shown = options.demo  # the admin's password is in the hints (demo, or set for this run)
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, kind: str, text: str, **data: Any) -> None:
@@ -691,6 +722,9 @@ class Up:
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
         created = seed_demo_users(options.admin_password) if options.demo else []
+        if settle_admin_password(options.var_dir, options.exposed, options.admin_password):
+            self.admin_shown = True
+            self.emit("phase", "the master's admin password set for this run (shown when ready)")
         if created:
             self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
         if self.moto_port and not created:
@@ -905,7 +939,7 @@ class Up:
             log_dir=str(self.options.log_dir),
             env_file=str(self.options.var_dir / ENV_FILE),
             admin={"username": DEMO_ADMIN[0], "password": self.options.admin_password}
-            if self.options.demo
+            if self.options.demo or self.admin_shown
             else None,
             demo_password=DEMO_PASSWORD if self.options.demo else None,
         )

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Max
@@ -38,6 +37,7 @@ from reactive import capture, settings
 from reactive.errors import ConfigError, ReactiveError, ServiceUnavailable, UsageError
 from reactive.outbox import TOPIC, OutboxEvent
 from reactive.resync import advance_key, last_issued_key, tracking
+from reactive.settings import redact
 
 MASTER_ALIAS = "reactive_verify_master"
 REPLICA_ALIAS = "reactive_verify_replica"
@@ -265,12 +265,3 @@ def connection_settings(side: str, url: str) -> dict[str, Any]:
             raise ConfigError(f"no {side} database at {config['NAME']}")
         config["OPTIONS"] = {"timeout": 20}
     return dict(connections.configure_settings({"default": config})["default"])
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -621,3 +621,20 @@ def test_reactive_beat_stopped_while_it_waits_for_redis_exits_0(tmp_path: Path, 
         code = stop_beat(beat)
     assert code == 0, output.read_text()
     assert "Traceback" not in output.read_text()
+
+
+def test_a_redis_that_refuses_the_beat_is_a_configuration_error_not_an_outage_to_wait_out(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A database number out of range (or a wrong password, an ACL): Redis answers, and says no. Waiting
+    with a fresh heartbeat would hide the mistake behind a healthy-looking pod that never ticks."""
+    from reactive.errors import ConfigError
+    from reactive.heartbeat import Heartbeat
+
+    monkeypatch.setenv("REDIS_URL", redis_url.rsplit("/", 1)[0] + "/9999")
+
+    async def scenario() -> bool:
+        return await clock.wait_for_redis(asyncio.Event(), Heartbeat(tmp_path / "beat.alive"), lambda n: 0.01)
+
+    with pytest.raises(ConfigError, match="refuses the beat: ResponseError"):
+        run(scenario)

@@ -180,6 +180,8 @@ def test_a_client_whose_own_database_is_not_named_where_the_others_are_is_refuse
     monkeypatch.delenv("DATABASE_URL_ALPHA")
     monkeypatch.setenv("DATABASE_URL", "postgres://db.example/gamma-own")  # a container of its own
     assert settings.database_url("client", "gamma") == "postgres://db.example/gamma-own"
+    monkeypatch.setenv("DATABASE_URL_TEST", "postgres://db.example/test")  # no client's: CI, hosting
+    assert settings.database_url("client", "gamma") == "postgres://db.example/gamma-own"
 
 
 def test_a_var_folder_made_for_the_sqlite_files_is_this_users_alone(
@@ -200,3 +202,16 @@ def test_a_var_folder_made_for_the_sqlite_files_is_this_users_alone(
     monkeypatch.setenv("REACTIVE_VAR_DIR", str(shared))
     settings.django_database("master")
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+def test_redis_urls_in_messages_keep_no_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The beat's and tail's messages name the Redis they wait for: logs are read by more people than
+    hold the password."""
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@redis.example:6379/0")
+    assert settings.shown_redis_url() == "redis://:***@redis.example:6379/0"
+    monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0")
+    assert settings.shown_redis_url() == "redis://redis.example:6379/0"
+    monkeypatch.setenv("REDIS_URL", "http://user:s3cret@x/0")
+    with pytest.raises(ConfigError) as refused:
+        settings.redis_url()
+    assert "s3cret" not in str(refused.value)

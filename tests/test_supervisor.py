@@ -3,6 +3,7 @@ restarted with growing delays and reported; a stop ends every child, its own chi
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,6 +110,28 @@ def test_each_listener_gets_its_own_database_and_a_shared_one_is_refused(
     assert listener_spec("my-app").env["DATABASE_URL"] == "postgres://db/my_app"
     monkeypatch.setenv("DATABASE_URL", "postgres://db/{client}")
     assert listener_spec("beta").env["DATABASE_URL"] == "postgres://db/beta"
+
+
+def test_a_supervised_listener_reads_its_own_database_beside_other_clients_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """alpha on var/'s SQLite, beta on its own DATABASE_URL_BETA (as the README shows): alpha's child got
+    a plain DATABASE_URL beside DATABASE_URL_BETA, which its settings took for another site's and refused."""
+    from reactive import settings
+    from reactive.supervisor import listener_spec
+
+    for template in (None, "postgres://db/{client}"):
+        for name in [n for n in os.environ if n.startswith("DATABASE_URL")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("REACTIVE_VAR_DIR", str(tmp_path))
+        monkeypatch.setenv("DATABASE_URL_BETA", "postgres://db/beta-own")
+        if template:
+            monkeypatch.setenv("DATABASE_URL", template)
+        wanted = settings.database_url("client", "alpha")
+        for name, value in listener_spec("alpha").env.items():  # what the child starts with
+            monkeypatch.setenv(name, value)
+        assert settings.database_url("client", "alpha") == wanted
+        assert settings.database_url("client", "beta") == "postgres://db/beta-own"
 
 
 SUPERVISES_A_SLEEPER = """

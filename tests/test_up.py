@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,17 +241,40 @@ def test_a_run_others_can_reach_signs_with_keys_of_its_own_and_no_known_admin_pa
 
 
 @pytest.mark.django_db
-def test_the_demo_admin_gets_the_runs_password_each_run() -> None:
-    """A run reachable by others set a random one: the next run on loopback says admin / admin, and is."""
+def test_a_reachable_run_gives_the_admin_a_password_of_its_own_and_the_next_loopback_run_gives_it_back(
+    tmp_path: Path,
+) -> None:
+    """Whatever --demo says: an admin/admin from an earlier loopback run must not stay on a LAN. A password
+    the owner chose is left alone by loopback runs, unless a reachable run had changed it."""
     from django.contrib.auth import get_user_model
 
-    from reactive.up import seed_demo_users
+    from reactive.up import seed_demo_users, settle_admin_password
 
-    seed_demo_users("first-run-random")
-    assert get_user_model().objects.get(username="admin").check_password("first-run-random")
-    assert "admin" not in seed_demo_users()  # not created again: its password set
-    admin = get_user_model().objects.get(username="admin")
-    assert admin.check_password("admin") and admin.is_superuser
+    def admin() -> Any:
+        return get_user_model().objects.get(username="admin")
+
+    assert "admin" in seed_demo_users()
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin")  # nothing to do
+    assert settle_admin_password(tmp_path, exposed=True, password="lan-random")  # a --no-demo run too
+    assert admin().check_password("lan-random") and admin().is_superuser
+    assert settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert admin().check_password("admin")
+    chosen = admin()
+    chosen.set_password("the-owners-own")
+    chosen.save()
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert admin().check_password("the-owners-own")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.2"])
+def test_a_run_bound_beyond_loopback_is_exposed_whatever_names_it_answers_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str
+) -> None:
+    """A request names the Host it likes: "localhost" passes ALLOWED_HOSTS from the LAN too."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "localhost")
+    monkeypatch.setattr("reactive.up._outward_addresses", lambda: [])
+    assert options(tmp_path, host=host).exposed
+    assert not options(tmp_path).exposed
 
 
 # -- moto never takes a site's port -----------------------------------------------------------------------
@@ -366,15 +390,18 @@ def held_var(tmp_path: Path) -> Iterator[Path]:
     os.close(descriptor)
 
 
-def test_the_var_directory_up_makes_is_this_users_alone(tmp_path: Path) -> None:
-    """It holds the databases (password hashes), the logs and up.env (keys, credentials)."""
+def test_the_var_directory_up_uses_is_this_users_alone(tmp_path: Path) -> None:
+    """It holds the databases (password hashes), the logs and up.env (keys, credentials): made 0700, and
+    one an earlier release made 0755 is narrowed."""
     old = os.umask(0o022)
     try:
-        descriptor = lock_var_dir(tmp_path / "var")
+        os.close(lock_var_dir(tmp_path / "var"))
+        (tmp_path / "earlier").mkdir(mode=0o755)
+        os.close(lock_var_dir(tmp_path / "earlier"))
     finally:
         os.umask(old)
-    os.close(descriptor)
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "earlier").stat().st_mode) == 0o700
 
 
 def test_a_second_up_on_the_same_var_directory_is_refused_before_it_touches_anything(
