@@ -67,8 +67,11 @@ def k8s_env(workload: dict[str, Any]) -> dict[str, str]:
 
 
 def compose_services() -> dict[str, dict[str, Any]]:
-    """The services as docker compose reads them with no compose/.env: ``${VAR:-default}`` gives its default."""
-    text = re.sub(r"\$\{[A-Z_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", COMPOSE.read_text())
+    """The services as docker compose reads them with no compose/.env: ``${VAR:-default}`` gives its default,
+    nested ones (``${A:-x${B:-y}}``) from the inside out."""
+    text, before = COMPOSE.read_text(), ""
+    while text != before:
+        before, text = text, re.sub(r"\$\{[A-Z_]+(?::?-([^${}]*))?\}", lambda m: m.group(1) or "", text)
     return dict(yaml.safe_load(text)["services"])
 
 
