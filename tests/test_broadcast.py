@@ -212,6 +212,97 @@ def test_a_sessions_end_closes_that_sessions_sockets_only(monkeypatch: pytest.Mo
     assert other_session.frames == no_session.frames == other_user.frames == [tick]
 
 
+def test_a_socket_leaving_while_an_end_closes_the_others_does_not_stop_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One close waits (a paused transport); meanwhile another socket of the user leaves (the tab that
+    signed out navigates away). The end looked the leaver up afterwards: KeyError, the loop rejoined, and
+    the user's third socket was never closed."""
+    layer = FlakyLayer()
+    layer.failed = True
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    slow, leaving, third = Socket(), Socket(), Socket()
+
+    async def scenario() -> fanout.LocalBroadcast:
+        group = fanout.broadcast("clock", identity, ends)
+
+        async def slow_close(frame: dict[str, Any]) -> None:
+            group.leave(leaving)  # the other tab goes while this close waits
+            await asyncio.sleep(0.01)
+            slow.frames.append(frame)
+
+        try:
+            for socket, send in ((slow, slow_close), (leaving, leaving.send), (third, third.send)):
+                await group.join(socket, send, user="7", session="s1")
+            await group.end("7", 4001, "s1")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+        return group
+
+    group = run(scenario)
+    assert slow.frames == third.frames == [{"type": "websocket.close", "code": 4001}]
+    assert not group.sockets and len(layer.adds) == 2  # one join, no rejoin
+
+
+def test_a_message_of_another_kind_on_the_process_channel_is_dropped_not_fanned_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A newer release's message in a rolling deploy: the encoder cannot read it; it was sent as a tick
+    (KeyError), and the loop that receives the ticks rejoined, ticks paused, every user audited."""
+    from client_site.web.consumers import clock_frame
+
+    layer = FlakyLayer()
+    layer.failed = True
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    socket = Socket()
+
+    async def scenario() -> None:
+        group = fanout.broadcast("clock", clock_frame)
+        try:
+            await group.join(socket, socket.send)
+            await layer.queue.put({"type": "something.new", "user": "7"})
+            await layer.queue.put({"type": "clock.tick", "user": "7"})  # a tick it cannot read either
+            await layer.queue.put({**FRAME})
+            await until(lambda: socket.frames, what="the tick")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+
+    run(scenario)
+    assert [json.loads(frame["text"])["time"] for frame in socket.frames] == ["03:04:05"]
+    assert len(layer.adds) == 1  # no rejoin
+
+
+def test_a_socket_of_a_session_that_ended_moments_before_it_joined_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its handshake read the session before the sign-out committed, and it joined after the end went by;
+    the audits ask about accounts, not sessions, so nothing else would close it."""
+    layer = FlakyLayer()
+    layer.failed = True
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    first, late, other = Socket(), Socket(), Socket()
+
+    async def scenario() -> None:
+        group = fanout.broadcast("clock", identity, ends)
+        try:
+            await group.join(first, first.send, user="7", session="s2")
+            await layer.queue.put({"type": "end", "user": "7", "code": 4001, "session": "s1"})
+            await until(lambda: "s1" in group.recent_session_ends, what="the end")
+            await group.join(late, late.send, user="7", session="s1")
+            await group.join(other, other.send, user="7", session="s2")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+
+    run(scenario)
+    assert late.frames == [{"type": "websocket.close", "code": 4001}]
+    assert first.frames == other.frames == []
+
+
 class RealLayer:
     """The test's channels-redis layer, its group_add recorded and its failures staged on demand."""
 

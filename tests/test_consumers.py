@@ -18,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, transaction
 
-from client_site.web import consumers, epochs, freshness, leavers
+from client_site.web import consumers, epochs, freshness, leavers, origins
 from client_site.web.broadcast import broadcast
 from client_site.web.consumers import clock_frame
 from reactive import clock, groups
@@ -42,9 +42,13 @@ def application() -> Any:
 
 
 def communicator(
-    path: str, cookie: str | None = None, origin: str = ORIGIN, host: str = "testserver"
+    path: str,
+    cookie: str | None = None,
+    origin: str = ORIGIN,
+    host: str = "testserver",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> WebsocketCommunicator:
-    headers = [(b"origin", origin.encode()), (b"host", host.encode())]
+    headers = [(b"origin", origin.encode()), (b"host", host.encode()), *extra]
     if cookie:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     return WebsocketCommunicator(application(), path, headers=headers)
@@ -86,9 +90,13 @@ async def on_clock(cookie: str) -> WebsocketCommunicator:
 
 
 async def refused(
-    path: str, cookie: str | None = None, origin: str = ORIGIN, host: str = "testserver"
+    path: str,
+    cookie: str | None = None,
+    origin: str = ORIGIN,
+    host: str = "testserver",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bool:
-    ws = communicator(path, cookie, origin, host)
+    ws = communicator(path, cookie, origin, host, extra)
     connected, _ = await ws.connect(timeout=5)
     # A refused consumer's layer receive can linger in a blocking Redis read: do not wait for it.
     await ws.disconnect(timeout=0.2)
@@ -285,8 +293,9 @@ def test_refused_without_session_in_another_room_or_from_another_origin(alice: A
 def test_a_page_of_a_sibling_site_on_the_same_host_is_refused(alice: Any, settings: Any) -> None:
     """`reactive up` serves every site on one host (a port each), and sites may share ALLOWED_HOSTS: the
     host check alone let beta's page (localhost:8002) open alpha's /ws/ (localhost:8000) with the
-    browser's cookies for localhost. The Origin must be the socket's own origin, or a trusted one."""
-    settings.CSRF_TRUSTED_ORIGINS = ["https://localhost:9443"]  # a proxy in front that rewrites Host
+    browser's cookies for localhost. The Origin must be the socket's own origin (scheme, host, port), as
+    Django's CSRF check asks of a form, or a trusted one; a malformed one is refused, not a 500."""
+    settings.CSRF_TRUSTED_ORIGINS = ["https://localhost:9443", "https://*.example.com"]
     cookie = session_cookie(alice)
     here = "localhost:8000"  # localhost and 127.0.0.1 are both in ALLOWED_HOSTS
 
@@ -295,9 +304,12 @@ def test_a_page_of_a_sibling_site_on_the_same_host_is_refused(alice: Any, settin
             "sibling port": await refused("/ws/", cookie, "http://localhost:8002", here),
             "sibling clock": await refused("/time/tic/", cookie, "http://localhost:8002", here),
             "another allowed host": await refused("/ws/", cookie, "http://127.0.0.1:8000", here),
+            "another scheme": await refused("/ws/", cookie, "https://localhost:8000", here),
+            "malformed origin": await refused("/ws/", cookie, "http://[::1", here),
+            "null origin": await refused("/ws/", cookie, "null", here),
             "no host header": await refused("/ws/", cookie, "http://localhost:8000", ""),
             "own origin": await refused("/ws/", cookie, "http://localhost:8000", here),
-            "own origin, default port": await refused("/ws/", cookie, "https://localhost", "localhost"),
+            "own origin, default port": await refused("/ws/", cookie, "http://localhost", "localhost"),
             "trusted origin": await refused("/ws/", cookie, "https://localhost:9443", here),
         }
 
@@ -305,11 +317,35 @@ def test_a_page_of_a_sibling_site_on_the_same_host_is_refused(alice: Any, settin
         "sibling port": True,
         "sibling clock": True,
         "another allowed host": True,
+        "another scheme": True,
+        "malformed origin": True,
+        "null origin": True,
         "no host header": True,
         "own origin": False,
         "own origin, default port": False,
         "trusted origin": False,
     }
+    # A wildcard entry as Django reads it (the host must still be in ALLOWED_HOSTS for Channels' check).
+    scope = {"headers": [(b"origin", b"https://a.example.com"), (b"host", here.encode())]}
+    assert origins.same_origin(scope)
+    scope["headers"][0] = (b"origin", b"https://a.example.org")
+    assert not origins.same_origin(scope)
+
+
+def test_behind_a_tls_proxy_the_socket_is_https_as_the_proxy_says(alice: Any, settings: Any) -> None:
+    """DJANGO_SECURE_PROXY: the proxy's X-Forwarded-Proto is the handshake's scheme, as for forms: a page
+    served over https is the socket's own origin, one over plain http (injected on the way) is not."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    cookie = session_cookie(alice)
+    proxied = ((b"x-forwarded-proto", b"https"),)
+
+    async def scenario() -> dict[str, bool]:
+        return {
+            "https page": await refused("/ws/", cookie, "https://localhost", "localhost", proxied),
+            "http page": await refused("/ws/", cookie, "http://localhost", "localhost", proxied),
+        }
+
+    assert run(scenario) == {"https page": False, "http page": True}
 
 
 @pytest.mark.parametrize("username", ["a.b+c-d@example.com", "x" * 150, "ünïcødé_1"])

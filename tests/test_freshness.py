@@ -295,3 +295,32 @@ def test_every_socket_gets_a_heartbeat_each_round_whatever_the_database_says(
 
     beating = asyncio.run(scenario())
     assert beating is not None and beating.cancelled()
+
+
+def test_a_socket_that_stopped_reading_does_not_hold_back_the_others_heartbeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its send waits (up to its own timeout); the others' go out beside it, not after it."""
+    monkeypatch.setattr(freshness, "HEARTBEAT_SECONDS", 0.01)
+    stuck, healthy = Socket("17", 3), [Socket("18", 1), Socket("19", 1)]
+    release = asyncio.Event()
+
+    async def never_drains() -> None:
+        stuck.heartbeats += 1
+        await release.wait()
+
+    stuck.heartbeat = never_drains  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        watch = Freshness()
+        watch.add("1", stuck)  # first in the pass
+        for index, socket in enumerate(healthy):
+            watch.add(str(index + 2), socket)
+        watch.task.cancel()  # the check is not under test
+        await until(lambda: all(s.heartbeats for s in healthy), what="the healthy sockets' heartbeats")
+        release.set()
+        for socket in (stuck, *healthy):
+            watch.discard("1" if socket is stuck else str(healthy.index(socket) + 2), socket)
+
+    asyncio.run(scenario())
+    assert stuck.heartbeats == 1

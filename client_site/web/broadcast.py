@@ -84,6 +84,8 @@ class LocalBroadcast:
         self.task: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
         self.recent_ends: dict[str, float] = {}  # user -> when an end of theirs came (loop time)
+        # session tag -> (close code, when): a socket of that session that joins soon after is closed too
+        self.recent_session_ends: dict[str, tuple[int, float]] = {}
         self.unaudited: set[str] = set()  # users to ask the database about (again, if it was down)
         self.audits: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.audit_failures = FailureStreak(f"broadcast {group}: checking accounts for missed ends", log)
@@ -105,6 +107,11 @@ class LocalBroadcast:
         if user is not None and self._ended_lately(user):
             self.unaudited.add(user)
             self.audit()
+        ended = self.recent_session_ends.get(session) if session is not None else None
+        if user is not None and ended is not None and self._recent(ended[1]):
+            # Its handshake read the session before the sign-out committed, and joined after its end went
+            # by: no audit would find it (they ask about accounts, not sessions).
+            await self.end(user, ended[0], session)
 
     def leave(self, key: object) -> None:
         self.sockets.pop(key, None)
@@ -122,9 +129,12 @@ class LocalBroadcast:
         keys = [
             k for k in self.sockets_of.get(user, ()) if session is None or self.sessions.get(k) == session
         ]
+        # All leave first, before any close frame (no message goes after it) and before any await: a
+        # socket that leaves while another's close waits is then no longer looked up.
+        sends = [self.sockets[key] for key in keys]
         for key in keys:
-            send = self.sockets[key]
-            self.leave(key)  # before the close frame: no message goes after it
+            self.leave(key)
+        for send in sends:
             # The server then tells the socket's consumer (websocket.disconnect), which cleans up as usual.
             with contextlib.suppress(Exception):  # gone already, or stuck: either way it is out
                 async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
@@ -133,13 +143,24 @@ class LocalBroadcast:
 
     def _ended_lately(self, user: str) -> bool:
         when = self.recent_ends.get(user)
-        return when is not None and asyncio.get_running_loop().time() - when <= RECENT_END_SECONDS
+        return when is not None and self._recent(when)
 
-    def _remember_end(self, user: str) -> None:
+    @staticmethod
+    def _recent(when: float) -> bool:
+        return asyncio.get_running_loop().time() - when <= RECENT_END_SECONDS
+
+    def _remember_end(self, end: End) -> None:
         now = asyncio.get_running_loop().time()
         for old in [u for u, when in self.recent_ends.items() if now - when > RECENT_END_SECONDS]:
             del self.recent_ends[old]
-        self.recent_ends[user] = now
+        for old in [
+            t for t, (_, when) in self.recent_session_ends.items() if now - when > RECENT_END_SECONDS
+        ]:
+            del self.recent_session_ends[old]
+        if end.session is None:
+            self.recent_ends[end.user] = now
+        else:
+            self.recent_session_ends[end.session] = (end.code, now)
 
     def audit(self) -> None:
         """Ask the database, in the background, about the users in ``unaudited`` that still have sockets
@@ -172,11 +193,17 @@ class LocalBroadcast:
         if self.ends is not None and message.get("type") in self.ends.types:
             ended = self.ends.read(message)
             if ended is not None:
-                if ended.session is None:  # an account's end, which a handshake under way may have missed
-                    self._remember_end(ended.user)
+                self._remember_end(ended)  # for a handshake under way, which may have missed it
                 await self.end(ended.user, ended.code, ended.session)
             return
-        await self.deliver(message)
+        try:
+            frame = self.encode(message)
+        except (KeyError, TypeError, ValueError):
+            # Another kind of message on the process channel (a newer release's, in a rolling deploy):
+            # dropped, not fanned out, and never the end of the loop that receives the ticks.
+            log.debug("broadcast %s: dropped a %r message", self.group, message.get("type"))
+            return
+        await self.deliver(message, frame)
 
     async def _add(self, layer: Any, channel: str) -> None:
         """Put the process's channel in the group (and the ends group, if any): group_add is idempotent."""
@@ -246,7 +273,7 @@ class LocalBroadcast:
                 failing.succeeded()
                 self.audit()
 
-    async def deliver(self, message: dict[str, Any]) -> int:
+    async def deliver(self, message: dict[str, Any], encoded: dict[str, Any] | None = None) -> int:
         """Write one message to every socket; returns how many took it.
 
         A healthy socket's send completes without suspending; it only waits when the socket's buffer is
@@ -254,7 +281,8 @@ class LocalBroadcast:
         can only ever interrupt such a waiting send: that socket leaves the fan-out, the others go on,
         and no timer is paid per socket.
         """
-        frame = {"type": "websocket.send", "text": json.dumps(self.encode(message))}
+        body = self.encode(message) if encoded is None else encoded
+        frame = {"type": "websocket.send", "text": json.dumps(body)}
         targets = list(self.sockets.items())
         loop = asyncio.get_running_loop()
         delivered = index = 0

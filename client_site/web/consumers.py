@@ -420,6 +420,9 @@ class UserConsumer(PushOnly):
 
 
 def clock_frame(message: dict[str, Any]) -> dict[str, Any]:
+    """The page's frame of a tick; ValueError for any other message (the fan-out drops it)."""
+    if message.get("type") != groups.CLOCK_TICK:
+        raise ValueError(f"not a clock tick: {message.get('type')!r}")
     frame = {"type": groups.CLOCK_TICK, "time": message["time"], "iso": message["iso"]}
     if isinstance(message.get("zone"), str):  # a beat of an earlier release sends none
         frame["zone"] = message["zone"]

@@ -18,7 +18,7 @@ def current_profile(user: Any) -> dict[str, Any]:
 
 
 def profile_by_pk(local_pk: Any) -> dict[str, Any] | None:
-    user = get_user_model()._default_manager.filter(pk=local_pk).first()
+    user = get_user_model()._base_manager.filter(pk=local_pk).first()
     return None if user is None else current_profile(user)
 
 
@@ -45,7 +45,8 @@ def ended_accounts(local_pks: list[str]) -> dict[str, str]:
     fields = ["pk", "is_active"] if any(f.name == "is_active" for f in model._meta.fields) else ["pk"]
     active: dict[str, bool] = {}
     for start in range(0, len(local_pks), CHUNK):
-        rows = model._default_manager.filter(pk__in=local_pks[start : start + CHUNK]).values_list(*fields)
+        # _base_manager: a default manager that hides inactive rows would make them look deleted
+        rows = model._base_manager.filter(pk__in=local_pks[start : start + CHUNK]).values_list(*fields)
         active.update((str(row[0]), bool(row[-1]) if len(row) > 1 else True) for row in rows)
     return {
         user: groups.DISABLED if user in active else groups.REMOVED
@@ -60,7 +61,7 @@ def profiles_by_pk(local_pks: list[str]) -> dict[str, dict[str, Any]]:
     for start in range(0, len(local_pks), CHUNK):
         chunk = local_pks[start : start + CHUNK]
         versions = replica_versions(chunk)
-        for user in get_user_model()._default_manager.filter(pk__in=chunk):
+        for user in get_user_model()._base_manager.filter(pk__in=chunk):
             key, version = versions.get(str(user.pk), ("", 0))
             profiles[str(user.pk)] = profile_of(user, key, version)
     return profiles

@@ -373,6 +373,7 @@ def test_a_sign_out_in_another_tab_ends_this_ones_signed_out_with_nothing_person
         expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
     expect(home.locator("#email")).to_have_text("")
     expect(home.locator("#first-name")).to_have_text("")
+    assert "sol@corp" not in home.content()  # nor in the page's initial state, for Inspect to show
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@
   // The sign-out check (a refused handshake: is the session gone?) waits this long at most, and its "still
   // signed in" is trusted this long: refused handshakes during an outage do not each cost a request.
   const PROBE_TIMEOUT_MS = 5000;
-  const PROBE_TRUSTED_MS = 30000;
+  const PROBE_TRUSTED_MS = 10000;
   // The server going away (1001), restarting (1012) or overloaded (1013) closes every page at once: their
   // first reconnect is spread over this long, not all in the same half second.
   const SPREAD_CODES = [1001, 1012, 1013];
@@ -181,10 +181,10 @@
       this.retry();
     }
 
-    // spreadMs: the first retry after the server closed every page at once waits up to that long.
+    // spreadMs: a retry after the server closed every page at once waits up to that long at least.
     retry(spreadMs = 0) {
       let delay = backoffDelay(this.attempt, Math.random);
-      if (spreadMs > 0 && this.attempt === 0) delay = Math.max(delay, Math.round(Math.random() * spreadMs));
+      if (spreadMs > 0) delay = Math.max(delay, Math.round(Math.random() * spreadMs));
       this.attempt += 1;
       this.setState("reconnecting", "offline, reconnecting in " + Math.ceil(delay / 1000) + " s");
       this.timer = window.setTimeout(() => this.connect(), delay);

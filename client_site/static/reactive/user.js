@@ -24,6 +24,9 @@
   // Signed out, disabled or removed: the page keeps no personal data on screen (a shared machine).
   function forget() {
     ["first-name", "full-first-name", "last-name", "username", "email", "version"].forEach((id) => setText(id, ""));
+    const initial = document.getElementById("initial-profile");
+    if (initial) initial.remove();
+    shown = { key: shown.key, version: shown.version };
   }
 
   function showNotice(text) {
