@@ -46,13 +46,16 @@ from reactive.errors import (
 )
 from reactive.events import USER_MODEL, Event, decode
 from reactive.heartbeat import Heartbeat
-from reactive.replica import Outcome, ReplicaState, apply_batch
+from reactive.replica import Outcome, ReplicaState, apply_batch, apply_held_renames
 from reactive.transport.base import BATCH_LIMIT, ReceivedMessage, Transport
 
 log = logging.getLogger("reactive.listener")
 Notifier = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Any]
 ONCE_WAIT_SECONDS = 1  # --once drains what is visible now; it never waits a full long poll
 ACK_LINGER_SECONDS = 5.0
+# A rename onto a name a local account holds waits for that account to go (replica.apply_held_renames): one
+# indexed query this often, in the loop, between polls.
+HELD_RENAMES_CHECK_SECONDS = 60.0
 # Users whose latest profile waits for the channel layer, at most: past it the oldest are given up (one
 # warning), and those pages catch up when they reconnect. Some 10,000 small dicts: a few megabytes.
 UNNOTIFIED_LIMIT = 10_000
@@ -168,6 +171,7 @@ class Listener:
         self._unacked: list[str] = []
         self._unacked_since = 0.0
         self.heartbeat = heartbeat if heartbeat is not None else Heartbeat.configured(self.client)
+        self._held_checked_at = -HELD_RENAMES_CHECK_SECONDS  # the first round looks at once
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -206,6 +210,7 @@ class Listener:
                 wait = min(self.wait, ONCE_WAIT_SECONDS) if once else self.wait
                 try:
                     self.unnotified.send()  # what the channel layer did not take before
+                    self._apply_held_renames_if_due()
                     totals.acked += self._ack_if_due()
                     report = self.poll(wait=self._wait_with_acks_pending(wait))
                 except _PollInterrupted:
@@ -387,6 +392,14 @@ class Listener:
                 "could not delete a processed message (it will be redelivered, harmlessly): %s", reason
             )
         return len(result.succeeded)
+
+    def _apply_held_renames_if_due(self) -> None:
+        """Every HELD_RENAMES_CHECK_SECONDS: names a local account held, free now, go to their replicas."""
+        now = time.monotonic()
+        if now - self._held_checked_at < HELD_RENAMES_CHECK_SECONDS:
+            return
+        self._held_checked_at = now
+        self.unnotified.send(apply_held_renames(self.using))
 
     def _still_current(self, profiles: Profiles) -> Profiles:
         """Those of ``profiles`` (by local pk) whose user's replica has not moved past their version since:

@@ -24,6 +24,7 @@ from django.db import (
     models,
     transaction,
 )
+from django.db.models import Q
 from django.utils import timezone
 
 from reactive.capture import DEFAULT_USER_FIELDS
@@ -46,11 +47,20 @@ class ReplicaState(models.Model):
     deleted = models.BooleanField(default=False)
     local_pk = models.CharField(max_length=64, null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The master's name for this user, not applied: a local account of this client holds it. Given to the
+    # row once that account lets it go (apply_held_renames), or by the user's next event.
+    held_username = models.CharField(max_length=150, blank=True, default="")
 
     class Meta:
         app_label = "reactive"
         constraints = [models.UniqueConstraint(fields=["model", "key"], name="reactive_replica_model_key")]
-        indexes = [models.Index(fields=["model", "local_pk"], name="reactive_replica_local")]
+        indexes = [
+            models.Index(fields=["model", "local_pk"], name="reactive_replica_local"),
+            # Few rows ever hold a name: the periodic look for them reads only those.
+            models.Index(
+                fields=["held_username"], name="reactive_replica_held", condition=~Q(held_username="")
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model} {self.key} v{self.version}{' (deleted)' if self.deleted else ''}"
@@ -132,6 +142,7 @@ class _Known:
     def __init__(self, events: Sequence[Event], using: str) -> None:
         self.using = using
         self.states: dict[tuple[str, str], ReplicaState] = {}
+        self.held: dict[tuple[str, str], str] = {}  # (model, state key) -> the name a local account holds
         self.rows: dict[tuple[str, str], models.Model] = {}
         keys: dict[str, set[str]] = {}
         for event in events:
@@ -197,21 +208,30 @@ def _apply(event: Event, known: _Known) -> Outcome:
         row = _upsert(model, state, event, known)
         profile = profile_of(row, event.key, event.version)
         local_pk = removed_pk = str(row.pk)
-    state = _write_state(state, event, local_pk, known.using)
+    held = known.held.pop((event.model, state_key(event)), "")
+    state = _write_state(state, event, local_pk, known.using, held)
     known.remember(event, state, row)
     return Outcome(event, "applied", profile=profile, local_pk=removed_pk)
 
 
-def _write_state(state: ReplicaState | None, event: Event, local_pk: str | None, using: str) -> ReplicaState:
+def _write_state(
+    state: ReplicaState | None, event: Event, local_pk: str | None, using: str, held: str = ""
+) -> ReplicaState:
     deleted = event.action == "delete"
     if state is None:
         return ReplicaState.objects.using(using).create(
-            model=event.model, key=state_key(event), version=event.version, deleted=deleted, local_pk=local_pk
+            model=event.model,
+            key=state_key(event),
+            version=event.version,
+            deleted=deleted,
+            local_pk=local_pk,
+            held_username=held,
         )
     changes = {
         "version": event.version,
         "deleted": deleted,
         "local_pk": local_pk,
+        "held_username": held,  # an event that brought its name (or another name) ends the hold
         "updated_at": timezone.now(),
     }
     ReplicaState.objects.using(using).filter(pk=state.pk).update(**changes)
@@ -305,6 +325,7 @@ def _resolve_holder(
             # user too, a disable included (it stayed active here): the rest applies, the name waits.
             values.pop("username", None)
             _held_rename(event, instance, name)
+            known.held[(event.model, state_key(event))] = name
             return instance, False
         raise ApplyError(
             f"username {name!r} is held by a local staff user; rename or delete it on this client"
@@ -349,6 +370,32 @@ def _held_rename(event: Event, instance: models.Model, wanted: str) -> None:
         getattr(instance, "username", ""),
         held_renames,
     )
+
+
+def apply_held_renames(using: str = "default") -> list[tuple[str, dict[str, Any]]]:
+    """Give held names to their replicas where no one holds them any more (the local account was renamed
+    or deleted); returns (local pk, profile) of each renamed user, to notify once committed."""
+    renamed: list[tuple[str, dict[str, Any]]] = []
+    model = resolve_model(USER_MODEL)
+    manager = model._default_manager.using(using)
+    with transaction.atomic(using=using):
+        states = (
+            ReplicaState.objects.using(using)
+            .select_for_update()
+            .filter(model=USER_MODEL, deleted=False)
+            .exclude(held_username="")
+            .order_by("key")
+        )
+        for state in states:
+            row = manager.filter(pk=state.local_pk).first() if state.local_pk else None
+            if row is None or manager.filter(username=state.held_username).exclude(pk=row.pk).exists():
+                continue  # still held (or the row is gone: its next event decides)
+            row.username = state.held_username
+            row.save(using=using, update_fields=["username"])
+            ReplicaState.objects.using(using).filter(pk=state.pk).update(held_username="")
+            log.info("key %s: the held name %r is free now and given to its replica", state.key, row.username)
+            renamed.append((str(row.pk), profile_of(row, state.key, state.version)))
+    return renamed
 
 
 def _linked(live: models.QuerySet[ReplicaState], row: models.Model) -> bool:

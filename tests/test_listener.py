@@ -597,3 +597,19 @@ def test_aws_out_of_reach_at_start_up_is_waited_out_not_an_exit(memory, monkeypa
     stopping = make_listener(memory)
     monkeypatch.setattr(stopping.heartbeat, "pause", lambda stop, seconds: True)  # SIGTERM during the wait
     assert stopping.run().received == 0
+
+
+def test_the_listener_gives_a_held_name_to_its_replica_once_free_and_pushes_it(memory) -> None:  # type: ignore[no-untyped-def]
+    """Between polls, and at its start: the local account that held the name was deleted meanwhile."""
+    from reactive.replica import ReplicaState, apply
+
+    users = User
+    local = users.objects.create_user("ops")
+    apply(Event(model="auth.user", action="insert", key="5", version=1, data={"username": "bob"}))
+    apply(Event(model="auth.user", action="update", key="5", version=2, data={"username": "ops"}))
+    local.delete()
+    pushed = Recorder()
+    make_listener(memory, pushed).run(once=True)
+    replica = users.objects.get(username="ops")
+    assert ReplicaState.objects.get(key="5").held_username == ""
+    assert [(pk, profile["username"]) for pk, profile in pushed.sent] == [(str(replica.pk), "ops")]

@@ -396,3 +396,31 @@ def test_through_the_listener_a_held_rename_and_a_disable_are_acked_not_left_for
     assert (totals.applied, totals.failed, totals.acked) == (3, 0, 3)
     assert not User.objects.get(username="bob").is_active and User.objects.get(username="ops").is_active
     assert memory.depth(f"{listener.queue}-dlq").visible == 0
+
+
+def test_a_held_name_is_kept_and_given_to_the_replica_once_the_local_account_lets_it_go() -> None:
+    """The user may never change again on the master: the held name is kept on the replica's state, and
+    given to it once no one holds it here (the local account renamed or deleted); the profile to push is
+    returned. Until then nothing moves; an event that brings the name itself ends the hold."""
+    from reactive.replica import apply_held_renames
+
+    local = User.objects.create_user("ops")
+    apply(ev("insert", "5", 1, username="bob"))
+    apply(ev("update", "5", 2, username="ops", first_name="Robert"))
+    assert ReplicaState.objects.get(key="5").held_username == "ops"
+    assert apply_held_renames() == []  # still the local account's
+    local.username = "ops-local"
+    local.save()
+    renamed = apply_held_renames()
+    bob = User.objects.get(first_name="Robert")
+    assert bob.username == "ops" and ReplicaState.objects.get(key="5").held_username == ""
+    assert renamed == [(str(bob.pk), {**renamed[0][1], "username": "ops", "key": "5", "version": 2})]
+    assert apply_held_renames() == []
+
+    User.objects.create_user("carol-local")
+    apply(ev("insert", "6", 3, username="carol"))
+    apply(ev("update", "6", 4, username="carol-local"))
+    assert ReplicaState.objects.get(key="6").held_username == "carol-local"
+    apply(ev("update", "6", 5, username="caroline"))  # renamed again on the master: the hold ends
+    assert ReplicaState.objects.get(key="6").held_username == ""
+    assert User.objects.filter(username="caroline").exists()
