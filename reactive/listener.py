@@ -263,14 +263,15 @@ class Listener:
                     return None
 
     def _require_schema(self) -> None:
-        """A database without the replica's tables: no retry mends that, a migration does, so stop here.
+        """A database without the replica's tables (or a column a later release added): no retry mends
+        that, a migration does, so stop here.
 
         Any other database error (an outage) is left to the loop, which retries it with backoff.
         """
         from django.contrib.auth import get_user_model
 
         try:
-            ReplicaState.objects.using(self.using).exists()
+            list(ReplicaState.objects.using(self.using)[:1])  # every column: a later migration's too
             get_user_model()._default_manager.using(self.using).exists()
         except DatabaseError as exc:
             if is_missing_schema(exc):

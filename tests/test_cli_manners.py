@@ -134,6 +134,27 @@ def test_a_listener_on_a_database_never_migrated_stops_at_once_and_says_how_to_m
     )
 
 
+def test_a_listener_on_a_database_one_migration_behind_stops_at_once_too(
+    provisioned: dict[str, str], tmp_path: Path
+) -> None:
+    """An upgrade whose migrate step was skipped: the tables are there, a column is not. Every batch would
+    fail (to the DLQ, in the end) while the listener looked alive."""
+    env = {**provisioned, "DATABASE_URL": "", "DATABASE_URL_ALPHA": ""}
+    django = {**os.environ, **env, "REACTIVE_VAR_DIR": str(tmp_path / "var")}
+    django.update(DJANGO_SETTINGS_MODULE="client_site.settings", REACTIVE_CLIENT="alpha")
+    for target in ([], ["reactive", "0001"]):  # all, then one step back
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--noinput", *target],
+            env=django,
+            check=True,
+            timeout=120,
+        )
+    done = reactive("listen", "--client", "alpha", "--wait", "1", env=env, tmp_path=tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "is not migrated (no such column: " in line and "held_username" in line, line
+
+
 class _UndefinedTable(Exception):
     sqlstate = "42P01"  # what psycopg puts on the error Django wraps, in any locale
 
