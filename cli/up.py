@@ -21,7 +21,6 @@ from cli import common
 from reactive import settings
 from reactive.up import (
     DEFAULT_MOTO_PORT,
-    DEMO_ADMIN,
     DEMO_PASSWORD,
     ENV_FILE,
     Snapshot,
@@ -225,9 +224,7 @@ def links_panel(snapshot: Snapshot, options: UpOptions) -> Panel:
     for label, url in snapshot.links.items():
         lines.append(f"{label}: ", style="bold")
         lines.append(url + "\n", style=f"link {url}")
-    shown = options.demo or options.exposed  # an exposed run gave an existing admin this password
-    admin = {"username": DEMO_ADMIN[0], "password": options.admin_password} if shown else None
-    hints = sign_in_hints(admin, DEMO_PASSWORD if options.demo else None)
+    hints = sign_in_hints(snapshot.admin, DEMO_PASSWORD if options.demo else None)
     if any(" as " in label for label in snapshot.links):
         hints.append("login links are fresh for 60 s (renewed every 45 s), one use each")
     lines.append("\n".join(hints), style="dim")

@@ -205,7 +205,9 @@ def _update_batch(self: UpdateQuery, pk_list: Sequence[Any], values: dict[str, A
         _originals["update_batch"](self, pk_list, values, using)
         return
     rows = self.model._base_manager.using(using)
-    for chunk in _chunks(list(pk_list)):  # as Django's own does: a deletion may reset many rows
+    # In chunks (as Django's own does: a deletion may reset many rows), in key order, as every captured
+    # update locks: two lockers in one order cannot deadlock.
+    for chunk in _chunks(sorted(pk_list)):
         rows.filter(pk__in=chunk).update(**values)
 
 

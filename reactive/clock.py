@@ -207,17 +207,26 @@ async def _ping() -> str | None:
             await _aredis().ping()
     except TimeoutError:
         return f"no answer within {TICK_TIMEOUT_SECONDS:g} s"
-    except REFUSALS as exc:  # Redis answers, and says no: waiting would only hide the mistake
-        raise ConfigError(
-            f"Redis at {settings.shown_redis_url()} refuses the beat: {type(exc).__name__}: {exc} (check REDIS_URL)"
-        ) from exc
     except (redis.RedisError, OSError) as exc:
+        if _refusal(exc):  # Redis answers, and says no: waiting would only hide the mistake
+            raise ConfigError(
+                f"Redis at {settings.shown_redis_url()} refuses the beat: {type(exc).__name__}: {exc} "
+                "(check REDIS_URL)"
+            ) from exc
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-# A wrong password, an ACL without PING, a database number out of range: configuration, not an outage.
-REFUSALS = (redis.AuthenticationError, redis.ResponseError)
+# Redis's "no" to a wrong password, an ACL without PING, a database number out of range: configuration,
+# not an outage. Its passing states (BUSY running a script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, READONLY,
+# LOADING) are waited out like an outage.
+PASSING = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "LOADING")
+
+
+def _refusal(exc: BaseException) -> bool:
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
+        return True
+    return type(exc) is redis.ResponseError and not str(exc).startswith(PASSING)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, str | None], stop: asyncio.Event) -> str | None:

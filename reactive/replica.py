@@ -49,7 +49,9 @@ class ReplicaState(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # The master's name for this user, not applied: a local account of this client holds it. Given to the
     # row once that account lets it go (apply_held_renames), or by the user's next event.
-    held_username = models.CharField(max_length=150, blank=True, default="")
+    # db_default: a listener of the previous release, still running while a deploy rolls, inserts rows
+    # without the column.
+    held_username = models.CharField(max_length=150, blank=True, default="", db_default="")
 
     class Meta:
         app_label = "reactive"
@@ -194,6 +196,7 @@ class _Known:
 
 
 def _apply(event: Event, known: _Known) -> Outcome:
+    known.held.pop((event.model, state_key(event)), None)  # a failed earlier event's hold
     model = resolve_model(event.model)
     state = known.state(event)
     if state is not None and event.version <= state.version:
@@ -362,8 +365,8 @@ def _held_rename(event: Event, instance: models.Model, wanted: str) -> None:
     held_renames += 1
     log.warning(
         "key %s v%s: the master renamed it to %r, a local account's name on this client; its other fields "
-        "applied, its name kept as %r until that account is renamed or deleted here (then its next change, "
-        "or `reactive sync`, renames it) [held renames in this process: %d]",
+        "applied, its name kept as %r until that account is renamed or deleted here (then it gets the name) "
+        "[held renames in this process: %d]",
         event.key,
         event.version,
         wanted,
@@ -377,7 +380,7 @@ def apply_held_renames(using: str = "default") -> list[tuple[str, dict[str, Any]
     or deleted); returns (local pk, profile) of each renamed user, to notify once committed."""
     renamed: list[tuple[str, dict[str, Any]]] = []
     model = resolve_model(USER_MODEL)
-    manager = model._default_manager.using(using)
+    manager = model._base_manager.using(using)  # a default manager may hide the row that holds the name
     with transaction.atomic(using=using):
         states = (
             ReplicaState.objects.using(using)
@@ -390,11 +393,19 @@ def apply_held_renames(using: str = "default") -> list[tuple[str, dict[str, Any]
             row = manager.filter(pk=state.local_pk).first() if state.local_pk else None
             if row is None or manager.filter(username=state.held_username).exclude(pk=row.pk).exists():
                 continue  # still held (or the row is gone: its next event decides)
-            row.username = state.held_username
-            row.save(using=using, update_fields=["username"])
+            try:
+                with transaction.atomic(using=using):  # one that fails (taken meanwhile) leaves the others
+                    row.username = state.held_username
+                    row.save(using=using, update_fields=["username"])
+            except IntegrityError as exc:
+                log.warning(
+                    "key %s: the held name %r could not be given yet: %s", state.key, row.username, exc
+                )
+                continue
             ReplicaState.objects.using(using).filter(pk=state.pk).update(held_username="")
             log.info("key %s: the held name %r is free now and given to its replica", state.key, row.username)
-            renamed.append((str(row.pk), profile_of(row, state.key, state.version)))
+            key = state.key.removeprefix(LEGACY_PREFIX)  # as the listener's profiles carry it
+            renamed.append((str(row.pk), profile_of(row, key, state.version)))
     return renamed
 
 

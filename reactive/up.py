@@ -188,6 +188,7 @@ class Snapshot:
     events: list[UpEvent]
     links: dict[str, str]
     ready: bool
+    admin: dict[str, str] | None = None  # the master admin's sign-in, when this run knows it
 
 
 # -- local AWS ----------------------------------------------------------------------------------------
@@ -399,23 +400,33 @@ def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
     return created
 
 
-def settle_admin_password(var_dir: Path, exposed: bool, password: str) -> bool:
+def settle_admin_password(var_dir: Path, exposed: bool, password: str, ours: bool) -> bool:
     """The demo admin's password for this run, whether or not --demo: a run others can reach gives it a
-    fresh random one (admin/admin on a LAN is an open door) and leaves a mark; the next loopback run finds
-    the mark and gives back admin/admin. Otherwise the password is left as its owner set it. Returns
-    whether it was changed."""
+    fresh random one (admin/admin on a LAN is an open door) and keeps that password's hash in a mark; the
+    next loopback run gives back admin/admin if the password is still that one (not one its owner has set
+    since). Only on a master database of up's own (``ours``: var/'s, or one --demo seeds): never a real
+    "admin" of a database DATABASE_URL names. Returns whether the password was changed."""
     from django.contrib.auth import get_user_model
 
     mark = var_dir / ADMIN_ROTATED
     admin = get_user_model().objects.filter(username=DEMO_ADMIN[0]).first()
-    if admin is None or not (exposed or mark.exists()):
+    if admin is None or not ours:
+        return False
+    if exposed:
+        admin.set_password(password)
+        admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
+        descriptor = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as written:
+            written.write(admin.password)  # a hash, in a file of this user's alone
+        return True
+    if not mark.exists():
+        return False
+    rotated = mark.read_text().strip()
+    mark.unlink()
+    if admin.password != rotated:  # its owner set another since: theirs stands
         return False
     admin.set_password(password)
-    admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
-    if exposed:
-        mark.touch(mode=0o600)
-    else:
-        mark.unlink()
+    admin.save(update_fields=["password"])
     return True
 
 
@@ -582,10 +593,12 @@ def run_environment(options: UpOptions) -> dict[str, str]:
 
 
 def _narrow(var_dir: Path) -> None:
-    """A var directory of this user's that others can read (an earlier release made it 0755; the master's
-    SQLite file holds password hashes, up.env keys) becomes this user's alone."""
+    """A var directory an earlier run used (its lock file is there), of this user's, that others can read
+    (an earlier release made it 0755; the master's SQLite file holds password hashes, up.env keys)
+    becomes this user's alone. Any other directory keeps the modes its owner chose."""
     status = var_dir.stat()
-    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+    used = (var_dir / LOCK_FILE).exists()
+    if used and status.st_uid == os.getuid() and status.st_mode & 0o077:
         var_dir.chmod(0o700)
 
 
@@ -722,7 +735,8 @@ class Up:
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
         created = seed_demo_users(options.admin_password) if options.demo else []
-        if settle_admin_password(options.var_dir, options.exposed, options.admin_password):
+        ours = options.demo or not settings.database_named("master")
+        if settle_admin_password(options.var_dir, options.exposed, options.admin_password, ours):
             self.admin_shown = True
             self.emit("phase", "the master's admin password set for this run (shown when ready)")
         if created:
@@ -938,13 +952,16 @@ class Up:
             aws_endpoint=self.aws_endpoint,
             log_dir=str(self.options.log_dir),
             env_file=str(self.options.var_dir / ENV_FILE),
-            admin={"username": DEMO_ADMIN[0], "password": self.options.admin_password}
-            if self.options.demo or self.admin_shown
-            else None,
+            admin=self._admin_hint(),
             demo_password=DEMO_PASSWORD if self.options.demo else None,
         )
         if self.options.demo:
             self._make_login_links()
+
+    def _admin_hint(self) -> dict[str, str] | None:
+        if not self.admin_shown:
+            return None
+        return {"username": DEMO_ADMIN[0], "password": self.options.admin_password}
 
     def _make_login_links(self, announce: bool = True) -> None:
         """A login link per client for the first demo user (short-lived: `reactive login-link` makes more).
@@ -1005,6 +1022,7 @@ class Up:
                 events=list(self.events)[-events:],
                 links=dict(self.links),
                 ready=self.ready,
+                admin=self._admin_hint(),
             )
 
 

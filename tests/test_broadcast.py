@@ -303,6 +303,34 @@ def test_a_socket_of_a_session_that_ended_moments_before_it_joined_is_closed(
     assert first.frames == other.frames == []
 
 
+def test_a_socket_of_an_ended_session_is_closed_even_while_the_group_is_being_rejoined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handshake gives up waiting for a rejoin under way (JOIN_TIMEOUT_SECONDS): the check after that
+    wait never ran, and the socket stayed open."""
+    layer = FlakyLayer()
+    layer.failed = True
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    other, late = Socket(), Socket()
+
+    async def scenario() -> None:
+        group = fanout.broadcast("clock", identity, ends)
+        try:
+            await group.join(other, other.send, user="8")
+            await layer.queue.put({"type": "end", "user": "7", "code": 4001, "session": "s1"})
+            await until(lambda: "s1" in group.recent_session_ends, what="the end")
+            group.joined.clear()  # a rejoin under way: join() would wait for it
+            async with asyncio.timeout(1):
+                await group.join(late, late.send, user="7", session="s1")
+        finally:
+            assert group.task is not None
+            group.task.cancel()
+
+    run(scenario)
+    assert late.frames == [{"type": "websocket.close", "code": 4001}]
+
+
 class RealLayer:
     """The test's channels-redis layer, its group_add recorded and its failures staged on demand."""
 

@@ -638,3 +638,20 @@ def test_a_redis_that_refuses_the_beat_is_a_configuration_error_not_an_outage_to
 
     with pytest.raises(ConfigError, match="refuses the beat: ResponseError"):
         run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (redis.AuthenticationError("invalid username-password pair"), True),
+        (redis.exceptions.NoPermissionError("this user has no permissions to run the 'ping' command"), True),
+        (redis.ResponseError("DB index is out of range"), True),
+        (redis.ResponseError("BUSY Redis is busy running a script"), False),
+        (redis.exceptions.MasterDownError("Link with MASTER is down"), False),
+        (redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), False),
+        (redis.ConnectionError("Connection refused"), False),
+    ],
+    ids=["password", "acl", "database", "busy", "masterdown", "loading", "refused"],
+)
+def test_only_a_redis_that_says_no_for_good_stops_the_beat(error: Exception, refused: bool) -> None:
+    assert clock._refusal(error) is refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -424,3 +425,75 @@ def test_a_held_name_is_kept_and_given_to_the_replica_once_the_local_account_let
     apply(ev("update", "6", 5, username="caroline"))  # renamed again on the master: the hold ends
     assert ReplicaState.objects.get(key="6").held_username == ""
     assert User.objects.filter(username="caroline").exists()
+
+
+def test_a_hold_of_an_event_that_failed_is_not_left_to_a_later_event_of_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """v5 holds "ops" and then fails (its savepoint rolls back); v6 renames to "carol" in the same batch:
+    the state must not keep v5's hold, or the pass would rename the replica to "ops" later."""
+    from django.db import IntegrityError
+
+    from reactive.replica import apply_batch
+
+    User.objects.create_user("ops")
+    apply(ev("insert", "5", 1, username="bob"))
+    real_save = User.save
+
+    def failing_once(self: Any, *args: Any, **kwargs: Any) -> None:
+        if self.first_name == "Boom":
+            raise IntegrityError("a unique email, say")
+        real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(User, "save", failing_once)
+    outcomes = apply_batch(
+        [ev("update", "5", 5, username="ops", first_name="Boom"), ev("update", "5", 6, username="carol")]
+    )
+    assert [o.status for o in outcomes] == ["failed", "applied"]
+    assert ReplicaState.objects.get(key="5").held_username == ""
+    assert User.objects.filter(username="carol").exists()
+
+
+def test_a_held_name_that_cannot_be_given_leaves_the_others_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rename of the pass fails (the name taken between the look and the write, a case-insensitive
+    uniqueness): it stays held, the others go through, nothing is rolled back with it."""
+    from django.db import IntegrityError
+
+    from reactive.replica import apply_held_renames
+
+    for name in ("ops", "dev"):
+        User.objects.create_user(name)
+    apply(ev("insert", "5", 1, username="bob"))
+    apply(ev("insert", "6", 2, username="eve"))
+    apply(ev("update", "5", 3, username="ops"))
+    apply(ev("update", "6", 4, username="dev"))
+    User.objects.filter(username__in=["ops", "dev"]).delete()
+    real_save = User.save
+
+    def taken(self: Any, *args: Any, **kwargs: Any) -> None:
+        if self.username == "ops":
+            raise IntegrityError("UNIQUE constraint failed: auth_user.username")
+        real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(User, "save", taken)
+    renamed = apply_held_renames()
+    assert [profile["username"] for _, profile in renamed] == ["dev"]
+    assert ReplicaState.objects.get(key="5").held_username == "ops"
+    assert ReplicaState.objects.get(key="6").held_username == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_listener_of_the_previous_release_still_inserts_states_after_the_migration() -> None:
+    """During a rolling deploy the old listeners insert states without the new column: the database gives
+    it its default (db_default), or every new user would fail there, to the DLQ in the end."""
+    from django.db import connection
+    from django.utils import timezone
+
+    table = ReplicaState._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (model, key, version, deleted, local_pk, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            ["auth.user", "77", 1, False, None, timezone.now()],
+        )
+    assert ReplicaState.objects.get(key="77").held_username == ""

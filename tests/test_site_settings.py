@@ -211,6 +211,8 @@ def test_redis_urls_in_messages_keep_no_password(monkeypatch: pytest.MonkeyPatch
     assert settings.shown_redis_url() == "redis://:***@redis.example:6379/0"
     monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0")
     assert settings.shown_redis_url() == "redis://redis.example:6379/0"
+    monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0?db=1&password=s3cret")  # redis-py reads it
+    assert settings.shown_redis_url() == "redis://redis.example:6379/0?db=1&password=***"
     monkeypatch.setenv("REDIS_URL", "http://user:s3cret@x/0")
     with pytest.raises(ConfigError) as refused:
         settings.redis_url()

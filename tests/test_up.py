@@ -245,24 +245,30 @@ def test_a_reachable_run_gives_the_admin_a_password_of_its_own_and_the_next_loop
     tmp_path: Path,
 ) -> None:
     """Whatever --demo says: an admin/admin from an earlier loopback run must not stay on a LAN. A password
-    the owner chose is left alone by loopback runs, unless a reachable run had changed it."""
+    its owner set since stands; an "admin" of a database up does not own is never touched."""
     from django.contrib.auth import get_user_model
 
-    from reactive.up import seed_demo_users, settle_admin_password
+    from reactive.up import ADMIN_ROTATED, seed_demo_users, settle_admin_password
 
     def admin() -> Any:
         return get_user_model().objects.get(username="admin")
 
     assert "admin" in seed_demo_users()
-    assert not settle_admin_password(tmp_path, exposed=False, password="admin")  # nothing to do
-    assert settle_admin_password(tmp_path, exposed=True, password="lan-random")  # a --no-demo run too
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)  # nothing to do
+    assert settle_admin_password(tmp_path, exposed=True, password="lan-random", ours=True)  # --no-demo too
     assert admin().check_password("lan-random") and admin().is_superuser
-    assert settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert stat.S_IMODE((tmp_path / ADMIN_ROTATED).stat().st_mode) == 0o600
+    assert settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)
     assert admin().check_password("admin")
+
+    assert settle_admin_password(tmp_path, exposed=True, password="lan-2", ours=True)
     chosen = admin()
-    chosen.set_password("the-owners-own")
+    chosen.set_password("the-owners-own")  # set in the admin during, or after, the reachable run
     chosen.save()
-    assert not settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)
+    assert admin().check_password("the-owners-own")
+
+    assert not settle_admin_password(tmp_path, exposed=True, password="x", ours=False)  # a named database
     assert admin().check_password("the-owners-own")
 
 
@@ -392,16 +398,20 @@ def held_var(tmp_path: Path) -> Iterator[Path]:
 
 def test_the_var_directory_up_uses_is_this_users_alone(tmp_path: Path) -> None:
     """It holds the databases (password hashes), the logs and up.env (keys, credentials): made 0700, and
-    one an earlier release made 0755 is narrowed."""
+    one an earlier release made 0755 (a run's lock file is in it) is narrowed."""
     old = os.umask(0o022)
     try:
         os.close(lock_var_dir(tmp_path / "var"))
         (tmp_path / "earlier").mkdir(mode=0o755)
+        (tmp_path / "earlier" / "up.lock").touch()  # a run used it
         os.close(lock_var_dir(tmp_path / "earlier"))
+        (tmp_path / "project").mkdir(mode=0o755)  # `--var .`: the owner's own folder keeps its modes
+        os.close(lock_var_dir(tmp_path / "project"))
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "earlier").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "project").stat().st_mode) == 0o755
 
 
 def test_a_second_up_on_the_same_var_directory_is_refused_before_it_touches_anything(

@@ -103,15 +103,23 @@ class LocalBroadcast:
         if self.task is None or self.task.done():
             self.joined.clear()
             self.task = asyncio.get_running_loop().create_task(self._follow(), name=f"broadcast {self.group}")
+        # Its handshake read the session before the sign-out committed, and joins after its end went by: no
+        # audit would find it (they ask about accounts, not sessions). Checked before the wait for the
+        # group too, which a handshake may give up on (a rejoin under way).
+        if await self._end_if_session_ended(user, session):
+            return
         await self.joined.wait()
         if user is not None and self._ended_lately(user):
             self.unaudited.add(user)
             self.audit()
+        await self._end_if_session_ended(user, session)  # an end that came during the wait
+
+    async def _end_if_session_ended(self, user: str | None, session: str | None) -> bool:
         ended = self.recent_session_ends.get(session) if session is not None else None
-        if user is not None and ended is not None and self._recent(ended[1]):
-            # Its handshake read the session before the sign-out committed, and joined after its end went
-            # by: no audit would find it (they ask about accounts, not sessions).
-            await self.end(user, ended[0], session)
+        if user is None or ended is None or not self._recent(ended[1]):
+            return False
+        await self.end(user, ended[0], session)
+        return True
 
     def leave(self, key: object) -> None:
         self.sockets.pop(key, None)
