@@ -377,36 +377,50 @@ def _held_rename(event: Event, instance: models.Model, wanted: str) -> None:
 
 def apply_held_renames(using: str = "default") -> list[tuple[str, dict[str, Any]]]:
     """Give held names to their replicas where no one holds them any more (the local account was renamed
-    or deleted); returns (local pk, profile) of each renamed user, to notify once committed."""
+    or deleted); returns (local pk, profile) of each renamed user, to notify once committed.
+
+    Each name in a transaction of its own (a savepoint inside the caller's), its user row locked before
+    its state, as a batch that renames another user onto this row's name locks them: one that fails (the
+    name taken meanwhile) leaves the others given, and the two never wait on each other in a cycle.
+    """
     renamed: list[tuple[str, dict[str, Any]]] = []
-    model = resolve_model(USER_MODEL)
-    manager = model._base_manager.using(using)  # a default manager may hide the row that holds the name
-    with transaction.atomic(using=using):
-        states = (
-            ReplicaState.objects.using(using)
-            .select_for_update()
-            .filter(model=USER_MODEL, deleted=False)
-            .exclude(held_username="")
-            .order_by("key")
-        )
-        for state in states:
-            row = manager.filter(pk=state.local_pk).first() if state.local_pk else None
-            if row is None or manager.filter(username=state.held_username).exclude(pk=row.pk).exists():
-                continue  # still held (or the row is gone: its next event decides)
-            try:
-                with transaction.atomic(using=using):  # one that fails (taken meanwhile) leaves the others
-                    row.username = state.held_username
-                    row.save(using=using, update_fields=["username"])
-            except IntegrityError as exc:
-                log.warning(
-                    "key %s: the held name %r could not be given yet: %s", state.key, row.username, exc
-                )
-                continue
-            ReplicaState.objects.using(using).filter(pk=state.pk).update(held_username="")
-            log.info("key %s: the held name %r is free now and given to its replica", state.key, row.username)
-            key = state.key.removeprefix(LEGACY_PREFIX)  # as the listener's profiles carry it
-            renamed.append((str(row.pk), profile_of(row, key, state.version)))
+    held = (
+        ReplicaState.objects.using(using)
+        .filter(model=USER_MODEL, deleted=False)
+        .exclude(held_username="")
+        .order_by("key")
+        .values_list("pk", flat=True)
+    )
+    for state_pk in list(held):
+        try:
+            with transaction.atomic(using=using):
+                given = _give_held_name(state_pk, using)
+        except IntegrityError as exc:
+            log.warning("replica state %s: its held name could not be given yet: %s", state_pk, exc)
+            continue
+        if given is not None:
+            renamed.append(given)
     return renamed
+
+
+def _give_held_name(state_pk: int, using: str) -> tuple[str, dict[str, Any]] | None:
+    states = ReplicaState.objects.using(using)
+    state = states.filter(pk=state_pk).first()
+    if state is None or not state.local_pk:
+        return None
+    manager = resolve_model(USER_MODEL)._base_manager.using(using)  # the default may hide the name's holder
+    row = manager.select_for_update().filter(pk=state.local_pk).first()
+    state = states.select_for_update().filter(pk=state_pk, deleted=False).exclude(held_username="").first()
+    if row is None or state is None or str(row.pk) != state.local_pk:
+        return None  # the row is gone (its next event decides), or a batch ended the hold meanwhile
+    if manager.filter(username=state.held_username).exclude(pk=row.pk).exists():
+        return None  # still held
+    row.username = state.held_username
+    row.save(using=using, update_fields=["username"])
+    states.filter(pk=state.pk).update(held_username="")
+    log.info("key %s: the held name %r is free now and given to its replica", state.key, row.username)
+    key = state.key.removeprefix(LEGACY_PREFIX)  # as the listener's profiles carry it
+    return str(row.pk), profile_of(row, key, state.version)
 
 
 def _linked(live: models.QuerySet[ReplicaState], row: models.Model) -> bool:

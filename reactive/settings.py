@@ -9,7 +9,7 @@ import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from reactive.errors import ConfigError
 
@@ -131,11 +131,20 @@ def redact(url: str) -> str:
     """The URL without its password (in its user part, or a ``password=`` parameter, which redis-py reads),
     for messages and logs."""
     parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(_secret(name) for name, _ in pairs)  # password=, ssl_password=, encoded or not
+    if parts.password is None and not secret_query:
+        return url  # as given: urlunsplit would write "sqlite:////abs" as "sqlite://abs"
     if parts.password is not None:
         parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    if "password=" in parts.query:
-        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
+    if secret_query:
+        query = urlencode([(name, "***" if _secret(name) else value) for name, value in pairs], safe="*:/")
+        parts = parts._replace(query=query, fragment="")  # "password=a#b": the rest of it is the fragment
     return urlunsplit(parts)
+
+
+def _secret(name: str) -> bool:
+    return name.lower().endswith("password")
 
 
 def shown_redis_url() -> str:

@@ -400,34 +400,46 @@ def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
     return created
 
 
-def settle_admin_password(var_dir: Path, exposed: bool, password: str, ours: bool) -> bool:
-    """The demo admin's password for this run, whether or not --demo: a run others can reach gives it a
-    fresh random one (admin/admin on a LAN is an open door) and keeps that password's hash in a mark; the
-    next loopback run gives back admin/admin if the password is still that one (not one its owner has set
-    since). Only on a master database of up's own (``ours``: var/'s, or one --demo seeds): never a real
-    "admin" of a database DATABASE_URL names. Returns whether the password was changed."""
+def settle_admin_password(var_dir: Path, exposed: bool, password: str) -> bool:
+    """The demo admin's password for this run, whether or not --demo.
+
+    A run others can reach changes an admin whose password is the well-known admin/admin (an open door on
+    a LAN), or one an earlier such run set (its hash is kept in a 0600 mark), to this run's random one;
+    the next loopback run gives admin/admin back while the password is still that one. A password anyone
+    else set (the owner's, or a real admin's of a database DATABASE_URL names) is never touched. Returns
+    whether the password was changed.
+    """
     from django.contrib.auth import get_user_model
 
     mark = var_dir / ADMIN_ROTATED
+    rotated = mark.read_text().strip() if mark.exists() else None
     admin = get_user_model().objects.filter(username=DEMO_ADMIN[0]).first()
-    if admin is None or not ours:
+    if admin is None:
         return False
-    if exposed:
+    ours = admin.password == rotated or admin.check_password(DEMO_ADMIN[1])
+    if exposed and ours:
         admin.set_password(password)
         admin.save(update_fields=["password"])  # staff, and the password is never synced: no event
         descriptor = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as written:
             written.write(admin.password)  # a hash, in a file of this user's alone
         return True
-    if not mark.exists():
+    if exposed or rotated is None:
         return False
-    rotated = mark.read_text().strip()
-    mark.unlink()
-    if admin.password != rotated:  # its owner set another since: theirs stands
-        return False
-    admin.set_password(password)
-    admin.save(update_fields=["password"])
-    return True
+    changed = admin.password == rotated
+    if changed:
+        admin.set_password(password)
+        admin.save(update_fields=["password"])
+    mark.unlink()  # after the save: a failed one leaves the mark for the next run
+    return changed
+
+
+def admin_password_known(password: str) -> bool:
+    """Whether the demo admin exists and signs in with ``password`` (what the hints may say)."""
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.filter(username=DEMO_ADMIN[0]).first()
+    return admin is not None and admin.check_password(password)
 
 
 def login_link(username: str, client: str) -> str:
@@ -592,14 +604,14 @@ def run_environment(options: UpOptions) -> dict[str, str]:
     }
 
 
-def _narrow(var_dir: Path) -> None:
-    """A var directory an earlier run used (its lock file is there), of this user's, that others can read
-    (an earlier release made it 0755; the master's SQLite file holds password hashes, up.env keys)
-    becomes this user's alone. Any other directory keeps the modes its owner chose."""
-    status = var_dir.stat()
-    used = (var_dir / LOCK_FILE).exists()
-    if used and status.st_uid == os.getuid() and status.st_mode & 0o077:
-        var_dir.chmod(0o700)
+def protect_databases(var_dir: Path) -> None:
+    """The SQLite files under var/ (the master's holds password hashes), this user's alone whatever the
+    umask or an earlier release made them; SQLite gives its -wal and -shm files their database's mode.
+    The folder keeps the modes its owner chose (`--var .`); one up makes itself is 0700."""
+    for path in var_dir.glob("*.sqlite3*"):
+        with contextlib.suppress(OSError):  # another user's, or gone meanwhile: not ours to change
+            if path.stat().st_uid == os.getuid():
+                path.chmod(0o600)
 
 
 def lock_var_dir(var_dir: Path) -> int:
@@ -608,7 +620,6 @@ def lock_var_dir(var_dir: Path) -> int:
     second would overwrite the first's up.env, then delete it on stopping."""
     try:
         var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # databases, logs, keys: this user's alone
-        _narrow(var_dir)
     except OSError as exc:  # --var names a file, or a place this user cannot write
         raise ConfigError(f"--var {var_dir}: cannot use it as the run's folder: {exc}") from exc
     descriptor = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -662,7 +673,7 @@ class Up:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._var_lock: int | None = None  # the descriptor holding LOCK_FILE while this run owns var_dir
-        self.admin_shown = options.demo  # the admin's password is in the hints (demo, or set for this run)
+        self.admin_shown = False  # the admin's password is in the hints: known once the run has settled it
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, kind: str, text: str, **data: Any) -> None:
@@ -731,14 +742,15 @@ class Up:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # AWS calls while the migrations run
             provisioning = pool.submit(provision, options.clients)
             migrate([("master", None), *[("client", c) for c in options.clients]], options.log_dir)
+            protect_databases(options.var_dir)
             changes = provisioning.result()
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
-        created = seed_demo_users(options.admin_password) if options.demo else []
-        ours = options.demo or not settings.database_named("master")
-        if settle_admin_password(options.var_dir, options.exposed, options.admin_password, ours):
-            self.admin_shown = True
+        created = seed_demo_users() if options.demo else []  # admin/admin; settled for this run below
+        if settle_admin_password(options.var_dir, options.exposed, options.admin_password):
             self.emit("phase", "the master's admin password set for this run (shown when ready)")
+        # The hints name the admin's password only when it is the one this run says.
+        self.admin_shown = admin_password_known(options.admin_password)
         if created:
             self.emit("phase", f"demo users created: {', '.join(created)}", created=created)
         if self.moto_port and not created:

@@ -211,7 +211,12 @@ def test_redis_urls_in_messages_keep_no_password(monkeypatch: pytest.MonkeyPatch
     assert settings.shown_redis_url() == "redis://:***@redis.example:6379/0"
     monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0")
     assert settings.shown_redis_url() == "redis://redis.example:6379/0"
-    monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0?db=1&password=s3cret")  # redis-py reads it
+    for query in ("db=1&password=s3cret", "ssl_password=s3cret", "sslpassword=s3cret", "pass%77ord=s3cret",
+                  "password=s3#cret"):  # fmt: skip
+        monkeypatch.setenv("REDIS_URL", f"redis://redis.example:6379/0?{query}")  # redis-py reads them
+        shown = settings.shown_redis_url()
+        assert "s3" not in shown and "cret" not in shown and "***" in shown, shown
+    monkeypatch.setenv("REDIS_URL", "redis://redis.example:6379/0?db=1&password=s3cret")
     assert settings.shown_redis_url() == "redis://redis.example:6379/0?db=1&password=***"
     monkeypatch.setenv("REDIS_URL", "http://user:s3cret@x/0")
     with pytest.raises(ConfigError) as refused:

@@ -241,35 +241,39 @@ def test_a_run_others_can_reach_signs_with_keys_of_its_own_and_no_known_admin_pa
 
 
 @pytest.mark.django_db
-def test_a_reachable_run_gives_the_admin_a_password_of_its_own_and_the_next_loopback_run_gives_it_back(
+def test_a_reachable_run_closes_the_admin_admin_door_and_the_next_loopback_run_opens_it_again(
     tmp_path: Path,
 ) -> None:
-    """Whatever --demo says: an admin/admin from an earlier loopback run must not stay on a LAN. A password
-    its owner set since stands; an "admin" of a database up does not own is never touched."""
+    """Whatever --demo says: admin/admin must not stay on a LAN. A password anyone set (the owner, before
+    or after, or a real admin of a database DATABASE_URL names) is never touched; the hints name the
+    admin's password only when it is the one the run says."""
     from django.contrib.auth import get_user_model
 
-    from reactive.up import ADMIN_ROTATED, seed_demo_users, settle_admin_password
+    from reactive.up import ADMIN_ROTATED, admin_password_known, seed_demo_users, settle_admin_password
 
     def admin() -> Any:
         return get_user_model().objects.get(username="admin")
 
+    def set_own(password: str) -> None:
+        chosen = admin()
+        chosen.set_password(password)
+        chosen.save()
+
     assert "admin" in seed_demo_users()
-    assert not settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)  # nothing to do
-    assert settle_admin_password(tmp_path, exposed=True, password="lan-random", ours=True)  # --no-demo too
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin")  # nothing to do
+    assert settle_admin_password(tmp_path, exposed=True, password="lan-random")  # --no-demo too
     assert admin().check_password("lan-random") and admin().is_superuser
     assert stat.S_IMODE((tmp_path / ADMIN_ROTATED).stat().st_mode) == 0o600
-    assert settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)
-    assert admin().check_password("admin")
+    assert settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert admin().check_password("admin") and not (tmp_path / ADMIN_ROTATED).exists()
 
-    assert settle_admin_password(tmp_path, exposed=True, password="lan-2", ours=True)
-    chosen = admin()
-    chosen.set_password("the-owners-own")  # set in the admin during, or after, the reachable run
-    chosen.save()
-    assert not settle_admin_password(tmp_path, exposed=False, password="admin", ours=True)
-    assert admin().check_password("the-owners-own")
+    assert settle_admin_password(tmp_path, exposed=True, password="lan-2")
+    set_own("the-owners-own")  # set during the reachable run
+    assert not settle_admin_password(tmp_path, exposed=False, password="admin")
+    assert admin().check_password("the-owners-own") and not admin_password_known("admin")
 
-    assert not settle_admin_password(tmp_path, exposed=True, password="x", ours=False)  # a named database
-    assert admin().check_password("the-owners-own")
+    assert not settle_admin_password(tmp_path, exposed=True, password="lan-3")  # set before: it stands
+    assert admin().check_password("the-owners-own") and not (tmp_path / ADMIN_ROTATED).exists()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.2"])
@@ -396,22 +400,27 @@ def held_var(tmp_path: Path) -> Iterator[Path]:
     os.close(descriptor)
 
 
-def test_the_var_directory_up_uses_is_this_users_alone(tmp_path: Path) -> None:
-    """It holds the databases (password hashes), the logs and up.env (keys, credentials): made 0700, and
-    one an earlier release made 0755 (a run's lock file is in it) is narrowed."""
+def test_the_var_directory_up_makes_and_its_databases_are_this_users_alone(tmp_path: Path) -> None:
+    """The folder up makes is 0700; one that exists keeps its owner's modes (`--var .`), run after run;
+    the SQLite files in it (the master's holds password hashes) are made 0600 after the migrations."""
+    from reactive.up import protect_databases
+
     old = os.umask(0o022)
     try:
         os.close(lock_var_dir(tmp_path / "var"))
-        (tmp_path / "earlier").mkdir(mode=0o755)
-        (tmp_path / "earlier" / "up.lock").touch()  # a run used it
-        os.close(lock_var_dir(tmp_path / "earlier"))
-        (tmp_path / "project").mkdir(mode=0o755)  # `--var .`: the owner's own folder keeps its modes
-        os.close(lock_var_dir(tmp_path / "project"))
+        (tmp_path / "project").mkdir(mode=0o755)
+        for _ in range(2):
+            os.close(lock_var_dir(tmp_path / "project"))
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
-    assert stat.S_IMODE((tmp_path / "earlier").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "project").stat().st_mode) == 0o755
+    for name in ("master.sqlite3", "master.sqlite3-wal", "notes.txt"):
+        (tmp_path / "project" / name).write_text("")
+        (tmp_path / "project" / name).chmod(0o644)
+    protect_databases(tmp_path / "project")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "project").iterdir() if p.is_file()}
+    assert modes["master.sqlite3"] == modes["master.sqlite3-wal"] == 0o600 and modes["notes.txt"] == 0o644
 
 
 def test_a_second_up_on_the_same_var_directory_is_refused_before_it_touches_anything(
