@@ -8,7 +8,7 @@ from collections.abc import Callable
 import typer
 
 from cli import common
-from cli.completion import client_names
+from cli.completion import SITE_CLIENT
 
 
 def beat(
@@ -22,13 +22,7 @@ def beat(
         callback=lambda value: _finite(value),
         help="Seconds between ticks (loop); default REACTIVE_CLOCK_INTERVAL, else 0.5.",
     ),
-    client: str = typer.Option(
-        None,
-        "--client",
-        "-c",
-        help="The client site (default REACTIVE_CLIENT).",
-        autocompletion=client_names,
-    ),
+    client: str = SITE_CLIENT,
     as_json: bool = typer.Option(False, "--json", help="Print each tick sent as one JSON object a line."),
 ) -> None:
     """Send clock ticks to the clock group now: once, or in a loop (an alternative to Celery beat).

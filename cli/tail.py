@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from cli import common
-from cli.completion import client_names
+from cli.completion import SITE_CLIENT
 from reactive.errors import ReactiveError, ServiceUnavailable
 
 
@@ -18,13 +18,7 @@ def tail(
     user: str = typer.Option(
         None, "--user", "-u", help="Also join this user's personal group (by username)."
     ),
-    client: str = typer.Option(
-        None,
-        "--client",
-        "-c",
-        help="The client site (default REACTIVE_CLIENT).",
-        autocompletion=client_names,
-    ),
+    client: str = SITE_CLIENT,
     as_json: bool = typer.Option(False, "--json", help="One JSON object a line: at, group, type, payload."),
 ) -> None:
     """Join channel-layer groups and print every message as it arrives, as browsers in them see it.

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 
 from reactive import groups, settings
-from reactive.errors import ConfigError, FailureStreak, ServiceUnavailable
+from reactive.errors import ConfigError, FailureStreak, ServiceUnavailable, retry_delay
 from reactive.heartbeat import EVERY_SECONDS, Heartbeat
 
 log = logging.getLogger("reactive.clock")
@@ -174,10 +174,7 @@ async def wait_for_redis(
     first. A beat started while Redis is out waits for it with the listener's backoff (1, 2, 4 ... 30 s)
     and says so once, and once more when it answers: exiting made an orchestrator restart it with its own,
     longer backoff (CrashLoopBackOff), for an outage the loop itself rides out."""
-    if delay is None:
-        from reactive.listener import retry_delay  # Django-bound: imported where a beat runs, not here
-
-        delay = retry_delay
+    delay = delay or retry_delay
     loop = asyncio.get_running_loop()
     heartbeat.beat()
     failures = 0

@@ -82,6 +82,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after ``failures`` in a row: 1, 2, 4, ... then 30 s for good (the
+    exponent stops growing too: 2**1024 is an OverflowError)."""
+    return min(30.0, 0.5 * 2 ** min(failures, 6))
+
+
 class FailureStreak:
     """Logs a periodic job's failures once per streak: the first one, then the recovery.
 

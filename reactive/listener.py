@@ -43,6 +43,7 @@ from reactive.errors import (
     ResourceNotFound,
     ServiceUnavailable,
     is_missing_schema,
+    retry_delay,
 )
 from reactive.events import USER_MODEL, Event, decode
 from reactive.heartbeat import Heartbeat
@@ -129,12 +130,6 @@ class Unnotified:
                 "them when they reconnect",
                 over,
             )
-
-
-def retry_delay(failures: int) -> float:
-    """Seconds before the next try after ``failures`` in a row: 1, 2, 4, ... then 30 s for good (the
-    exponent stops growing too: 2**1024 is an OverflowError)."""
-    return min(30.0, 0.5 * 2 ** min(failures, 6))
 
 
 class _PollInterrupted(BaseException):

@@ -90,16 +90,12 @@ def highest_key(using: str = "default") -> int:
     if not isinstance(user._meta.pk, models.AutoField | models.BigAutoField | models.IntegerField):
         raise UsageError("--prune walks integer user keys; this user model's primary key is not an integer")
     with transaction.atomic(using=using):
-        _hold_user_inserts(user, using)
+        _hold_inserts(user, using)
         top = user._default_manager.using(using).aggregate(top=Max("pk"))["top"] or 0
         label = capture.event_label(user)
         keys = OutboxEvent.objects.using(using).filter(model=label).values_list("key", flat=True).distinct()
         top = max([top, last_issued_key(user, using) or 0, *(int(k) for k in keys if k.isdigit())])
     return int(top)
-
-
-def _hold_user_inserts(user: type[models.Model], using: str) -> None:
-    _hold_inserts(user, using)
 
 
 def _hold_inserts(model: type[models.Model], using: str) -> None:

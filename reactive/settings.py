@@ -128,8 +128,8 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url reads
 
 
 def redact(url: str) -> str:
-    """The URL without its password (in its user part, or a ``password=`` parameter, which redis-py reads),
-    for messages and logs."""
+    """The URL without its password (in its user part, or any ``*password`` query parameter, which redis-py
+    and libpq read), for messages and logs."""
     parts = urlsplit(url)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     secret_query = any(_secret(name) for name, _ in pairs)  # password=, ssl_password=, encoded or not

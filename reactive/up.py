@@ -370,7 +370,7 @@ def setup_master_django() -> None:
         django.setup()
 
 
-def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
+def seed_demo_users() -> list[str]:
     """alice, bob and carol (synced to every client) and, when missing, an admin (staff: never synced);
     the ones created."""
     from django.contrib.auth import get_user_model
@@ -393,9 +393,9 @@ def seed_demo_users(admin_password: str = DEMO_ADMIN[1]) -> list[str]:
             user.set_password(DEMO_PASSWORD)  # the password is never synced: no event for this save
             user.save(update_fields=["password"])
             created.append(username)
-    name = DEMO_ADMIN[0]
+    name, password = DEMO_ADMIN  # a run others can reach changes it (settle_admin_password)
     if not users.objects.filter(username=name).exists():
-        users.objects.create_superuser(name, f"{name}@example.com", admin_password)
+        users.objects.create_superuser(name, f"{name}@example.com", password)
         created.append(name)
     return created
 
@@ -591,9 +591,14 @@ def _exposed_admin_password() -> str:
 def run_environment(options: UpOptions) -> dict[str, str]:
     """What this process exports before anything starts, so that every child sees the same world."""
     ports = options.ports()
-    keys = {name: secrets.token_urlsafe(48) for name in RUN_KEYS if not os.environ.get(name)}
+    # A run others can reach signs with keys of its own, unless set.
+    keys = (
+        {name: secrets.token_urlsafe(48) for name in RUN_KEYS if not os.environ.get(name)}
+        if options.exposed
+        else {}
+    )
     return {
-        **(keys if options.exposed else {}),
+        **keys,
         "REACTIVE_VAR_DIR": str(options.var_dir),
         "REACTIVE_CLIENTS": ",".join(options.clients),
         "REACTIVE_CLIENT_URLS": ",".join(f"{c}={http_url(options.local_host, p)}" for c, p in ports.items()),
@@ -746,7 +751,7 @@ class Up:
             changes = provisioning.result()
         self.emit("phase", f"provisioned topic and queues ({changes} change(s))", changes=changes)
         setup_master_django()
-        created = seed_demo_users() if options.demo else []  # admin/admin; settled for this run below
+        created = seed_demo_users() if options.demo else []
         if settle_admin_password(options.var_dir, options.exposed, options.admin_password):
             self.emit("phase", "the master's admin password set for this run (shown when ready)")
         # The hints name the admin's password only when it is the one this run says.

@@ -151,17 +151,25 @@ def read_end(message: dict[str, Any]) -> fanout.End | None:
     return fanout.End(message["user"], message["code"], message.get("session"))
 
 
+ENDS = fanout.Ends("ends", frozenset({"end"}), read_end)
+
+
+def receiving_layer(monkeypatch: pytest.MonkeyPatch) -> FlakyLayer:
+    """The fan-out's layer for a test: receiving works from the first call, and delivers what is queued."""
+    layer = FlakyLayer()
+    layer.failed = True
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    return layer
+
+
 def test_an_end_closes_its_users_sockets_and_the_others_tick_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """An account that ended closes its user's sockets with the code the end calls for; the others get
     the next tick. The process channel is in the ends group beside the broadcast's."""
-    layer = FlakyLayer()
-    layer.failed = True  # receiving works
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    layer = receiving_layer(monkeypatch)
     mine, also_mine, other, anonymous = Socket(), Socket(), Socket(), Socket()
 
     async def scenario() -> dict[str, set[object]]:
-        group = fanout.broadcast("clock", identity, ends)
+        group = fanout.broadcast("clock", identity, ENDS)
         try:
             for socket, user in ((mine, "7"), (also_mine, "7"), (other, "8"), (anonymous, None)):
                 await group.join(socket, socket.send, user=user)
@@ -185,14 +193,11 @@ def test_an_end_closes_its_users_sockets_and_the_others_tick_on(monkeypatch: pyt
 def test_a_sessions_end_closes_that_sessions_sockets_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sign-out names the user and the session: the user's sockets of other sessions tick on, and so do
     those of another user with a socket of the same session tag (a tag names a session of that user)."""
-    layer = FlakyLayer()
-    layer.failed = True  # receiving works
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    layer = receiving_layer(monkeypatch)
     signed_out, other_session, no_session, other_user = Socket(), Socket(), Socket(), Socket()
 
     async def scenario() -> None:
-        group = fanout.broadcast("clock", identity, ends)
+        group = fanout.broadcast("clock", identity, ENDS)
         try:
             await group.join(signed_out, signed_out.send, user="7", session="s1")
             await group.join(other_session, other_session.send, user="7", session="s2")
@@ -218,14 +223,11 @@ def test_a_socket_leaving_while_an_end_closes_the_others_does_not_stop_the_end(
     """One close waits (a paused transport); meanwhile another socket of the user leaves (the tab that
     signed out navigates away). The end looked the leaver up afterwards: KeyError, the loop rejoined, and
     the user's third socket was never closed."""
-    layer = FlakyLayer()
-    layer.failed = True
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    layer = receiving_layer(monkeypatch)
     slow, leaving, third = Socket(), Socket(), Socket()
 
     async def scenario() -> fanout.LocalBroadcast:
-        group = fanout.broadcast("clock", identity, ends)
+        group = fanout.broadcast("clock", identity, ENDS)
 
         async def slow_close(frame: dict[str, Any]) -> None:
             group.leave(leaving)  # the other tab goes while this close waits
@@ -253,9 +255,7 @@ def test_a_message_of_another_kind_on_the_process_channel_is_dropped_not_fanned_
     (KeyError), and the loop that receives the ticks rejoined, ticks paused, every user audited."""
     from client_site.web.consumers import clock_frame
 
-    layer = FlakyLayer()
-    layer.failed = True
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    layer = receiving_layer(monkeypatch)
     socket = Socket()
 
     async def scenario() -> None:
@@ -280,14 +280,11 @@ def test_a_socket_of_a_session_that_ended_moments_before_it_joined_is_closed(
 ) -> None:
     """Its handshake read the session before the sign-out committed, and it joined after the end went by;
     the audits ask about accounts, not sessions, so nothing else would close it."""
-    layer = FlakyLayer()
-    layer.failed = True
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    layer = receiving_layer(monkeypatch)
     first, late, other = Socket(), Socket(), Socket()
 
     async def scenario() -> None:
-        group = fanout.broadcast("clock", identity, ends)
+        group = fanout.broadcast("clock", identity, ENDS)
         try:
             await group.join(first, first.send, user="7", session="s2")
             await layer.queue.put({"type": "end", "user": "7", "code": 4001, "session": "s1"})
@@ -308,14 +305,11 @@ def test_a_socket_of_an_ended_session_is_closed_even_while_the_group_is_being_re
 ) -> None:
     """A handshake gives up waiting for a rejoin under way (JOIN_TIMEOUT_SECONDS): the check after that
     wait never ran, and the socket stayed open."""
-    layer = FlakyLayer()
-    layer.failed = True
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
-    ends = fanout.Ends("ends", frozenset({"end"}), read_end)
+    layer = receiving_layer(monkeypatch)
     other, late = Socket(), Socket()
 
     async def scenario() -> None:
-        group = fanout.broadcast("clock", identity, ends)
+        group = fanout.broadcast("clock", identity, ENDS)
         try:
             await group.join(other, other.send, user="8")
             await layer.queue.put({"type": "end", "user": "7", "code": 4001, "session": "s1"})

@@ -484,8 +484,8 @@ def test_the_beat_waits_for_redis_at_start_up_saying_so_once_and_beating_meanwhi
 
 
 def test_the_wait_for_redis_uses_the_listeners_capped_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reactive.errors import retry_delay
     from reactive.heartbeat import Heartbeat
-    from reactive.listener import retry_delay
 
     waited: list[float] = []
     answers = iter(["down", "down", None])
